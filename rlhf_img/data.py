@@ -1,0 +1,45 @@
+"""Prompt datasets: a text file, a JSON/CSV/Parquet table with metadata columns, or a `datasets` name/path."""
+
+from __future__ import annotations
+
+import os
+
+from datasets import Dataset, load_dataset
+
+TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_prompt_dataset(
+    source: str,
+    *,
+    config: str | None = None,
+    split: str = "train",
+    prompt_column: str = "prompt",
+    max_prompts: int | None = None,
+) -> Dataset:
+    """A `datasets.Dataset` with a `prompt` column (strings) and any other columns as metadata."""
+    extension = os.path.splitext(source)[1].lower()
+    if extension == ".txt" or extension in TABLE_FORMATS:
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"prompt file not found: {source}")
+    if extension == ".txt":
+        with open(source, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip()]
+        dataset = Dataset.from_dict({"prompt": prompts})
+    elif extension in TABLE_FORMATS:
+        dataset = load_dataset(TABLE_FORMATS[extension], data_files=source, split="train")
+    else:
+        if source.startswith((".", "/", "~")) and not os.path.exists(source):
+            raise FileNotFoundError(f"prompt dataset not found: {source}")
+        dataset = load_dataset(source, config, split=split)
+    if prompt_column not in dataset.column_names:
+        raise ValueError(f"{source}: no column {prompt_column!r} (columns: {dataset.column_names}); set prompt_column")
+    if prompt_column != "prompt":
+        if "prompt" in dataset.column_names:
+            dataset = dataset.remove_columns("prompt")
+        dataset = dataset.rename_column(prompt_column, "prompt")
+    if len(dataset) == 0:
+        raise ValueError(f"{source}: no prompts")
+    if max_prompts is not None:
+        dataset = dataset.select(range(min(max_prompts, len(dataset))))
+    return dataset

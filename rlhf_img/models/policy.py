@@ -1,0 +1,100 @@
+"""The policy interface: the only thing the trainer knows about a model family.
+
+A family turns prompts into token ids, samples a group of images as discrete actions, scores actions
+teacher-forced, and decodes actions to pixels. Actions are a flat `(B, T)` integer tensor whatever the
+family: image-code indices for next-token families, bits for next-scale bitwise families.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+CFG_MODES = ("none", "sample_only", "guided", "guided_detached_uncond")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How actions are drawn and which distribution their log-probs are taken under.
+
+    `cfg_mode` (see README, "CFG modes"):
+      - `none`: no guidance; sample and score the conditional distribution.
+      - `sample_only`: sample from the guided distribution, score the conditional one.
+      - `guided`: sample and score the guided distribution, gradients through both branches.
+      - `guided_detached_uncond`: as `guided`, with the unconditional branch detached.
+    Guidance is applied on logits: `uncond + cfg_scale * (cond - uncond)`, then temperature, then
+    top-k / top-p. Log-probs are always those of the temperature-scaled, top-k/top-p-truncated
+    distribution over the scored logits (the taken action is always kept in the support).
+    """
+
+    cfg_mode: str = "none"
+    cfg_scale: float = 1.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.cfg_mode not in CFG_MODES:
+            raise ValueError(f"cfg_mode must be one of {CFG_MODES}, got {self.cfg_mode!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def uses_uncond_when_sampling(self) -> bool:
+        return self.cfg_mode != "none" and self.cfg_scale != 1.0
+
+    @property
+    def uses_uncond_when_scoring(self) -> bool:
+        return self.cfg_mode in ("guided", "guided_detached_uncond") and self.cfg_scale != 1.0
+
+
+@dataclass
+class PromptBatch:
+    """Left-padded conditional prompt ids `(B, L)` and their attention mask `(B, L)`."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+@dataclass
+class Rollout:
+    """Sampled actions `(B, T)` and their log-probs `(B, T)` under the distribution they were sampled from."""
+
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What every model family provides. See `rlhf_img/models/causal_vq.py` for the reference implementation."""
+
+    model: nn.Module  # the trainable part; peft wraps it, TRL optimises it
+    processing_class: object  # the text tokenizer TRL keeps for padding and saving
+    num_actions: int  # T: actions per image
+
+    def encode_prompts(self, prompts: list[str], device: torch.device) -> PromptBatch:
+        """Conditional prompt ids; the unconditional prompt is the family's own constant."""
+        ...
+
+    def sample(self, model: nn.Module, prompts: PromptBatch, sampling: Sampling) -> Rollout:
+        """Draw one image's actions per prompt row with a KV cache (CFG rows batched with the conditional rows)."""
+        ...
+
+    def logprobs(
+        self, model: nn.Module, prompts: PromptBatch, actions: torch.Tensor, sampling: Sampling
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced per-action log-probs and entropies, both `(B, T)`, under `sampling.cfg_mode`."""
+        ...
+
+    def decode(self, actions: torch.Tensor) -> torch.Tensor:
+        """Pixels `(B, 3, H, W)`, float in [0, 1]."""
+        ...
+
+    def save_pretrained(self, output_dir: str) -> None:
+        """Write the non-trainable parts (visual tokenizer, family config) next to a saved model."""
+        ...

@@ -1,0 +1,52 @@
+"""Finding checkpoint files in a local folder or a hub repo, with errors that name what is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or one of its files is missing or malformed."""
+
+
+def is_local(location: str) -> bool:
+    """A path rather than a hub id: exists, or looks like a path (`./x`, `/x`, `~`, or more than one `/`)."""
+    return (
+        os.path.exists(location)
+        or location.startswith((".", "/", "~"))
+        or location.count("/") > 1
+        or os.sep != "/" and os.sep in location
+    )
+
+
+def resolve_subpath(location: str, filename: str, revision: str | None = None, required: bool = True) -> str | None:
+    """Local path of `filename` inside a checkpoint folder or hub repo (downloaded or from the HF cache)."""
+    if is_local(location):
+        path = os.path.join(location, filename)
+        if os.path.exists(path):
+            return path
+        if required:
+            raise CheckpointError(f"{path} not found")
+        return None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return hf_hub_download(location, filename, revision=revision)
+    except EntryNotFoundError:
+        if required:
+            raise CheckpointError(f"{location}: the hub repo has no {filename}") from None
+        return None
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, OSError) as error:
+        if not required:
+            return None
+        raise CheckpointError(f"cannot get {filename} of {location!r} from the hub or its cache ({type(error).__name__})") from None
+
+
+def read_json_file(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: invalid JSON ({error})") from None

@@ -1,0 +1,100 @@
+"""Resolve a reward spec (built-in name, `path/file.py:func` or `package.module:func`) to a callable.
+
+User code is imported only from the file or module the user named.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .registry import REWARD_REGISTRY, list_rewards
+
+
+class RewardConfigError(ValueError):
+    """A reward spec that cannot be resolved (unknown name, missing file, missing function)."""
+
+
+@dataclass
+class RewardSpec:
+    """One entry of the recipe's `rewards` list."""
+
+    name: str
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, entry: Any) -> "RewardSpec":
+        """Accepts `"name"`, `{"name": ..., "weight": ..., "kwargs": {...}}`."""
+        if isinstance(entry, str):
+            return cls(name=entry)
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise RewardConfigError(f"rewards: each entry needs a 'name' (got {entry!r})")
+        unknown = set(entry) - {"name", "weight", "kwargs"}
+        if unknown:
+            raise RewardConfigError(f"rewards: unknown key(s) {sorted(unknown)} in entry {entry['name']!r}")
+        kwargs = entry.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise RewardConfigError(f"rewards: 'kwargs' of {entry['name']!r} must be a mapping")
+        try:
+            weight = float(entry.get("weight", 1.0))
+        except (TypeError, ValueError):
+            raise RewardConfigError(f"rewards: 'weight' of {entry['name']!r} must be a number") from None
+        return cls(name=str(entry["name"]), weight=weight, kwargs=dict(kwargs))
+
+
+def _import_from_file(path: str, attribute: str, spec_name: str) -> Any:
+    if not os.path.isfile(path):
+        raise RewardConfigError(f"reward {spec_name!r}: file not found: {path}")
+    module_name = f"rlhf_img_user_reward_{abs(hash(os.path.abspath(path)))}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # lets pickling / dataclasses in the user file resolve their module
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, attribute):
+        raise RewardConfigError(f"reward {spec_name!r}: {path} defines no {attribute!r}")
+    return getattr(module, attribute)
+
+
+def _import_from_module(module_name: str, attribute: str, spec_name: str) -> Any:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise RewardConfigError(f"reward {spec_name!r}: cannot import module {module_name!r} ({error})") from None
+    if not hasattr(module, attribute):
+        raise RewardConfigError(f"reward {spec_name!r}: module {module_name!r} defines no {attribute!r}")
+    return getattr(module, attribute)
+
+
+def resolve_reward(spec: RewardSpec) -> Callable:
+    """The callable for `spec`: classes are instantiated with `kwargs`, functions get them bound."""
+    name = spec.name
+    if ":" in name:
+        location, attribute = name.rsplit(":", 1)
+        if location.endswith(".py") or os.sep in location:
+            target = _import_from_file(location, attribute, name)
+        else:
+            target = _import_from_module(location, attribute, name)
+    elif name in REWARD_REGISTRY:
+        target = REWARD_REGISTRY[name]
+    else:
+        raise RewardConfigError(
+            f"unknown reward {name!r}; built-in rewards: {', '.join(list_rewards())}; "
+            "custom rewards: 'path/to/file.py:function' or 'package.module:function'"
+        )
+    if inspect.isclass(target):
+        try:
+            return target(**spec.kwargs)
+        except TypeError as error:
+            raise RewardConfigError(f"reward {name!r}: bad kwargs {spec.kwargs} ({error})") from None
+    if not callable(target):
+        raise RewardConfigError(f"reward {name!r} is not callable")
+    if name in REWARD_REGISTRY:  # built-in factory functions build the reward from kwargs
+        return target(**spec.kwargs)
+    return functools.partial(target, **spec.kwargs) if spec.kwargs else target

@@ -1,0 +1,283 @@
+"""`ImageGRPOTrainer`: TRL's GRPOTrainer with images as completions.
+
+Overridden: the rollout step (sample -> decode -> rewards -> group advantages) and the per-token
+log-probs (through the policy, under the chosen CFG mode). Everything else -- loss types, clipping, KL to
+the reference (with LoRA, the adapter-disabled model), num_iterations, gradient accumulation,
+checkpointing, scalar logging -- is TRL's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+import torch
+from accelerate.utils import gather, is_peft_model
+from trl import GRPOTrainer
+from trl.models import unwrap_model_for_generation
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import nanstd, use_adapter
+
+from .config import ImageGRPOConfig
+from .dashboards import log_image
+from .models.policy import Policy, PromptBatch
+from .rewards.compose import RewardFunction, build_rewards, score_rewards
+from .rollouts.grid import captioned_grid
+from .rollouts.records import save_rollouts
+
+
+def group_advantages(
+    rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int, scale_rewards: str, aggregation: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Advantages `(N,)` from rewards `(N, R)` (NaN = no score) for consecutive groups of `num_generations`.
+
+    Same rules as TRL's GRPO: `sum_then_normalize` weights then normalises per group (scale_rewards
+    'group' | 'batch' | 'none'); `normalize_then_sum` z-scores each reward per group first. Returns
+    (advantages, weighted rewards, per-row flag "its group's rewards have zero std").
+    """
+    unscorable = torch.isnan(rewards_per_func).all(dim=1)
+    if aggregation == "sum_then_normalize":
+        rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        rewards[unscorable] = torch.nan
+        grouped = rewards.view(-1, num_generations)
+        mean = torch.nanmean(grouped, dim=1).repeat_interleave(num_generations)
+        group_std = nanstd(grouped, dim=1).repeat_interleave(num_generations)
+        std = nanstd(rewards).expand_as(rewards) if scale_rewards == "batch" else group_std
+        advantages = rewards - mean
+        if scale_rewards != "none":
+            advantages = advantages / (std + 1e-4)
+    elif aggregation == "normalize_then_sum":
+        grouped = rewards_per_func.view(-1, num_generations, rewards_per_func.size(1))
+        z = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (nanstd(grouped, dim=1, keepdim=True) + 1e-4)
+        rewards = (z.view(-1, rewards_per_func.size(1)) * weights.unsqueeze(0)).nansum(dim=1)
+        rewards[unscorable] = torch.nan
+        advantages = (rewards - torch.nanmean(rewards)) / (nanstd(rewards) + 1e-4)
+        weighted = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        group_std = nanstd(weighted.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
+    else:
+        raise ValueError(f"multi_objective_aggregation must be 'sum_then_normalize' or 'normalize_then_sum'")
+    is_std_zero = torch.nan_to_num(group_std, nan=0.0) < 1e-8
+    return torch.nan_to_num(advantages, nan=0.0), rewards, is_std_zero
+
+
+class ImageGRPOTrainer(GRPOTrainer):
+    """GRPO for autoregressive text-to-image policies.
+
+    Args:
+        policy: a model family's policy (`rlhf_img.models.load_policy(...)`); its `model` is trained.
+        args: `ImageGRPOConfig`.
+        train_dataset: rows with a `prompt` column; other columns reach the rewards as keyword arguments.
+        reward_funcs: rewards (callables, `RewardSpec`s, names, or dicts); default: `args.rewards`.
+        peft_config: a peft `LoraConfig` for LoRA training; None for full fine-tuning.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        args: ImageGRPOConfig,
+        train_dataset,
+        reward_funcs: Sequence[Any] | None = None,
+        eval_dataset=None,
+        peft_config=None,
+        callbacks=None,
+        optimizers=(None, None),
+    ) -> None:
+        rewards = build_rewards(reward_funcs if reward_funcs is not None else args.reward_specs)
+        if not rewards:
+            raise ValueError("no rewards: set `rewards` in the recipe or pass reward_funcs")
+        if len({r.name for r in rewards}) != len(rewards):
+            raise ValueError(f"reward names must be unique, got {[r.name for r in rewards]}")
+        args.reward_weights = [r.weight for r in rewards]
+        self.policy = policy
+        self.image_rewards: list[RewardFunction] = rewards
+        self.sampling = args.sampling
+        self._last_policy_logps: torch.Tensor | None = None
+        self._last_logged_image_step = -1
+        super().__init__(
+            model=policy.model,
+            reward_funcs=list(rewards),
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=policy.processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            peft_config=peft_config,
+        )
+        self.policy.model = self.model
+        self.policy.to(self.accelerator.device)
+
+    # ----------------------------------------------------------------------------------------- rollouts
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        device = self.accelerator.device
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        prompts = [row["prompt"] for row in inputs]
+        columns = {key: [row[key] for row in inputs] for key in inputs[0] if key != "prompt"}
+        batch = self.policy.encode_prompts(prompts, device)
+
+        start = time.perf_counter()
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+            ) as unwrapped_model,
+            self.accelerator.autocast(),
+        ):
+            rollout = self.policy.sample(unwrapped_model, batch, self.sampling)
+        sampled = time.perf_counter()
+        images = self.policy.decode(rollout.actions)  # each rank decodes and scores its own rollouts
+        decoded = time.perf_counter()
+        rewards_local = score_rewards(self.image_rewards, prompts, images, columns).to(device)
+        scored = time.perf_counter()
+
+        actions = rollout.actions
+        completion_mask = torch.ones_like(actions, dtype=batch.attention_mask.dtype)
+        prompt_completion_ids = torch.cat([batch.input_ids, actions], dim=1)
+        attention_mask = torch.cat([batch.attention_mask, completion_mask], dim=1)
+        logits_to_keep = actions.size(1)
+        num_items_in_batch = self.accelerator.gather(completion_mask.sum()).sum()
+        chunk = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            generate_every = self.args.steps_per_generation * self.num_iterations
+            old_per_token_logps = None
+            if self.args.gradient_accumulation_steps % generate_every != 0:
+                old_per_token_logps = self._get_per_token_logps_and_entropies(
+                    self.model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=chunk
+                )[0]
+            ref_per_token_logps = None
+            if self.beta != 0.0:
+                if self.ref_model is not None:
+                    ref_per_token_logps = self._get_per_token_logps_and_entropies(
+                        self.ref_model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=chunk
+                    )[0]
+                else:  # LoRA: the reference is the policy with its adapter disabled
+                    peft_model = self.accelerator.unwrap_model(self.model)
+                    with use_adapter(peft_model, adapter_name="ref" if "ref" in peft_model.peft_config else None):
+                        ref_per_token_logps = self._get_per_token_logps_and_entropies(
+                            self.model, prompt_completion_ids, attention_mask, logits_to_keep, batch_size=chunk
+                        )[0]
+
+        rewards_per_func = gather(rewards_local)  # (N_global, R): groups may span ranks
+        advantages, total_rewards, is_std_zero = group_advantages(
+            rewards_per_func,
+            self.reward_weights.to(device),
+            num_generations,
+            self.scale_rewards,
+            self.multi_objective_aggregation,
+        )
+        process_slice = slice(
+            self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)
+        )
+        local_advantages = advantages[process_slice]
+
+        metrics = self._metrics[mode]
+        for index, reward in enumerate(self.image_rewards):
+            metrics[f"rewards/{reward.name}/mean"].append(torch.nanmean(rewards_per_func[:, index]).item())
+            metrics[f"rewards/{reward.name}/std"].append(nanstd(rewards_per_func[:, index]).item())
+        metrics["reward"].append(torch.nanmean(total_rewards).item())
+        metrics["reward_std"].append(nanstd(total_rewards).item())
+        metrics["frac_reward_zero_std"].append(is_std_zero.float().mean().item())
+        for name, seconds in (("sample", sampled - start), ("decode", decoded - sampled), ("reward", scored - decoded)):
+            metrics[f"timing/{name}_seconds"].append(seconds)
+        metrics["rollout/images_per_second"].append(len(prompts) / max(sampled - start, 1e-9))
+
+        local_rewards = {r.name: rewards_local[:, i].tolist() for i, r in enumerate(self.image_rewards)}
+        local_totals = total_rewards[process_slice].tolist()
+        self._record_rollouts(images, prompts, local_rewards, local_totals, local_advantages.tolist())
+
+        output = {
+            "prompt_ids": batch.input_ids,
+            "prompt_mask": batch.attention_mask,
+            "completion_ids": actions,
+            "completion_mask": completion_mask,
+            "advantages": local_advantages,
+            "num_items_in_batch": num_items_in_batch,
+            "sampling_per_token_logps": rollout.logprobs,
+        }
+        if old_per_token_logps is not None:
+            output["old_per_token_logps"] = old_per_token_logps
+        if ref_per_token_logps is not None:
+            output["ref_per_token_logps"] = ref_per_token_logps
+        return output
+
+    def _record_rollouts(self, images, prompts, rewards, totals, advantages) -> None:
+        step = self.state.global_step
+        if self.args.save_rollouts:
+            save_rollouts(
+                os.path.join(self.args.output_dir, "rollouts"),
+                step,
+                images,
+                prompts,
+                rewards,
+                totals,
+                advantages,
+                rank=self.accelerator.process_index,
+            )
+        every = self.args.log_images_every
+        if (
+            every > 0
+            and step % every == 0
+            and step != self._last_logged_image_step
+            and self.accelerator.is_main_process
+            and self.args.report_to
+            and self.args.report_to != ["none"]
+        ):
+            self._last_logged_image_step = step
+            count = min(self.args.num_logged_images, len(prompts))
+            captions = [f"{prompts[i]} | r={totals[i]:.3g}" for i in range(count)]
+            grid = captioned_grid(images[:count], captions)
+            log_image(self, "rollouts/grid", grid, " || ".join(captions), step)
+
+    # ------------------------------------------------------------------------------------ log-probs
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **unused_multimodal_inputs,
+    ):
+        """Per-action log-probs `(B, T)` through the policy; `input_ids` = prompt ids + actions (TRL's layout)."""
+        batch_size = batch_size or input_ids.size(0)
+        all_logps, all_entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            ids = input_ids[start : start + batch_size]
+            mask = attention_mask[start : start + batch_size]
+            prompts = PromptBatch(ids[:, :-logits_to_keep], mask[:, :-logits_to_keep])
+            with self.accelerator.autocast():
+                logps, entropies = self.policy.logprobs(model, prompts, ids[:, -logits_to_keep:], self.sampling)
+            all_logps.append(logps)
+            all_entropies.append(entropies)
+        logps = torch.cat(all_logps)
+        if torch.is_grad_enabled():
+            self._last_policy_logps = logps.detach()
+        return logps, (torch.cat(all_entropies) if compute_entropy else None), None
+
+    def _compute_loss(self, model, inputs):
+        loss = super()._compute_loss(model, inputs)
+        mode = "train" if self.model.training else "eval"
+        sampling_logps = inputs.get("sampling_per_token_logps")
+        first_iteration = self._step % (self.args.steps_per_generation * self.num_iterations) < self.args.steps_per_generation
+        if mode == "train" and first_iteration and sampling_logps is not None and self._last_policy_logps is not None:
+            # rollout-vs-training drift: ~0 when the sampler and the loss score the same distribution
+            delta = (self._last_policy_logps - sampling_logps).abs()
+            self._metrics[mode]["sampling/sampling_logp_difference/mean"].append(
+                self.accelerator.gather(delta.mean()).mean().item()
+            )
+            self._metrics[mode]["sampling/sampling_logp_difference/max"].append(
+                self.accelerator.gather(delta.max()).max().item()
+            )
+        return loss
+
+    # ---------------------------------------------------------------------------------------- saving
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            self.policy.save_pretrained(output_dir or self.args.output_dir)
