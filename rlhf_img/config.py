@@ -70,7 +70,7 @@ class ImageGRPOConfig(trl.GRPOConfig):
         metadata={"help": "Disable dropout so that sampling and scoring see the same function (drift ~0)."},
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
-    report_to: str | list[str] | None = field(
+    report_to: None | str | list[str] = field(
         default="none", metadata={"help": "Dashboards: 'wandb', 'tensorboard', 'all' or 'none'."}
     )
 
