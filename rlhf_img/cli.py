@@ -160,12 +160,18 @@ def cmd_train(argv: Sequence[str]) -> int:
     except UsageError as error:
         fail(str(error))
 
+    from .rewards import RewardError
     from .trainer import ImageGRPOTrainer
 
     trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
     start = time.time()
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    except RewardError as error:  # a user's reward broke mid-run: name it, skip the traceback
+        print(f"rlhf-img: error: {error}", file=sys.stderr)
+        return 1
     trainer.save_model(args.output_dir)
+    trainer.save_state()  # trainer_state.json: the full log history next to the model
     print(f"rlhf-img: trained {trainer.state.global_step} steps in {time.time() - start:.0f}s; saved to {args.output_dir}")
     return 0
 

@@ -125,6 +125,9 @@ class ImageModelConfig(trl.ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.lora_target_modules, str) and self.lora_target_modules != "all-linear":
+            # TRL unwraps one-element lists for 'all-linear'; peft would read a bare 'q_proj' as a full-name regex
+            self.lora_target_modules = [self.lora_target_modules]
         self.family_config = _parse_structured(self.family_config, "family_config")
         if self.family_config is not None and not isinstance(self.family_config, dict):
             raise ValueError("family_config must be a mapping")

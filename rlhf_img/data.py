@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -28,6 +28,14 @@ def load_prompt_dataset(
         dataset = Dataset.from_dict({"prompt": prompts})
     elif extension in TABLE_FORMATS:
         dataset = load_dataset(TABLE_FORMATS[extension], data_files=source, split="train")
+    elif os.path.isdir(source) and (
+        os.path.exists(os.path.join(source, "state.json")) or os.path.exists(os.path.join(source, "dataset_dict.json"))
+    ):  # a `save_to_disk` folder
+        dataset = load_from_disk(source)
+        if isinstance(dataset, DatasetDict):
+            if split not in dataset:
+                raise ValueError(f"{source}: no split {split!r} (splits: {list(dataset)}); set dataset_split")
+            dataset = dataset[split]
     else:
         if source.startswith((".", "/", "~")) and not os.path.exists(source):
             raise FileNotFoundError(f"prompt dataset not found: {source}")

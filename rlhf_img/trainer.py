@@ -8,6 +8,7 @@ checkpointing, scalar logging -- is TRL's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Sequence
@@ -120,7 +121,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         start = time.perf_counter()
         with (
             torch.no_grad(),
-            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            self._no_checkpointing(),
             unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
             ) as unwrapped_model,
@@ -141,7 +142,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         num_items_in_batch = self.accelerator.gather(completion_mask.sum()).sum()
         chunk = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
 
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+        with torch.no_grad(), self._no_checkpointing():
             generate_every = self.args.steps_per_generation * self.num_iterations
             old_per_token_logps = None
             if self.args.gradient_accumulation_steps % generate_every != 0:
@@ -203,6 +204,12 @@ class ImageGRPOTrainer(GRPOTrainer):
         if ref_per_token_logps is not None:
             output["ref_per_token_logps"] = ref_per_token_logps
         return output
+
+    def _no_checkpointing(self):
+        """Gradient checkpointing off for no-grad passes (TRL's helper), a no-op when it is not on."""
+        if not self.args.gradient_checkpointing:
+            return contextlib.nullcontext()
+        return disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
 
     def _record_rollouts(self, images, prompts, rewards, totals, advantages) -> None:
         step = self.state.global_step
