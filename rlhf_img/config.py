@@ -69,6 +69,13 @@ class ImageGRPOConfig(trl.GRPOConfig):
         default=True,
         metadata={"help": "Disable dropout so that sampling and scoring see the same function (drift ~0)."},
     )
+    activation_checkpointing: bool | None = field(
+        default=True,
+        metadata={"help": "Recompute activations in the backward pass to save memory (TRL's GRPO default)."},
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of `activation_checkpointing`."}
+    )
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
     report_to: None | str | list[str] = field(
         default="none", metadata={"help": "Dashboards: 'wandb', 'tensorboard', 'all' or 'none'."}

@@ -207,7 +207,7 @@ class ImageGRPOTrainer(GRPOTrainer):
 
     def _no_checkpointing(self):
         """Gradient checkpointing off for no-grad passes (TRL's helper), a no-op when it is not on."""
-        if not self.args.gradient_checkpointing:
+        if not self.args.activation_checkpointing:
             return contextlib.nullcontext()
         return disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
 

@@ -29,7 +29,9 @@ def unwrap_causal_lm(model: nn.Module) -> nn.Module:
 def image_code_logits(lm: nn.Module, hidden: torch.Tensor, code_offset: int, code_count: int) -> torch.Tensor:
     """Logits `(..., code_count)` for the image-code rows of the LM head only."""
     head = lm.get_output_embeddings()
-    if type(head) is nn.Linear:  # plain head: slice the weight, never build the full-vocabulary logits
+    # A plain head: slice the weight, never build the full-vocabulary logits. A LoRA-wrapped head, or a
+    # ZeRO-3-partitioned weight (`ds_id`; its module hook gathers it), goes through the module instead.
+    if type(head) is nn.Linear and not hasattr(head.weight, "ds_id"):
         weight = head.weight[code_offset : code_offset + code_count]
         bias = None if head.bias is None else head.bias[code_offset : code_offset + code_count]
         return F.linear(hidden.to(weight.dtype), weight, bias)

@@ -1,0 +1,31 @@
+# rlhf-img: `make quickstart` (install + the main job on the embedded default), `make test` (install + tests).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PIP    := $(BIN)/pip --disable-pip-version-check -q
+
+.PHONY: install test test-fast quickstart bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip 2>&1 | grep -v "is ignored" || true
+	# torch first, pinned: the CUDA build (runs on CPU too) from the local wheel cache / PyPI
+	$(PIP) install torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" || true
+	$(PIP) install -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import rlhf_img, torch, trl; print('rlhf-img', rlhf_img.__version__, '| torch', torch.__version__, '| trl', trl.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q --durations=15
+
+quickstart: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/rlhf-img train recipes/tiny-random-jpeg.yaml
+
+bench: $(STAMP)
+	$(BIN)/python bench/rollouts.py --json runs/bench-rollouts.json
+
+clean:
+	rm -rf runs wandb .pytest_cache
