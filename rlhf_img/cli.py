@@ -173,6 +173,10 @@ def cmd_train(argv: Sequence[str]) -> int:
     trainer.save_model(args.output_dir)
     trainer.save_state()  # trainer_state.json: the full log history next to the model
     print(f"rlhf-img: trained {trainer.state.global_step} steps in {time.time() - start:.0f}s; saved to {args.output_dir}")
+    logged = [entry for entry in trainer.state.log_history if "reward" in entry]
+    if logged:
+        print(f"rlhf-img: reward {logged[0]['reward']:.4g} (step {logged[0]['step']}) -> "
+              f"{logged[-1]['reward']:.4g} (step {logged[-1]['step']})")
     return 0
 
 

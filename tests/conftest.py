@@ -55,3 +55,23 @@ def write_recipe(path, **keys) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(keys, f)
     return str(path)
+
+
+def grpo_args(tmp_path, **overrides):
+    """An `ImageGRPOConfig` for tiny CPU runs: no dashboards, no checkpoints, no KL unless asked."""
+    from rlhf_img import ImageGRPOConfig
+
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_steps=2,
+        beta=0.0,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        activation_checkpointing=False,
+        seed=0,
+    )
+    return ImageGRPOConfig(**{**defaults, **overrides})

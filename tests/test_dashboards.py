@@ -6,7 +6,8 @@ import os
 import pytest
 from datasets import Dataset
 
-from rlhf_img import ImageGRPOConfig, ImageGRPOTrainer, load_policy
+from conftest import grpo_args
+from rlhf_img import ImageGRPOTrainer, load_policy
 from wandb_offline import history_keys
 
 
@@ -20,20 +21,8 @@ def darkness(prompts, images, **kwargs):
 
 def train(tmp_path, checkpoint, report_to):
     policy = load_policy("causal_vq", checkpoint)
-    args = ImageGRPOConfig(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_steps=3,
-        use_cpu=True,
-        report_to=report_to,
-        log_images_every=2,
-        num_logged_images=4,
-        save_strategy="no",
-        beta=0.0,
-        disable_tqdm=True,
-        run_name="dashboards-test",
-    )
+    args = grpo_args(tmp_path, max_steps=3, report_to=report_to, log_images_every=2, num_logged_images=4,
+                     run_name="dashboards-test")
     dataset = Dataset.from_dict({"prompt": ["a red circle", "a blue square"]})
     trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=[brightness, darkness])
     trainer.train()

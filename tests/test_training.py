@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 from trl import get_peft_config
 
-from conftest import write_recipe
+from conftest import grpo_args, write_recipe
 from rlhf_img import ImageGRPOConfig, ImageGRPOTrainer, load_policy
 from rlhf_img.cli import main
 from rlhf_img.config import ImageModelConfig
@@ -70,19 +70,7 @@ def test_lora_recipe_with_custom_reward_file_raises_the_reward(tmp_path, tiny_ch
 @pytest.mark.timeout(120)
 def test_full_finetune_raises_the_reward(tmp_path, tiny_checkpoint):
     policy = load_policy("causal_vq", tiny_checkpoint)
-    args = ImageGRPOConfig(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=128,
-        num_generations=8,
-        max_steps=40,
-        learning_rate=3e-3,
-        beta=0.0,
-        use_cpu=True,
-        seed=0,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-    )
+    args = grpo_args(tmp_path, per_device_train_batch_size=128, num_generations=8, max_steps=40, learning_rate=3e-3)
     dataset = Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(32)]})
     trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=[brightness])
     trainer.train()
@@ -104,20 +92,7 @@ def test_full_finetune_raises_the_reward(tmp_path, tiny_checkpoint):
 )
 def test_kl_reference_iterations_and_guidance_paths(tmp_path, tiny_checkpoint, use_peft, cfg_mode, extra):
     policy = load_policy("causal_vq", tiny_checkpoint)
-    args = ImageGRPOConfig(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_steps=2,
-        learning_rate=1e-3,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        cfg_mode=cfg_mode,
-        cfg_scale=3.0,
-        disable_tqdm=True,
-        **extra,
-    )
+    args = grpo_args(tmp_path, learning_rate=1e-3, cfg_mode=cfg_mode, cfg_scale=3.0, **extra)
     model_args = ImageModelConfig(model_name_or_path=tiny_checkpoint, use_peft=use_peft, lora_target_modules=["q_proj"])
     dataset = Dataset.from_dict({"prompt": ["a", "b", "c", "d"], "tag": ["t1", "t2", "t3", "t4"]})
     seen_tags = []
@@ -147,10 +122,7 @@ def test_kl_reference_iterations_and_guidance_paths(tmp_path, tiny_checkpoint, u
 
 def test_save_rollouts_writes_png_and_jsonl(tmp_path, tiny_checkpoint):
     policy = load_policy("causal_vq", tiny_checkpoint)
-    args = ImageGRPOConfig(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4, max_steps=2,
-        use_cpu=True, report_to="none", save_strategy="no", save_rollouts=True, beta=0.0, disable_tqdm=True,
-    )
+    args = grpo_args(tmp_path, save_rollouts=True)
     trainer = ImageGRPOTrainer(policy, args, Dataset.from_dict({"prompt": ["a", "b"]}), reward_funcs=[brightness])
     trainer.train()
     lines = (tmp_path / "out" / "rollouts" / "rollouts.jsonl").read_text().splitlines()
@@ -164,3 +136,17 @@ def test_save_rollouts_writes_png_and_jsonl(tmp_path, tiny_checkpoint):
     assert image.size == (16, 16)
     steps = {json.loads(line)["step"] for line in lines}
     assert steps == {0, 1}
+
+
+def test_checkpoints_are_loadable_causal_vq_folders_and_resume(tmp_path, tiny_checkpoint):
+    policy = load_policy("causal_vq", tiny_checkpoint)
+    dataset = Dataset.from_dict({"prompt": ["a", "b"]})
+    args = grpo_args(tmp_path, save_strategy="steps", save_steps=2, max_steps=2)
+    ImageGRPOTrainer(policy, args, dataset, reward_funcs=[brightness]).train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert (checkpoint / "causal_vq.json").exists() and (checkpoint / "visual_tokenizer" / "model.safetensors").exists()
+    assert load_policy("causal_vq", str(checkpoint)).num_actions == policy.num_actions
+    resumed = ImageGRPOTrainer(load_policy("causal_vq", tiny_checkpoint), grpo_args(tmp_path, max_steps=3),
+                               dataset, reward_funcs=[brightness])
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 3
