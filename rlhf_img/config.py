@@ -64,6 +64,12 @@ class ImageGRPOConfig(trl.GRPOConfig):
         metadata={"help": "Write every rollout as PNG plus a JSONL line (prompt, rewards, advantage) under "
                   "output_dir/rollouts/step_XXXXXX/."},
     )
+    # TRL's sampling fields, documented for image tokens:
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the image tokens."})
+    top_k: int = field(default=0, metadata={"help": "Keep the k most likely image codes when sampling (0: all)."})
+    top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus sampling over image codes (1.0: off). Log-probs use the same truncation."}
+    )
     # TRL defaults changed for image generation:
     disable_dropout: bool = field(
         default=True,
