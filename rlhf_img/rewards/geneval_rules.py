@@ -1,0 +1,161 @@
+"""GenEval's scoring rules (Ghosh et al., 2023; djghosh13/geneval `evaluation/evaluate_images.py`), written
+once and shared by every detector: the shapes world's exact detector and real-image detectors alike.
+
+A detector produces, per class, `Detection`s (box in pixels, confidence, and a colour name when it knows
+one). `select_detections` applies GenEval's confidence threshold (0.3; 0.9 for counting prompts), keeps at
+most 16 per class, most confident first; `evaluate` applies the metadata clauses:
+
+- include {class, count}: at least `count` detections of the class;
+- ... with `color`: the `count` most confident of them all have that colour;
+- ... with `position: [relation, group]`: each of those is `relation` of every object matched by include
+  clause `group` (box centres, with a margin of 0.1 x the summed box sizes);
+- exclude {class, count}: fewer than `count` detections of the class.
+
+`strict` is GenEval's pass/fail. `dense` gives partial credit per clause for RL (mean over clauses of the
+share of each clause satisfied); dense is 1.0 exactly when strict passes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+THRESHOLD = 0.3
+COUNTING_THRESHOLD = 0.9
+MAX_OBJECTS = 16
+POSITION_THRESHOLD = 0.1
+TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+RELATIONS = ("left of", "right of", "above", "below")
+
+
+@dataclass
+class Detection:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
+    score: float = 1.0
+    color: str | None = None
+
+
+@dataclass
+class Judgement:
+    correct: bool
+    score: float  # 1.0/0.0 in strict mode, partial credit in [0, 1] in dense mode
+    reasons: list[str] = field(default_factory=list)
+
+
+def select_detections(
+    detections: dict[str, list[Detection]],
+    tag: str,
+    threshold: float = THRESHOLD,
+    counting_threshold: float = COUNTING_THRESHOLD,
+    max_objects: int = MAX_OBJECTS,
+) -> dict[str, list[Detection]]:
+    """GenEval's filtering: confidence above the tag's threshold, most confident first, at most `max_objects`."""
+    cutoff = counting_threshold if tag == "counting" else threshold
+    selected = {}
+    for name, items in detections.items():
+        kept = sorted((d for d in items if d.score > cutoff), key=lambda d: -d.score)[:max_objects]
+        if kept:
+            selected[name] = kept
+    return selected
+
+
+def relative_position(a: Detection, b: Detection, threshold: float = POSITION_THRESHOLD) -> set[str]:
+    """Relations of `a` to `b` (image y grows downwards), GenEval's rule with its box-size margin."""
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = a.box, b.box
+    offset = ((ax1 + ax2) / 2 - (bx1 + bx2) / 2, (ay1 + ay2) / 2 - (by1 + by2) / 2)
+    size = (abs(ax2 - ax1) + abs(bx2 - bx1), abs(ay2 - ay1) + abs(by2 - by1))
+    revised = [math.copysign(max(abs(o) - threshold * s, 0.0), o) for o, s in zip(offset, size)]
+    if all(abs(r) < 1e-3 for r in revised):
+        return set()
+    norm = math.hypot(*offset)
+    dx, dy = revised[0] / norm, revised[1] / norm
+    relations = set()
+    if dx < -0.5:
+        relations.add("left of")
+    if dx > 0.5:
+        relations.add("right of")
+    if dy < -0.5:
+        relations.add("above")
+    if dy > 0.5:
+        relations.add("below")
+    return relations
+
+
+ColorClassifier = Callable[[str, list[Detection]], list[str]]
+
+
+def _detection_colors(classname: str, items: list[Detection]) -> list[str]:
+    return [d.color or "" for d in items]
+
+
+def evaluate(
+    detections: dict[str, list[Detection]],
+    metadata: dict,
+    mode: str = "strict",
+    classify_colors: ColorClassifier = _detection_colors,
+) -> Judgement:
+    """Judge one image's (already selected) detections against GenEval metadata.
+
+    `classify_colors(class, detections)` names the colour of each detection; by default the detector's own
+    `Detection.color` (a real-image detector plugs in a CLIP colour classifier here).
+    """
+    if mode not in ("strict", "dense"):
+        raise ValueError(f"mode must be 'strict' or 'dense', got {mode!r}")
+    correct, reasons, credits = True, [], []
+    matched_groups: list[list[Detection] | None] = []
+    for clause in metadata.get("include", []):
+        name, count = clause["class"], clause["count"]
+        found = detections.get(name, [])[:count]
+        parts = [min(len(found), count) / count]
+        matched = len(found) >= count
+        if not matched:
+            reasons.append(f"expected {name}>={count}, found {len(found)}")
+        if "color" in clause:
+            colors = classify_colors(name, found) if found else []
+            hits = colors.count(clause["color"])
+            parts.append(hits / count)
+            if matched and hits < count:
+                matched = False
+                reasons.append(f"expected {clause['color']} {name}>={count}, found {hits} {clause['color']}")
+        if "position" in clause:
+            relation, group = clause["position"]
+            targets = matched_groups[group] if group < len(matched_groups) else None
+            if not targets:
+                parts.append(0.0)
+                if matched:
+                    matched = False
+                    reasons.append(f"no target for {name} to be {relation}")
+            else:
+                satisfied = [relation in relative_position(obj, target) for obj in found for target in targets]
+                parts.append(sum(satisfied) / (count * len(targets)))
+                if matched and not all(satisfied):
+                    matched = False
+                    reasons.append(f"expected {name} {relation} target")
+        credits.append(sum(parts) / len(parts))
+        correct &= matched
+        matched_groups.append(found if matched else None)
+    for clause in metadata.get("exclude", []):
+        name, count = clause["class"], clause["count"]
+        present = len(detections.get(name, []))
+        if present >= count:
+            correct = False
+            reasons.append(f"expected {name}<{count}, found {present}")
+            credits.append((count - 1) / present)  # one too many keeps some credit, more keeps less
+        else:
+            credits.append(1.0)
+    if mode == "strict":
+        return Judgement(correct, float(correct), reasons)
+    dense = 1.0 if correct else min(sum(credits) / max(len(credits), 1), 1.0 - 1e-6)
+    return Judgement(correct, dense, reasons)
+
+
+def summarize(results: list[tuple[str, bool]]) -> dict[str, float]:
+    """GenEval's table: accuracy per tag, and `overall` = unweighted mean over the tags present."""
+    table = {}
+    for tag in TAGS:
+        values = [ok for t, ok in results if t == tag]
+        if values:
+            table[tag] = sum(values) / len(values)
+    table["overall"] = sum(table.values()) / len(table) if table else 0.0
+    return table

@@ -1,0 +1,73 @@
+"""The exact detector of the shapes world: pixels -> nearest palette colour -> connected components per
+colour -> shape by geometry -> GenEval-style detections, judged by `rewards/geneval_rules.py`.
+
+Robust to VQ reconstructions: pixels far from every palette colour count as background, tiny components
+are dropped as noise, and the shape is read from how much of its bounding box a component fills (square
+~1, circle ~pi/4, triangle ~1/2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..rewards.geneval_rules import Detection, Judgement, evaluate, select_detections
+from .shapes import BACKGROUND, COLORS
+
+PALETTE = np.array([BACKGROUND, *COLORS.values()], dtype=np.float32)  # index 0 = background
+PALETTE_NAMES = ["background", *COLORS]
+MIN_AREA = 6  # pixels; smaller components are VQ noise
+
+
+def classify_pixels(image: np.ndarray) -> np.ndarray:
+    """`(H, W, 3)` uint8 -> `(H, W)` palette index (0 = background) by nearest colour."""
+    distances = ((image[:, :, None, :].astype(np.float32) - PALETTE[None, None]) ** 2).sum(-1)
+    return distances.argmin(-1)
+
+
+def shape_of(mask: np.ndarray) -> tuple[str, float]:
+    """(shape name, confidence) of one component from its bounding-box fill ratio and its rows' widths."""
+    ys, xs = np.nonzero(mask)
+    height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    fill = mask.sum() / (height * width)
+    rows = mask[ys.min() : ys.max() + 1].sum(1)
+    top, bottom = rows[: max(1, height // 3)].mean(), rows[-max(1, height // 3) :].mean()
+    aspect = min(height, width) / max(height, width)
+    if fill >= 0.93 and aspect > 0.7:
+        return "square", 1.0
+    if bottom > 1.6 * top and fill < 0.72:
+        return "triangle", 1.0
+    if 0.6 <= fill < 0.93 and aspect > 0.7:
+        return "circle", 1.0
+    return "unknown", 0.0
+
+
+def detect(image: np.ndarray) -> dict[str, list[Detection]]:
+    """GenEval-style detections `{class: [Detection(box, score, color)]}` of one `(H, W, 3)` uint8 image."""
+    labels = classify_pixels(image)
+    found: dict[str, list[Detection]] = {}
+    for color_index in range(1, len(PALETTE)):
+        components, count = ndimage.label(labels == color_index)
+        for component in range(1, count + 1):
+            mask = components == component
+            area = int(mask.sum())
+            if area < MIN_AREA:
+                continue
+            shape, confidence = shape_of(mask)
+            if shape == "unknown":
+                continue
+            ys, xs = np.nonzero(mask)
+            box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+            found.setdefault(shape, []).append(Detection(box, confidence, PALETTE_NAMES[color_index]))
+    return found
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """`(B, 3, H, W)` float in [0, 1] -> `(B, H, W, 3)` uint8."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def judge(image: np.ndarray, metadata: dict, mode: str = "strict") -> Judgement:
+    """Detect, select with GenEval's thresholds, and evaluate one image against its prompt's metadata."""
+    return evaluate(select_detections(detect(image), metadata["tag"]), metadata, mode)
