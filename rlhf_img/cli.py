@@ -31,21 +31,21 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _trl_parser():
+def _trl_parser(dataclass_types=TRAIN_DATACLASSES, command: str = "train"):
     from trl import TrlParser
 
     class RecipeParser(TrlParser):
         def error(self, message: str) -> NoReturn:  # argparse prints usage + error; we print one line
             raise UsageError(message)
 
-    return RecipeParser(TRAIN_DATACLASSES, prog="rlhf-img train RECIPE", description=__doc__.split("\n")[0])
+    return RecipeParser(dataclass_types, prog=f"rlhf-img {command} RECIPE", description=__doc__.split("\n")[0])
 
 
-def _field_types() -> dict[str, str]:
-    return {f.name: str(f.type) for cls in TRAIN_DATACLASSES for f in dataclasses.fields(cls)}
+def _field_types(dataclass_types=TRAIN_DATACLASSES) -> dict[str, str]:
+    return {f.name: str(f.type) for cls in dataclass_types for f in dataclasses.fields(cls)}
 
 
-def load_recipe(path: str) -> dict[str, Any]:
+def load_recipe(path: str, dataclass_types=TRAIN_DATACLASSES) -> dict[str, Any]:
     """The recipe mapping, with unknown keys rejected (one line naming the first)."""
     if not os.path.isfile(path):
         raise UsageError(f"recipe not found: {path}")
@@ -56,16 +56,16 @@ def load_recipe(path: str) -> dict[str, Any]:
         raise UsageError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(recipe, dict):
         raise UsageError(f"{path}: a recipe must be a YAML mapping of key: value")
-    known = set(_field_types()) | {"env"}
+    known = set(_field_types(dataclass_types)) | {"env"}
     unknown = [key for key in recipe if key not in known]
     if unknown:
         raise UsageError(f"unknown recipe key {unknown[0]!r} in {path} (see `rlhf-img train --help` for the keys)")
     return recipe
 
 
-def check_recipe_types(parser, recipe: dict[str, Any], path: str) -> None:
+def check_recipe_types(parser, recipe: dict[str, Any], path: str, dataclass_types=TRAIN_DATACLASSES) -> None:
     """argparse converts string values only; check the YAML's non-string values against each key's type."""
-    types = _field_types()
+    types = _field_types(dataclass_types)
     actions = {action.dest: action for action in parser._actions}
     for key, value in recipe.items():
         action = actions.get(key)
@@ -91,11 +91,11 @@ def check_recipe_types(parser, recipe: dict[str, Any], path: str) -> None:
                 raise UsageError(f"recipe key {key!r} in {path} must be one of {list(action.choices)}, got {value!r}")
 
 
-def parse_train_args(recipe_path: str, overrides: Sequence[str]):
-    """(ImageGRPOConfig, ImageModelConfig, PromptDataConfig) from a recipe plus `--key value` overrides."""
-    parser = _trl_parser()
-    recipe = load_recipe(recipe_path)
-    check_recipe_types(parser, recipe, recipe_path)
+def parse_recipe(recipe_path: str, overrides: Sequence[str], dataclass_types=TRAIN_DATACLASSES, command="train"):
+    """The dataclasses of `dataclass_types` from a recipe plus `--key value` overrides (UsageError on bad input)."""
+    parser = _trl_parser(dataclass_types, command)
+    recipe = load_recipe(recipe_path, dataclass_types)
+    check_recipe_types(parser, recipe, recipe_path, dataclass_types)
     try:
         return parser.parse_args_and_config(["--config", recipe_path, *overrides])
     except UsageError:
@@ -115,7 +115,7 @@ def prepare_training(recipe_path: str, overrides: Sequence[str]):
     from .models import CheckpointError, load_policy
     from .rewards import RewardConfigError, build_rewards
 
-    args, model_args, data_args = parse_train_args(recipe_path, overrides)
+    args, model_args, data_args = parse_recipe(recipe_path, overrides)
     if not model_args.model_name_or_path:
         raise UsageError("recipe key 'model_name_or_path' is required (a local checkpoint folder or a hub id)")
     if not data_args.dataset:
@@ -180,6 +180,32 @@ def cmd_train(argv: Sequence[str]) -> int:
     return 0
 
 
+def _run_stage(argv: Sequence[str], command: str, dataclass_type, description: str):
+    """Parse `RECIPE [--key value ...]` for an upstream stage; None after printing --help."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: rlhf-img {command} RECIPE.yaml [--key value ...]\n\n{description}\n")
+        _trl_parser((dataclass_type,), command).print_help()
+        return None
+    try:
+        (config,) = parse_recipe(argv[0], list(argv[1:]), (dataclass_type,), command)
+    except UsageError as error:
+        fail(str(error))
+    return config
+
+
+def cmd_pretrain_tokenizer(argv: Sequence[str]) -> int:
+    from .worlds.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
+
+    config = _run_stage(argv, "pretrain-tokenizer", TokenizerTrainingConfig, "Train a world's VQ tokenizer on rendered images.")
+    if config is None:
+        return 0
+    summary = train_tokenizer(config)
+    table = summary["held_out_reconstruction"]
+    print("held-out reconstructions (strict GenEval rules): " + ", ".join(f"{k} {v:.3f}" for k, v in table.items()))
+    print(f"rlhf-img: tokenizer trained in {summary['train_seconds']:.0f}s; saved to {config.output_dir}")
+    return 0
+
+
 def cmd_rewards(argv: Sequence[str]) -> int:
     from .rewards import REWARD_REGISTRY
 
@@ -218,6 +244,7 @@ def cmd_create_tiny(argv: Sequence[str]) -> int:
 
 COMMANDS = {
     "train": (cmd_train, "GRPO-train a model from a recipe: rlhf-img train recipes/X.yaml [--key value ...]"),
+    "pretrain-tokenizer": (cmd_pretrain_tokenizer, "Upstream: train a world's VQ tokenizer (recipes/shapes-tokenizer.yaml)."),
     "rewards": (cmd_rewards, "List the built-in rewards."),
     "create-tiny": (cmd_create_tiny, "Write a tiny random causal_vq checkpoint."),
 }

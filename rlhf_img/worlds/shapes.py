@@ -104,7 +104,10 @@ def _place(rng: random.Random, radius: float, others: list[ShapeObject], box=Non
     if lo_x > hi_x or lo_y > hi_y:
         return None
     for _ in range(tries):
-        cx, cy = rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
+        # centres on pixel centres: small discs then rasterise symmetrically and never look square
+        cx, cy = int(rng.uniform(lo_x, hi_x)) + 0.5, int(rng.uniform(lo_y, hi_y)) + 0.5
+        if not (lo_x <= cx <= hi_x and lo_y <= cy <= hi_y):
+            continue
         if all(max(abs(cx - o.cx), abs(cy - o.cy)) > radius + o.radius + 2 for o in others):
             return cx, cy
     return None
