@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -206,6 +207,83 @@ def cmd_pretrain_tokenizer(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_sft(argv: Sequence[str]) -> int:
+    from .worlds.sft import WorldSFTConfig, run_sft
+
+    config = _run_stage(argv, "sft", WorldSFTConfig, "Pretrain/SFT a small causal LM on a world's caption -> image tokens.")
+    if config is None:
+        return 0
+    if not os.path.isdir(config.visual_tokenizer):
+        fail(f"visual tokenizer not found: {config.visual_tokenizer} (run `rlhf-img pretrain-tokenizer` first)")
+    start = time.time()
+    path = run_sft(config)
+    print(f"rlhf-img: SFT done in {time.time() - start:.0f}s; causal_vq checkpoint in {path}")
+    print(f"rlhf-img: score it with `rlhf-img eval {path}`")
+    return 0
+
+
+def cmd_eval(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rlhf-img eval",
+        description="GenEval-style evaluation of a shapes-world checkpoint on its held-out prompts "
+        "(N images per prompt with fixed seeds, strict rules, GenEval's per-tag table).",
+    )
+    parser.add_argument("checkpoint", help="causal_vq checkpoint folder (SFT output, GRPO output, or LoRA adapter)")
+    parser.add_argument("--split", default="held_out", choices=["held_out", "train"], help="prompt split")
+    parser.add_argument("--images_per_prompt", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed -> same images)")
+    parser.add_argument("--cfg_mode", default="none", choices=["none", "guided"], help="guidance at evaluation")
+    parser.add_argument("--cfg_scale", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--results", default=None, help="write one JSON line per image here")
+    parser.add_argument("--json", default=None, help="write the table as JSON here")
+    options = parser.parse_args(argv)
+    from .models import CheckpointError, Sampling, load_policy
+    from .worlds import shapes
+    from .worlds.evaluation import evaluate_policy, format_table, write_records
+
+    try:
+        policy = load_policy("causal_vq", options.checkpoint)
+    except (CheckpointError, OSError, ValueError) as error:
+        fail(str(error).splitlines()[0])
+    train_rows, held_out = shapes.split_prompts()
+    rows = held_out if options.split == "held_out" else train_rows
+    sampling = Sampling(cfg_mode=options.cfg_mode, cfg_scale=options.cfg_scale, temperature=options.temperature,
+                        top_k=options.top_k)
+    table, records, _ = evaluate_policy(policy, rows, options.images_per_prompt, sampling, options.seed)
+    print(format_table(table, f"GenEval (strict) on {len(rows)} {options.split} prompts x {options.images_per_prompt} images, "
+                              f"seed {options.seed}:"))
+    if options.results:
+        write_records(records, options.results)
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump(table, f, indent=2)
+    return 0
+
+
+def cmd_quickstart(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rlhf-img quickstart",
+        description="Evaluate checkpoints/shapes-tiny on held-out prompts, GRPO-train it, evaluate again.",
+    )
+    parser.add_argument("--checkpoint", default="checkpoints/shapes-tiny")
+    parser.add_argument("--recipe", default="recipes/shapes-grpo.yaml")
+    parser.add_argument("--output_dir", default="runs/quickstart")
+    parser.add_argument("--images_per_prompt", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
+    options, overrides = parser.parse_known_args(argv)
+    from .worlds.quickstart import run_quickstart
+
+    try:
+        run_quickstart(options.checkpoint, options.recipe, options.output_dir, options.images_per_prompt,
+                       options.seed, overrides)
+    except UsageError as error:
+        fail(str(error))
+    print(f"rlhf-img: wrote {options.output_dir}/summary.json, reward_curve.png, samples_before.png, samples_after.png")
+    return 0
+
+
 def cmd_rewards(argv: Sequence[str]) -> int:
     from .rewards import REWARD_REGISTRY
 
@@ -245,6 +323,9 @@ def cmd_create_tiny(argv: Sequence[str]) -> int:
 COMMANDS = {
     "train": (cmd_train, "GRPO-train a model from a recipe: rlhf-img train recipes/X.yaml [--key value ...]"),
     "pretrain-tokenizer": (cmd_pretrain_tokenizer, "Upstream: train a world's VQ tokenizer (recipes/shapes-tokenizer.yaml)."),
+    "sft": (cmd_sft, "Upstream: pretrain/SFT a world's causal LM (recipes/shapes-sft.yaml)."),
+    "eval": (cmd_eval, "GenEval-style scores of a shapes-world checkpoint on held-out prompts."),
+    "quickstart": (cmd_quickstart, "The main job: eval -> GRPO -> eval on the shapes world."),
     "rewards": (cmd_rewards, "List the built-in rewards."),
     "create-tiny": (cmd_create_tiny, "Write a tiny random causal_vq checkpoint."),
 }

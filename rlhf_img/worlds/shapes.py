@@ -120,7 +120,7 @@ def sample_scene(metadata: dict, rng: random.Random) -> list[ShapeObject]:
         ok = True
         for clause in metadata["include"]:
             for _ in range(clause["count"]):
-                radius = rng.uniform(4.0, 5.0)
+                radius = rng.uniform(5.0, 6.0)
                 color = clause.get("color") or rng.choice(list(COLORS))
                 box = None
                 if clause.get("position"):
