@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: install test test-fast quickstart bench clean
+.PHONY: install test quickstart shapes-tiny bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q --durations=15
 
 quickstart: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/rlhf-img train recipes/tiny-random-jpeg.yaml
+	HF_HUB_OFFLINE=1 $(BIN)/rlhf-img quickstart --checkpoint checkpoints/shapes-tiny --recipe recipes/shapes-grpo.yaml --output_dir runs/quickstart
+
+# Rebuild checkpoints/shapes-tiny from scratch (see checkpoints/README.md for times on 2 cores).
+shapes-tiny: $(STAMP)
+	$(BIN)/rlhf-img pretrain-tokenizer recipes/shapes-tokenizer.yaml
+	$(BIN)/rlhf-img sft recipes/shapes-sft.yaml
+	$(BIN)/rlhf-img eval runs/shapes-sft
 
 bench: $(STAMP)
 	$(BIN)/python bench/rollouts.py --json runs/bench-rollouts.json

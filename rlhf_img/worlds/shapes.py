@@ -87,6 +87,17 @@ def split_prompts() -> tuple[list[dict], list[dict]]:
     return train, held_out
 
 
+def tag_balanced(rows: list[dict]) -> list[dict]:
+    """`rows` with each tag's prompts repeated (in order) up to the largest tag's count, so uniform sampling
+    over rows is uniform over tags: GenEval's overall is an unweighted mean over tags, while color_attr alone
+    has three quarters of the prompts."""
+    by_tag: dict[str, list[dict]] = {}
+    for row in rows:
+        by_tag.setdefault(row["tag"], []).append(row)
+    target = max(len(group) for group in by_tag.values())
+    return [group[i % len(group)] for group in by_tag.values() for i in range(target)]
+
+
 def write_prompt_file(rows: list[dict], path: str) -> str:
     """GenEval's `evaluation_metadata.jsonl` format, one prompt a line."""
     with open(path, "w") as f:
