@@ -35,9 +35,21 @@ def test_split_is_deterministic_disjoint_and_covers_every_tag():
 
 def test_shipped_prompt_files_match_the_generator():
     train, held_out = shapes.split_prompts()
-    for rows, name in ((train, "shapes-train.jsonl"), (held_out, "shapes-held-out.jsonl")):
+    balanced = shapes.tag_balanced(train)
+    for rows, name in ((train, "shapes-train.jsonl"), (held_out, "shapes-held-out.jsonl"),
+                       (balanced, "shapes-train-balanced.jsonl")):
         with open(os.path.join(REPO, "recipes", "prompts", name)) as f:
             assert [json.loads(line) for line in f] == rows
+
+
+def test_tag_balanced_prompts_weigh_tags_equally_and_hold_nothing_out():
+    train, held_out = shapes.split_prompts()
+    balanced = shapes.tag_balanced(train)
+    counts = {}
+    for row in balanced:
+        counts[row["tag"]] = counts.get(row["tag"], 0) + 1
+    assert len(set(counts.values())) == 1
+    assert {r["prompt"] for r in balanced} == {r["prompt"] for r in train}
 
 
 def test_rendered_images_score_one_on_every_tag():
