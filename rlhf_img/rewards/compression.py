@@ -7,13 +7,8 @@ import io
 import torch
 from PIL import Image
 
+from ..images import to_pil
 from .registry import register_reward
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """`(B, 3, H, W)` float in [0, 1] -> RGB PIL images."""
-    array = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a, mode="RGB") for a in array]
 
 
 def jpeg_size_kb(image: Image.Image, quality: int) -> float:

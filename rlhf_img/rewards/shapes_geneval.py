@@ -23,7 +23,8 @@ class ShapesGenEval:
 
     def __call__(self, prompts: list[str], images: torch.Tensor, tag: list[str], include: list[list[dict]],
                  exclude: list[list[dict] | None] | None = None, **kwargs) -> list[float]:
-        from ..worlds.shapes_detector import judge, to_uint8
+        from ..images import to_uint8
+        from ..worlds.shapes_detector import judge
 
         exclude = exclude or [None] * len(prompts)
         scores = []

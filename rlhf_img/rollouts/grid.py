@@ -7,7 +7,7 @@ import textwrap
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..rewards.compression import to_pil
+from ..images import to_pil
 
 
 def captioned_grid(

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from ..models.policy import Policy, Sampling
 from ..rewards.geneval_rules import TAGS, summarize
 from . import shapes
-from .shapes_detector import judge, to_uint8
+from ..images import to_uint8
+from .shapes_detector import judge
 
 
 @torch.no_grad()

@@ -9,7 +9,6 @@ are dropped as noise, and the shape is read from how much of its bounding box a 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from ..rewards.geneval_rules import Detection, Judgement, evaluate, select_detections
@@ -83,11 +82,6 @@ def detect(image: np.ndarray) -> dict[str, list[Detection]]:
             box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
             found.setdefault(shape, []).append(Detection(box, confidence, PALETTE_NAMES[color_index]))
     return found
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """`(B, 3, H, W)` float in [0, 1] -> `(B, H, W, 3)` uint8."""
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def judge(image: np.ndarray, metadata: dict, mode: str = "strict") -> Judgement:

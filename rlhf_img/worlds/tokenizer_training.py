@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from ..models.vq import VQTokenizer
 from ..rewards.geneval_rules import summarize
 from . import shapes
-from .shapes_detector import judge, to_uint8
+from ..images import to_uint8
+from .shapes_detector import judge
 
 
 @dataclass
