@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -60,6 +60,16 @@ class CausalVQConfig:
     @property
     def num_tokens(self) -> int:
         return self.grid[0] * self.grid[1]
+
+    def save(self, directory: str) -> str:
+        """Write `directory/causal_vq.json`; returns its path."""
+        os.makedirs(directory, exist_ok=True)
+        data = asdict(self)
+        data["grid"] = list(data["grid"])
+        path = os.path.join(directory, CONFIG_NAME)
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
+        return path
 
 
 class CausalVQPolicy:
@@ -163,12 +173,7 @@ class CausalVQPolicy:
 
     def save_pretrained(self, output_dir: str) -> None:
         """Write `causal_vq.json` and the visual tokenizer so `output_dir` loads as a `causal_vq` checkpoint."""
-        os.makedirs(output_dir, exist_ok=True)
-        config = asdict(self.config)
-        config["grid"] = list(config["grid"])
-        config["visual_tokenizer"] = "visual_tokenizer"
-        with open(os.path.join(output_dir, CONFIG_NAME), "w") as f:
-            json.dump(config, f, indent=2)
+        replace(self.config, visual_tokenizer="visual_tokenizer").save(output_dir)
         self.visual_tokenizer.save_pretrained(os.path.join(output_dir, "visual_tokenizer"))
 
 

@@ -7,14 +7,13 @@ no merges) with SimpleAR-style special tokens, a transformers Qwen2 or Llama LM 
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from .causal_vq import CONFIG_NAME
+from .causal_vq import CausalVQConfig
 from .vq import VQTokenizer
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|t2i|>", "<|soi|>"]
@@ -76,16 +75,12 @@ def save_tiny_causal_vq(
     vq = VQTokenizer(codebook_size=codebook_size, code_dim=8, channels=vq_channels)
     torch.nn.init.normal_(vq.codebook.weight)  # unit-variance codes decode to visibly different patches
     vq.save_pretrained(os.path.join(path, "visual_tokenizer"))
-    config = {
-        "image_code_offset": offset,
-        "image_code_count": codebook_size,
-        "grid": list(grid),
-        "prompt_template": "<|t2i|>{prompt}<|soi|>",
-        "special_tokens": SPECIAL_TOKENS[1:],
-        "add_special_tokens": False,
-        "visual_tokenizer": "visual_tokenizer",
-        "visual_tokenizer_class": "vq",
-    }
-    with open(os.path.join(path, CONFIG_NAME), "w") as f:
-        json.dump(config, f, indent=2)
+    CausalVQConfig(
+        image_code_offset=offset,
+        image_code_count=codebook_size,
+        grid=tuple(grid),
+        prompt_template="<|t2i|>{prompt}<|soi|>",
+        special_tokens=SPECIAL_TOKENS[1:],
+        add_special_tokens=False,
+    ).save(path)
     return path

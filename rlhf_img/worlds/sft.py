@@ -10,7 +10,6 @@ are never seen). Training is transformers' `Trainer`; the result is a `causal_vq
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -29,7 +28,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..models.causal_vq import CONFIG_NAME
+from ..models.causal_vq import CausalVQConfig
 from ..models.vq import VQTokenizer
 from . import shapes
 
@@ -171,14 +170,11 @@ def save_causal_vq(path: str, model, tokenizer, visual_tokenizer_dir: str, codeb
         os.makedirs(target)
         for name in ("config.json", "model.safetensors"):
             shutil.copy(os.path.join(visual_tokenizer_dir, name), target)
-    with open(os.path.join(path, CONFIG_NAME), "w") as f:
-        json.dump({
-            "image_code_offset": len(tokenizer),
-            "image_code_count": codebook_size,
-            "grid": list(grid),
-            "prompt_template": PROMPT_TEMPLATE,
-            "special_tokens": ["<|t2i|>", "<|soi|>"],
-            "add_special_tokens": False,
-            "visual_tokenizer": "visual_tokenizer",
-            "visual_tokenizer_class": "vq",
-        }, f, indent=2)
+    CausalVQConfig(
+        image_code_offset=len(tokenizer),
+        image_code_count=codebook_size,
+        grid=tuple(grid),
+        prompt_template=PROMPT_TEMPLATE,
+        special_tokens=["<|t2i|>", "<|soi|>"],
+        add_special_tokens=False,
+    ).save(path)
