@@ -14,7 +14,7 @@ import time
 from typing import Any, Sequence
 
 import torch
-from accelerate.utils import gather, is_peft_model
+from accelerate.utils import gather
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 from trl.models.utils import disable_gradient_checkpointing
@@ -57,7 +57,7 @@ def group_advantages(
         weighted = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
         group_std = nanstd(weighted.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
     else:
-        raise ValueError(f"multi_objective_aggregation must be 'sum_then_normalize' or 'normalize_then_sum'")
+        raise ValueError("multi_objective_aggregation must be 'sum_then_normalize' or 'normalize_then_sum'")
     is_std_zero = torch.nan_to_num(group_std, nan=0.0) < 1e-8
     return torch.nan_to_num(advantages, nan=0.0), rewards, is_std_zero
 
