@@ -48,15 +48,15 @@ def run_quickstart(checkpoint: str, recipe: str, output_dir: str, images_per_pro
 
     os.makedirs(output_dir, exist_ok=True)
     _, held_out = shapes.split_prompts()
-    policy = load_policy("causal_vq", checkpoint)
-    args, _, rewards, dataset, train_policy, peft_config = prepare_training(
+    args, _, rewards, dataset, policy, peft_config = prepare_training(
         recipe, ["--model_name_or_path", checkpoint, "--output_dir", os.path.join(output_dir, "grpo"), *overrides]
     )
     eval_sampling = Sampling(cfg_mode="none", temperature=args.temperature, top_k=args.top_k or 0, top_p=args.top_p)
+    # the policy about to be trained, scored before the trainer wraps it
     before, _, before_images = evaluate_policy(policy, held_out, images_per_prompt, eval_sampling, seed)
     print(format_table(before, "held-out, before GRPO (strict):"))
 
-    trainer = ImageGRPOTrainer(train_policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
+    trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
     start = time.time()
     trainer.train()
     grpo_seconds = time.time() - start

@@ -1,9 +1,9 @@
 """The exact detector of the shapes world: pixels -> nearest palette colour -> connected components per
 colour -> shape by geometry -> GenEval-style detections, judged by `rewards/geneval_rules.py`.
 
-Robust to VQ reconstructions: pixels far from every palette colour count as background, tiny components
-are dropped as noise, and the shape is read from how much of its bounding box a component fills (square
-~1, circle ~pi/4, triangle ~1/2).
+Robust to VQ reconstructions: each pixel takes the nearest of the background and palette colours,
+components are hole-filled and tiny ones dropped as noise, and the shape is read from the component's
+geometry in its bounding box (see `shape_of`).
 """
 
 from __future__ import annotations
