@@ -101,6 +101,10 @@ class ImageGRPOConfig(trl.GRPOConfig):
             if not isinstance(self.rewards, list) or not self.rewards:
                 raise RewardConfigError("rewards: expected a non-empty list of reward entries")
             self.reward_specs = [RewardSpec.parse(entry) for entry in self.rewards]
+            names = [spec.display_name for spec in self.reward_specs]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise RewardConfigError(f"rewards: {repeated} appear more than once; give each a distinct `label`")
         else:
             self.reward_specs = []
         self.sampling  # validates temperature / top_p

@@ -88,7 +88,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         if not rewards:
             raise ValueError("no rewards: set `rewards` in the recipe or pass reward_funcs")
         if len({r.name for r in rewards}) != len(rewards):
-            raise ValueError(f"reward names must be unique, got {[r.name for r in rewards]}")
+            raise ValueError(f"reward names must be unique (give repeats a `label`), got {[r.name for r in rewards]}")
         args.reward_weights = [r.weight for r in rewards]
         self.policy = policy
         self.image_rewards: list[RewardFunction] = rewards

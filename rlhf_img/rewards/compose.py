@@ -31,7 +31,7 @@ class RewardFunction:
 
     @classmethod
     def from_spec(cls, spec: RewardSpec) -> "RewardFunction":
-        return cls(resolve_reward(spec), name=spec.name, weight=spec.weight)
+        return cls(resolve_reward(spec), name=spec.display_name, weight=spec.weight)
 
     @property
     def is_async(self) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
@@ -33,7 +33,8 @@ RELATIONS = ("left of", "right of", "above", "below")
 class Detection:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
     score: float = 1.0
-    color: str | None = None
+    color: str | None = None  # set by detectors that know colours (the shapes world)
+    mask: Any = None  # (H, W) bool tensor, for detectors with masks (colour is then read from the masked crop)
 
 
 @dataclass

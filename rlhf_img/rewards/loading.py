@@ -28,15 +28,20 @@ class RewardSpec:
     name: str
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None  # display/logging name; lets one reward appear twice with different kwargs
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.name
 
     @classmethod
     def parse(cls, entry: Any) -> "RewardSpec":
-        """Accepts `"name"`, `{"name": ..., "weight": ..., "kwargs": {...}}`."""
+        """Accepts `"name"`, `{"name": ..., "weight": ..., "kwargs": {...}, "label": ...}`."""
         if isinstance(entry, str):
             return cls(name=entry)
         if not isinstance(entry, dict) or "name" not in entry:
             raise RewardConfigError(f"rewards: each entry needs a 'name' (got {entry!r})")
-        unknown = set(entry) - {"name", "weight", "kwargs"}
+        unknown = set(entry) - {"name", "weight", "kwargs", "label"}
         if unknown:
             raise RewardConfigError(f"rewards: unknown key(s) {sorted(unknown)} in entry {entry['name']!r}")
         kwargs = entry.get("kwargs") or {}
@@ -46,7 +51,9 @@ class RewardSpec:
             weight = float(entry.get("weight", 1.0))
         except (TypeError, ValueError):
             raise RewardConfigError(f"rewards: 'weight' of {entry['name']!r} must be a number") from None
-        return cls(name=str(entry["name"]), weight=weight, kwargs=dict(kwargs))
+        label = entry.get("label")
+        return cls(name=str(entry["name"]), weight=weight, kwargs=dict(kwargs),
+                   label=None if label is None else str(label))
 
 
 def _import_from_file(path: str, attribute: str, spec_name: str) -> Any:

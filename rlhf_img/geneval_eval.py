@@ -1,0 +1,131 @@
+"""`rlhf-img eval geneval`: GenEval for a checkpoint, or for a folder of images in GenEval's layout.
+
+GenEval's layout (djghosh13/geneval, `generation/` and `evaluation/evaluate_images.py`): one folder per
+prompt, `IMAGEDIR/<index:05d>/metadata.jsonl` (that prompt's metadata as one JSON object) and
+`IMAGEDIR/<index:05d>/samples/<k:04d>.png`. Results are one JSON line per image with GenEval's fields
+(`filename`, `tag`, `prompt`, `correct`, `reason`, `metadata`, `details`); the table is accuracy per tag
+and `overall` = the unweighted mean over tags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .rewards.geneval import GenEvalScorer
+from .rewards.geneval_rules import summarize
+
+
+def read_metadata(path: str) -> list[dict]:
+    """GenEval's `evaluation_metadata.jsonl`: one object per line with `tag`, `include`, (`exclude`), `prompt`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"GenEval metadata not found: {path}")
+    rows = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+            missing = {"tag", "include", "prompt"} - set(row)
+            if missing:
+                raise ValueError(f"{path}:{number}: missing GenEval key(s) {sorted(missing)}")
+            rows.append(row)
+    return rows
+
+
+def write_image_folder(policy, metadata: Sequence[dict], image_dir: str, images_per_prompt: int, sampling,
+                       seed: int = 0, batch_prompts: int = 8) -> None:
+    """Sample `images_per_prompt` images per prompt with fixed seeds and save them in GenEval's layout."""
+    from .worlds.evaluation import generate_images
+    from .images import to_pil
+
+    for start in tqdm(range(0, len(metadata), batch_prompts), desc="geneval: sampling", dynamic_ncols=True):
+        rows = list(metadata[start : start + batch_prompts])
+        images = generate_images(policy, rows, images_per_prompt, sampling, seed * 1_000_003 + start,
+                                 batch_prompts=len(rows), progress=False)
+        for index, image in enumerate(to_pil(images)):
+            prompt_index = start + index // images_per_prompt
+            folder = os.path.join(image_dir, f"{prompt_index:05d}")
+            os.makedirs(os.path.join(folder, "samples"), exist_ok=True)
+            if index % images_per_prompt == 0:
+                with open(os.path.join(folder, "metadata.jsonl"), "w") as f:
+                    json.dump(metadata[prompt_index], f)
+            image.save(os.path.join(folder, "samples", f"{index % images_per_prompt:04d}.png"))
+
+
+def list_image_folder(image_dir: str) -> list[tuple[str, dict]]:
+    """(image path, metadata) for every `NNNNN/samples/NNNN.png` of a GenEval image folder, in order."""
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"GenEval image folder not found: {image_dir}")
+    items = []
+    for sub in sorted(os.listdir(image_dir)):
+        folder = os.path.join(image_dir, sub)
+        if not (sub.isdigit() and os.path.isdir(folder)):
+            continue
+        meta_path = os.path.join(folder, "metadata.jsonl")
+        if not os.path.isfile(meta_path):
+            raise FileNotFoundError(f"GenEval image folder: {meta_path} is missing")
+        with open(meta_path) as f:
+            metadata = json.load(f)
+        samples = os.path.join(folder, "samples")
+        for name in sorted(os.listdir(samples)) if os.path.isdir(samples) else []:
+            if re.fullmatch(r"\d+\.png", name):
+                items.append((os.path.join(samples, name), metadata))
+    if not items:
+        raise FileNotFoundError(f"GenEval image folder {image_dir} has no NNNNN/samples/NNNN.png images")
+    return items
+
+
+def load_image(path: str) -> torch.Tensor:
+    """`(3, H, W)` float in [0, 1]."""
+    with Image.open(path) as image:
+        array = np.array(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 255
+
+
+def score_image_folder(scorer: GenEvalScorer, image_dir: str, batch_size: int = 8) -> list[dict]:
+    """GenEval's per-image results for a folder (images batched by size)."""
+    items = list_image_folder(image_dir)
+    records = []
+    for start in tqdm(range(0, len(items), batch_size), desc="geneval: scoring", dynamic_ncols=True):
+        chunk = items[start : start + batch_size]
+        images = [load_image(path) for path, _ in chunk]
+        if len({tuple(image.shape) for image in images}) == 1:
+            groups = [(chunk, torch.stack(images))]
+        else:  # mixed sizes: one image at a time
+            groups = [([item], image[None]) for item, image in zip(chunk, images)]
+        for group, batch in groups:
+            judgements, detections = scorer.judge(batch, [meta for _, meta in group], "strict")
+            for (path, meta), judgement, found in zip(group, judgements, detections):
+                records.append({
+                    "filename": path, "tag": meta["tag"], "prompt": meta.get("prompt", ""),
+                    "correct": judgement.correct, "reason": "\n".join(judgement.reasons),
+                    "metadata": json.dumps(meta),
+                    "details": json.dumps({name: [list(d.box) + [d.score] for d in items_]
+                                           for name, items_ in found.items()}),
+                })
+    return records
+
+
+def results_table(records: Sequence[dict]) -> dict[str, float]:
+    return summarize([(record["tag"], bool(record["correct"])) for record in records])
+
+
+def write_results(records: Sequence[dict], table: dict[str, float], output_dir: str) -> tuple[str, str]:
+    os.makedirs(output_dir, exist_ok=True)
+    results_path, table_path = os.path.join(output_dir, "results.jsonl"), os.path.join(output_dir, "table.json")
+    with open(results_path, "w") as f:
+        f.writelines(json.dumps(record) + "\n" for record in records)
+    with open(table_path, "w") as f:
+        json.dump(table, f, indent=2)
+    return results_path, table_path
