@@ -29,15 +29,23 @@ from .rollouts.records import save_rollouts
 
 
 def group_advantages(
-    rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int, scale_rewards: str, aggregation: str
+    rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int, scale_rewards: str, aggregation: str,
+    normalize: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Advantages `(N,)` from rewards `(N, R)` (NaN = no score) for consecutive groups of `num_generations`.
 
     Same rules as TRL's GRPO: `sum_then_normalize` weights then normalises per group (scale_rewards
-    'group' | 'batch' | 'none'); `normalize_then_sum` z-scores each reward per group first. Returns
-    (advantages, weighted rewards, per-row flag "its group's rewards have zero std").
+    'group' | 'batch' | 'none'); `normalize_then_sum` z-scores each reward per group first. `normalize`
+    `(R,)` bool: those rewards are first z-scored over the whole batch (a reward's own `normalize: true`),
+    so a reward on a large scale (PickScore ~20) cannot drown one on a small scale (CLIP cosine ~0.3).
+    Returns (advantages, weighted rewards, per-row flag "its group's rewards have zero std").
     """
     unscorable = torch.isnan(rewards_per_func).all(dim=1)
+    if normalize is not None and bool(normalize.any()):
+        columns = rewards_per_func[:, normalize]
+        columns = (columns - torch.nanmean(columns, dim=0)) / (nanstd(columns, dim=0) + 1e-4)
+        rewards_per_func = rewards_per_func.clone()
+        rewards_per_func[:, normalize] = columns
     if aggregation == "sum_then_normalize":
         rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
         rewards[unscorable] = torch.nan
@@ -169,6 +177,7 @@ class ImageGRPOTrainer(GRPOTrainer):
             num_generations,
             self.scale_rewards,
             self.multi_objective_aggregation,
+            torch.tensor([r.normalize for r in self.image_rewards], device=device),
         )
         process_slice = slice(
             self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)

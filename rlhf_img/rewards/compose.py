@@ -25,13 +25,13 @@ class RewardError(RuntimeError):
 class RewardFunction:
     """A resolved reward with its display name and weight."""
 
-    def __init__(self, fn: Callable, name: str, weight: float = 1.0) -> None:
-        self.fn, self.name, self.weight = fn, name, float(weight)
+    def __init__(self, fn: Callable, name: str, weight: float = 1.0, normalize: bool = False) -> None:
+        self.fn, self.name, self.weight, self.normalize = fn, name, float(weight), bool(normalize)
         self.__name__ = name  # TRL names reward columns after `__name__`
 
     @classmethod
     def from_spec(cls, spec: RewardSpec) -> "RewardFunction":
-        return cls(resolve_reward(spec), name=spec.display_name, weight=spec.weight)
+        return cls(resolve_reward(spec), name=spec.display_name, weight=spec.weight, normalize=spec.normalize)
 
     @property
     def is_async(self) -> bool:

@@ -29,6 +29,7 @@ class RewardSpec:
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
     label: str | None = None  # display/logging name; lets one reward appear twice with different kwargs
+    normalize: bool = False  # z-score this reward over the batch before weighting (no reward dominates by scale)
 
     @property
     def display_name(self) -> str:
@@ -36,12 +37,12 @@ class RewardSpec:
 
     @classmethod
     def parse(cls, entry: Any) -> "RewardSpec":
-        """Accepts `"name"`, `{"name": ..., "weight": ..., "kwargs": {...}, "label": ...}`."""
+        """Accepts `"name"`, `{"name": ..., "weight": ..., "kwargs": {...}, "label": ..., "normalize": bool}`."""
         if isinstance(entry, str):
             return cls(name=entry)
         if not isinstance(entry, dict) or "name" not in entry:
             raise RewardConfigError(f"rewards: each entry needs a 'name' (got {entry!r})")
-        unknown = set(entry) - {"name", "weight", "kwargs", "label"}
+        unknown = set(entry) - {"name", "weight", "kwargs", "label", "normalize"}
         if unknown:
             raise RewardConfigError(f"rewards: unknown key(s) {sorted(unknown)} in entry {entry['name']!r}")
         kwargs = entry.get("kwargs") or {}
@@ -51,9 +52,11 @@ class RewardSpec:
             weight = float(entry.get("weight", 1.0))
         except (TypeError, ValueError):
             raise RewardConfigError(f"rewards: 'weight' of {entry['name']!r} must be a number") from None
-        label = entry.get("label")
+        label, normalize = entry.get("label"), entry.get("normalize", False)
+        if not isinstance(normalize, bool):
+            raise RewardConfigError(f"rewards: 'normalize' of {entry['name']!r} must be true or false")
         return cls(name=str(entry["name"]), weight=weight, kwargs=dict(kwargs),
-                   label=None if label is None else str(label))
+                   label=None if label is None else str(label), normalize=normalize)
 
 
 def _import_from_file(path: str, attribute: str, spec_name: str) -> Any:
