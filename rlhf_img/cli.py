@@ -222,11 +222,75 @@ def cmd_sft(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_eval_geneval(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rlhf-img eval geneval",
+        description="GenEval (Ghosh et al., 2023) for a checkpoint or for a folder of images in GenEval's layout "
+        "(NNNNN/metadata.jsonl + NNNNN/samples/NNNN.png): Mask2Former (COCO instance) detections, CLIP ViT-L-14 "
+        "colours, GenEval's rules. Writes OUTPUT_DIR/results.jsonl (GenEval's fields) and table.json, prints the table.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="sample from this checkpoint (hub id or folder) into OUTPUT_DIR/images")
+    source.add_argument("--images", help="score an existing GenEval image folder instead of sampling")
+    parser.add_argument("--metadata", help="GenEval's evaluation_metadata.jsonl (needed with --checkpoint)")
+    parser.add_argument("--output_dir", required=True, help="where results.jsonl, table.json (and images/) go")
+    parser.add_argument("--model_family", default="causal_vq", help="family of --checkpoint")
+    parser.add_argument("--images_per_prompt", type=int, default=4, help="GenEval uses 4")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed -> same images)")
+    parser.add_argument("--cfg_mode", default="guided", choices=["none", "guided"], help="guidance when sampling")
+    parser.add_argument("--cfg_scale", type=float, default=4.0)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--detector", default="mask2former", choices=["mask2former", "shapes"],
+                        help="mask2former for real images; shapes for the shapes world")
+    parser.add_argument("--detector_model", default="facebook/mask2former-swin-small-coco-instance",
+                        help="transformers Mask2Former checkpoint (hub id or folder), COCO instance labels")
+    parser.add_argument("--clip_model", default="ViT-L-14", help="open_clip model for colours (name, hf-hub:, local-dir:)")
+    parser.add_argument("--clip_pretrained", default="openai", help="open_clip pretrained tag or weights file")
+    parser.add_argument("--class_names", default=None, help="object_names.txt (default: GenEval's 80 COCO names)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--batch_size", type=int, default=8, help="images per detector batch")
+    options = parser.parse_args(argv)
+    from . import geneval_eval
+    from .models import CheckpointError, Sampling, load_policy
+    from .rewards.geneval import build_scorer
+    from .worlds.evaluation import format_table
+
+    image_dir = options.images
+    try:
+        if options.checkpoint:
+            if not options.metadata:
+                raise UsageError("--metadata (GenEval's evaluation_metadata.jsonl) is needed with --checkpoint")
+            metadata = geneval_eval.read_metadata(options.metadata)
+            policy = load_policy(options.model_family, options.checkpoint)
+        else:
+            geneval_eval.list_image_folder(image_dir)  # fails early on a bad folder
+        scorer = build_scorer(options.detector, options.detector_model, options.clip_model, options.clip_pretrained,
+                              options.device, options.batch_size, options.class_names)
+    except (UsageError, CheckpointError, OSError, ValueError, KeyError) as error:
+        fail(str(error).splitlines()[0])
+    if options.checkpoint:
+        image_dir = os.path.join(options.output_dir, "images")
+        sampling = Sampling(cfg_mode=options.cfg_mode, cfg_scale=options.cfg_scale, temperature=options.temperature,
+                            top_k=options.top_k, top_p=options.top_p)
+        geneval_eval.write_image_folder(policy, metadata, image_dir, options.images_per_prompt, sampling, options.seed)
+    records = geneval_eval.score_image_folder(scorer, image_dir, options.batch_size)
+    table = geneval_eval.results_table(records)
+    results_path, table_path = geneval_eval.write_results(records, table, options.output_dir)
+    print(format_table(table, f"GenEval on {len(records)} images from {image_dir}:"))
+    print(f"rlhf-img: wrote {results_path} and {table_path}")
+    return 0
+
+
 def cmd_eval(argv: Sequence[str]) -> int:
+    if argv and argv[0] == "geneval":
+        return cmd_eval_geneval(argv[1:])
     parser = argparse.ArgumentParser(
         prog="rlhf-img eval",
         description="GenEval-style evaluation of a shapes-world checkpoint on its held-out prompts "
-        "(N images per prompt with fixed seeds, strict rules, GenEval's per-tag table).",
+        "(N images per prompt with fixed seeds, strict rules, GenEval's per-tag table). "
+        "For real GenEval: `rlhf-img eval geneval --help`.",
     )
     parser.add_argument("checkpoint", help="causal_vq checkpoint folder (SFT output, GRPO output, or LoRA adapter)")
     parser.add_argument("--split", default="held_out", choices=["held_out", "train"], help="prompt split")
@@ -293,6 +357,52 @@ def cmd_rewards(argv: Sequence[str]) -> int:
     return 0
 
 
+SERVE_REWARD_EPILOG = """\
+CONFIG.yaml holds a `rewards:` list in the recipe's format, e.g.
+  rewards:
+    - {name: my_detector.py:score, weight: 1.0, kwargs: {device: cuda:1}, label: detector}
+
+endpoints (JSON):
+  GET  /health  -> {"status": "ok", "rewards": [...], "weights": [...]}
+  POST /score   {"prompts": [...], "images": {"dtype": "uint8", "shape": [B, 3, H, W], "data": base64},
+                 "columns": {...}} -> {"scores": [weighted sum per image], "per_reward": {name: [...]}}
+
+use it from a training recipe with the `remote` reward:
+  rewards:
+    - {name: remote, kwargs: {url: "http://127.0.0.1:8765", timeout: 60, retries: 2, health_check: true}}
+  url: the server; timeout: seconds per request; retries: extra attempts after connection errors,
+  timeouts and 5xx answers; health_check: GET /health when the trainer starts.
+"""
+
+
+def cmd_serve_reward(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rlhf-img serve-reward",
+        description="Serve rewards over HTTP so heavy detectors / VLM judges run in their own process, GPU and "
+        "environment; the trainer calls them with the `remote` reward. Prints `rlhf-img reward server listening on "
+        "http://HOST:PORT` once the rewards are loaded; Ctrl-C stops it.",
+        epilog=SERVE_REWARD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="YAML file with a `rewards:` list (name/weight/kwargs/label, as in a recipe)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (printed on start)")
+    parser.add_argument("--verbose", action="store_true", help="log one line per request to stderr")
+    options = parser.parse_args(argv)
+    if not 0 <= options.port <= 65535:
+        fail(f"--port must be in 0..65535, got {options.port}")
+    from .rewards import RewardConfigError
+    from .rewards.server import serve
+
+    try:
+        serve(options.config, options.host, options.port, verbose=options.verbose)
+    except RewardConfigError as error:
+        fail(str(error))
+    except OSError as error:  # the port is taken, or the host is not an address of this machine
+        fail(f"cannot listen on {options.host}:{options.port} ({error})")
+    return 0
+
+
 def cmd_create_tiny(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="rlhf-img create-tiny", description="Write a random-weight causal_vq checkpoint (for tests and demos)."
@@ -324,9 +434,10 @@ COMMANDS = {
     "train": (cmd_train, "GRPO-train a model from a recipe: rlhf-img train recipes/X.yaml [--key value ...]"),
     "pretrain-tokenizer": (cmd_pretrain_tokenizer, "Upstream: train a world's VQ tokenizer (recipes/shapes-tokenizer.yaml)."),
     "sft": (cmd_sft, "Upstream: pretrain/SFT a world's causal LM (recipes/shapes-sft.yaml)."),
-    "eval": (cmd_eval, "GenEval-style scores of a shapes-world checkpoint on held-out prompts."),
+    "eval": (cmd_eval, "GenEval-style scores of a shapes-world checkpoint; `eval geneval` for real GenEval."),
     "quickstart": (cmd_quickstart, "The main job: eval -> GRPO -> eval on the shapes world."),
     "rewards": (cmd_rewards, "List the built-in rewards."),
+    "serve-reward": (cmd_serve_reward, "Serve rewards over HTTP for the `remote` reward: rlhf-img serve-reward X.yaml"),
     "create-tiny": (cmd_create_tiny, "Write a tiny random causal_vq checkpoint."),
 }
 
