@@ -121,6 +121,55 @@ def tiny_pickscore(tmp_path_factory) -> str:
     return str(folder)
 
 
+# ---------------------------------------------------------------- clip_score
+
+
+def reference_clip_cosine(tiny_open_clip, images, captions) -> torch.Tensor:
+    model, preprocess, tokenizer = reference_open_clip(tiny_open_clip)
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(image) for image in pil_images(images)])
+        image_features = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
+        text_features = torch.nn.functional.normalize(model.encode_text(tokenizer(captions)), dim=-1)
+    return (image_features * text_features).sum(-1)
+
+
+@pytest.mark.parametrize("clip_source", ["local-dir", "name+weights-file", "local-dir-as-pretrained"])
+def test_clip_score_cosine_matches_open_clip_pil_pipeline(tiny_open_clip, clip_source):
+    if clip_source == "local-dir":
+        kwargs = {"model": f"local-dir:{tiny_open_clip['local_dir']}", "pretrained": None}
+    elif clip_source == "name+weights-file":
+        kwargs = {"model": TINY_CLIP_NAME, "pretrained": tiny_open_clip["weights"]}
+    else:
+        kwargs = {"model": "ViT-H-14", "pretrained": f"local-dir:{tiny_open_clip['local_dir']}"}
+    images = quantised_images(32, 32, seed=5)
+    entry = {"name": "clip_score", "kwargs": {"device": "cpu", "caption_template": "A photo of {prompt}", **kwargs}}
+    scores = scores_of(entry, images)
+    expected = reference_clip_cosine(tiny_open_clip, images, [f"A photo of {p}" for p in PROMPTS])
+    assert expected.std() > 1e-3
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_clip_score_formulas_and_resized_inputs(tiny_open_clip):
+    images = quantised_images(48, 40, seed=6)  # resized on the tensor vs by PIL: close, not identical
+    base = {"model": f"local-dir:{tiny_open_clip['local_dir']}", "device": "cpu", "caption_template": "{prompt}"}
+    cosine = scores_of({"name": "clip_score", "kwargs": base}, images)
+    expected = reference_clip_cosine(tiny_open_clip, images, PROMPTS)
+    torch.testing.assert_close(cosine, expected, rtol=0, atol=0.1 * expected.std().item())
+    hundred = scores_of({"name": "clip_score", "kwargs": {**base, "formula": "100cos"}}, images)
+    clipscore = scores_of({"name": "clip_score", "kwargs": {**base, "formula": "clipscore"}}, images)
+    torch.testing.assert_close(hundred, 100 * cosine, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(clipscore, 2.5 * cosine.clamp(min=0), rtol=1e-5, atol=1e-6)
+
+
+def test_clip_score_bad_kwargs_are_one_line_errors(tmp_path):
+    with pytest.raises(RewardConfigError, match="formula"):
+        build_rewards([{"name": "clip_score", "kwargs": {"formula": "cos2"}}])
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+        build_rewards([{"name": "clip_score", "kwargs": {"model": "ViT-B-32", "pretrained": str(tmp_path / "nowhere.safetensors")}}])
+    with pytest.raises(FileNotFoundError, match="local-dir not found"):
+        build_rewards([{"name": "clip_score", "kwargs": {"model": f"local-dir:{tmp_path / 'nothing'}"}}])
+
+
 # ---------------------------------------------------------------- aesthetic
 
 

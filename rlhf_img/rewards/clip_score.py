@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .clip import load_open_clip
+from .loading import RewardConfigError
 from .registry import register_reward
 
 FORMULAS = {
@@ -31,9 +32,9 @@ class ClipScore:
                  formula: str = "cosine", caption_template: str = "A photo of {prompt}", device: str | None = None,
                  precision: str = "fp32", batch_size: int = 32, force_quick_gelu: bool | None = None) -> None:
         if formula not in FORMULAS:
-            raise ValueError(f"clip_score: formula must be one of {sorted(FORMULAS)}, got {formula!r}")
+            raise RewardConfigError(f"clip_score: formula must be one of {sorted(FORMULAS)}, got {formula!r}")
         if "{prompt}" not in caption_template:
-            raise ValueError(f"clip_score: caption_template must contain '{{prompt}}', got {caption_template!r}")
+            raise RewardConfigError(f"clip_score: caption_template must contain '{{prompt}}', got {caption_template!r}")
         self.clip = load_open_clip(model, pretrained, device, precision, force_quick_gelu)
         self.formula, self.caption_template, self.batch_size = formula, caption_template, batch_size
 

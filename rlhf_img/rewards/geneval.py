@@ -29,6 +29,7 @@ from .geneval_rules import (
     evaluate,
     select_detections,
 )
+from .loading import RewardConfigError
 from .registry import register_reward
 
 # GenEval's `object_names.txt`: COCO's 80 classes in COCO order, with GenEval's spellings
@@ -201,7 +202,7 @@ def build_scorer(detector: str = "mask2former", detector_model: str = DEFAULT_DE
     if detector == "shapes":
         return GenEvalScorer(ShapesDetector(), None, threshold, counting_threshold, max_objects)
     if detector != "mask2former":
-        raise ValueError(f"geneval: detector must be 'mask2former' or 'shapes', got {detector!r}")
+        raise RewardConfigError(f"geneval: detector must be 'mask2former' or 'shapes', got {detector!r}")
     if isinstance(class_names, str):  # a path to an object_names.txt
         with open(class_names) as f:
             class_names = [line.strip() for line in f if line.strip()]
@@ -217,7 +218,7 @@ class GenEvalReward:
 
     def __init__(self, mode: str = "dense", **scorer_kwargs) -> None:
         if mode not in ("dense", "strict"):
-            raise ValueError(f"geneval: mode must be 'dense' or 'strict', got {mode!r}")
+            raise RewardConfigError(f"geneval: mode must be 'dense' or 'strict', got {mode!r}")
         self.mode = mode
         self.scorer = build_scorer(**scorer_kwargs)
 
