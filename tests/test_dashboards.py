@@ -1,7 +1,6 @@
 """Dashboards: a wandb offline run holds the per-reward scalars and the rollout grid; TensorBoard too."""
 
 import glob
-import os
 
 import pytest
 from datasets import Dataset
@@ -52,7 +51,7 @@ def test_wandb_offline_run_has_per_reward_scalars_and_images(tmp_path, tiny_chec
 def test_tensorboard_has_per_reward_scalars_and_images(tmp_path, tiny_checkpoint):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    trainer = train(tmp_path, tiny_checkpoint, "tensorboard")
+    train(tmp_path, tiny_checkpoint, "tensorboard")
     (event_file,) = glob.glob(str(tmp_path / "out" / "runs" / "**" / "events.out.tfevents.*"), recursive=True)
     events = EventAccumulator(event_file, size_guidance={"images": 0, "scalars": 0})
     events.Reload()

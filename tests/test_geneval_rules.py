@@ -96,3 +96,56 @@ def test_rules_read_the_real_geneval_metadata():
         assert not evaluate(detections, row).correct, row["prompt"]
     assert counts == {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100,
                       "color_attr": 100}
+
+
+# one passing and one failing case per GenEval tag, with hand-made detections
+PER_TAG = {
+    "single_object": ({"include": [{"class": "bench", "count": 1}]},
+                      {"bench": [box(0, 0)]}, {"chair": [box(0, 0)]}),
+    "two_object": ({"include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1}]},
+                   {"cat": [box(0, 0)], "dog": [box(30, 0)]}, {"cat": [box(0, 0), box(30, 0)]}),
+    "counting": ({"include": [{"class": "cup", "count": 3}], "exclude": [{"class": "cup", "count": 4}]},
+                 {"cup": [box(0, 0), box(20, 0), box(40, 0)]}, {"cup": [box(0, 0), box(20, 0)]}),
+    "colors": ({"include": [{"class": "car", "count": 1, "color": "green"}]},
+               {"car": [Detection((0, 0, 9, 9), 0.8, "green")]}, {"car": [Detection((0, 0, 9, 9), 0.8, "pink")]}),
+    "position": ({"include": [{"class": "tv", "count": 1}, {"class": "cup", "count": 1, "position": ["below", 0]}]},
+                 {"tv": [box(0, 0)], "cup": [box(0, 40)]}, {"tv": [box(0, 40)], "cup": [box(0, 0)]}),
+    "color_attr": ({"include": [{"class": "bus", "count": 1, "color": "red"}, {"class": "kite", "count": 1, "color": "blue"}]},
+                   {"bus": [Detection((0, 0, 9, 9), 0.8, "red")], "kite": [Detection((30, 0, 39, 9), 0.8, "blue")]},
+                   {"bus": [Detection((0, 0, 9, 9), 0.8, "blue")], "kite": [Detection((30, 0, 39, 9), 0.8, "red")]}),
+}
+
+
+@pytest.mark.parametrize("tag", sorted(PER_TAG))
+def test_each_tag_passes_and_fails_by_geneval_rules(tag):
+    clauses, passing, failing = PER_TAG[tag]
+    meta = {"tag": tag, **clauses}
+    assert evaluate(passing, meta).correct and evaluate(passing, meta, "dense").score == 1.0
+    failed = evaluate(failing, meta, "dense")
+    assert not failed.correct and failed.reasons and 0.0 <= failed.score < 1.0
+
+
+def test_position_margin_edges():
+    # centres 10 apart horizontally, boxes 10 wide: margin 0.1 x (10 + 10) = 2 -> revised dx 8 of norm 10 -> 0.8
+    assert relative_position(box(0, 0), box(10, 0)) == {"left of"}
+    # an offset exactly at the margin is no relation (revised offset 0)
+    assert relative_position(box(0, 0), box(2, 0)) == set()
+    # just past it on both axes: the diagonal counts for both relations only beyond 0.5 of the norm
+    assert relative_position(box(0, 0), box(30, 30)) == {"left of", "above"}
+    assert relative_position(box(0, 0), box(30, 12)) == {"left of"}  # dy revised (12 - 2) / norm 32.3 < 0.5
+    # boxes of different sizes widen the margin
+    wide = Detection((0, 0, 100, 10))
+    assert relative_position(wide, box(60, 0)) == set()  # offset 15, margin 0.1 x 110 = 11: revised 4 / 15 < 0.5
+
+
+def test_counting_threshold_and_exclude_edges():
+    at_threshold = {"cup": [Detection((0, 0, 1, 1), 0.9), Detection((5, 0, 6, 1), 0.91)]}
+    assert len(select_detections(at_threshold, "counting")["cup"]) == 1  # strictly above 0.9
+    assert len(select_detections(at_threshold, "colors")["cup"]) == 2  # 0.3 elsewhere
+    many = {"cup": [Detection((i, 0, i + 1, 1), 0.5 + i / 100) for i in range(20)]}
+    kept = select_detections(many, "single_object")["cup"]
+    assert len(kept) == 16 and kept[0].score == pytest.approx(0.69)  # at most 16, most confident first
+    meta = {"tag": "counting", "include": [{"class": "cup", "count": 2}], "exclude": [{"class": "cup", "count": 3}]}
+    exactly = {"cup": [box(0, 0), box(20, 0)]}
+    one_more = {"cup": [box(0, 0), box(20, 0), box(40, 0)]}
+    assert evaluate(exactly, meta).correct and not evaluate(one_more, meta).correct

@@ -1,6 +1,5 @@
 import json
 import os
-import random
 
 import numpy as np
 import pytest
