@@ -43,7 +43,16 @@ def _trl_parser(dataclass_types=TRAIN_DATACLASSES, command: str = "train"):
 
 
 def _field_types(dataclass_types=TRAIN_DATACLASSES) -> dict[str, str]:
-    return {f.name: str(f.type) for cls in dataclass_types for f in dataclasses.fields(cls)}
+    """Each field's declared type, from the class annotations: HfArgumentParser rewrites `field.type` of
+    `dict`-typed fields (e.g. `lr_scheduler_kwargs`) to `str` in place, the annotations keep the truth."""
+    types = {}
+    for cls in dataclass_types:
+        names = {f.name for f in dataclasses.fields(cls)}
+        for klass in reversed(cls.__mro__):
+            for name, annotation in vars(klass).get("__annotations__", {}).items():
+                if name in names:
+                    types[name] = str(annotation)
+    return types
 
 
 def load_recipe(path: str, dataclass_types=TRAIN_DATACLASSES) -> dict[str, Any]:
@@ -294,7 +303,8 @@ def cmd_eval(argv: Sequence[str]) -> int:
     )
     parser.add_argument("checkpoint", help="causal_vq checkpoint folder (SFT output, GRPO output, or LoRA adapter)")
     parser.add_argument("--split", default="held_out", choices=["held_out", "train"], help="prompt split")
-    parser.add_argument("--images_per_prompt", type=int, default=4)
+    parser.add_argument("--images_per_prompt", type=int, default=16,
+                        help="several tags have 1-5 held-out prompts: 16 images each keep the table steady")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed -> same images)")
     parser.add_argument("--cfg_mode", default="none", choices=["none", "guided"], help="guidance at evaluation")
     parser.add_argument("--cfg_scale", type=float, default=1.0)
@@ -334,17 +344,49 @@ def cmd_quickstart(argv: Sequence[str]) -> int:
     parser.add_argument("--checkpoint", default="checkpoints/shapes-tiny")
     parser.add_argument("--recipe", default="recipes/shapes-grpo.yaml")
     parser.add_argument("--output_dir", default="runs/quickstart")
-    parser.add_argument("--images_per_prompt", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
+    parser.add_argument("--images_per_prompt", type=int, default=16,
+                        help="images per held-out prompt (several tags have 1-5 held-out prompts: 16 keeps the "
+                        "per-tag accuracies from swinging on a few samples)")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (same seed -> same images)")
+    parser.add_argument("--train_seed", type=int, default=None, help="GRPO seed (default: the recipe's `seed`)")
     options, overrides = parser.parse_known_args(argv)
     from .worlds.quickstart import run_quickstart
 
+    if options.train_seed is not None:
+        overrides = [*overrides, "--seed", str(options.train_seed)]
     try:
         run_quickstart(options.checkpoint, options.recipe, options.output_dir, options.images_per_prompt,
                        options.seed, overrides)
     except UsageError as error:
         fail(str(error))
     print(f"rlhf-img: wrote {options.output_dir}/summary.json, reward_curve.png, samples_before.png, samples_after.png")
+    return 0
+
+
+def cmd_convert(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rlhf-img convert",
+        description="Convert released weights into this project's safetensors layout. `cosmos`: a folder or hub "
+        "repo with NVIDIA's Cosmos tokenizer TorchScript files (encoder.jit + decoder.jit, e.g. "
+        "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16) -> OUT with config.json, encoder.safetensors, decoder.safetensors "
+        "(checked by a strict load into our modules; written in the published dtype). Only the state dicts are "
+        "read; no code from the files runs.",
+    )
+    parser.add_argument("kind", choices=["cosmos"], help="what to convert")
+    parser.add_argument("source", help="folder or hub id holding encoder.jit and decoder.jit")
+    parser.add_argument("output_dir", help="where the safetensors files go")
+    parser.add_argument("--config", default=None,
+                        help="a Cosmos config.json for non-default architectures (default: DV8x16x16)")
+    options = parser.parse_args(argv)
+    from .models.cosmos import CosmosConfig, convert_jit_to_safetensors
+    from .models.resolve import CheckpointError, read_json_file
+
+    try:
+        config = CosmosConfig.from_dict(read_json_file(options.config), options.config) if options.config else None
+        out = convert_jit_to_safetensors(options.source, options.output_dir, config=config)
+    except (CheckpointError, OSError, ValueError) as error:
+        fail(str(error).splitlines()[0])
+    print(f"rlhf-img: wrote {out}/config.json, encoder.safetensors, decoder.safetensors")
     return 0
 
 
@@ -436,6 +478,7 @@ COMMANDS = {
     "sft": (cmd_sft, "Upstream: pretrain/SFT a world's causal LM (recipes/shapes-sft.yaml)."),
     "eval": (cmd_eval, "GenEval-style scores of a shapes-world checkpoint; `eval geneval` for real GenEval."),
     "quickstart": (cmd_quickstart, "The main job: eval -> GRPO -> eval on the shapes world."),
+    "convert": (cmd_convert, "Convert released weights (Cosmos tokenizer .jit files) to safetensors."),
     "rewards": (cmd_rewards, "List the built-in rewards."),
     "serve-reward": (cmd_serve_reward, "Serve rewards over HTTP for the `remote` reward: rlhf-img serve-reward X.yaml"),
     "create-tiny": (cmd_create_tiny, "Write a tiny random causal_vq checkpoint."),

@@ -6,10 +6,11 @@ import os
 
 from torch import nn
 
+from .cosmos import CosmosDiscreteTokenizer
 from .resolve import CheckpointError, is_local
 from .vq import VQTokenizer
 
-VISUAL_TOKENIZERS: dict[str, type] = {"vq": VQTokenizer}
+VISUAL_TOKENIZERS: dict[str, type] = {"vq": VQTokenizer, "cosmos": CosmosDiscreteTokenizer}
 
 
 def load_visual_tokenizer(kind: str, location: str) -> nn.Module:

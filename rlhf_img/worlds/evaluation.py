@@ -35,7 +35,7 @@ def generate_images(policy: Policy, rows: list[dict], images_per_prompt: int, sa
     return torch.cat(chunks)
 
 
-def evaluate_policy(policy: Policy, rows: list[dict] | None = None, images_per_prompt: int = 4,
+def evaluate_policy(policy: Policy, rows: list[dict] | None = None, images_per_prompt: int = 16,
                     sampling: Sampling | None = None, seed: int = 0, progress: bool = True):
     """(table {tag: accuracy, overall}, per-image records, images) on `rows` (default: held-out prompts)."""
     rows = rows if rows is not None else shapes.split_prompts()[1]
