@@ -243,7 +243,8 @@ def cmd_eval_geneval(argv: Sequence[str]) -> int:
     source.add_argument("--images", help="score an existing GenEval image folder instead of sampling")
     parser.add_argument("--metadata", help="GenEval's evaluation_metadata.jsonl (needed with --checkpoint)")
     parser.add_argument("--output_dir", required=True, help="where results.jsonl, table.json (and images/) go")
-    parser.add_argument("--model_family", default="causal_vq", help="family of --checkpoint")
+    parser.add_argument("--model_family", default="causal_vq", help="family of --checkpoint (causal_vq, simplear)")
+    parser.add_argument("--visual_tokenizer", default=None, help="visual tokenizer of --checkpoint, if not its default")
     parser.add_argument("--images_per_prompt", type=int, default=4, help="GenEval uses 4")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed -> same images)")
     parser.add_argument("--cfg_mode", default="guided", choices=["none", "guided"], help="guidance when sampling")
@@ -272,7 +273,8 @@ def cmd_eval_geneval(argv: Sequence[str]) -> int:
             if not options.metadata:
                 raise UsageError("--metadata (GenEval's evaluation_metadata.jsonl) is needed with --checkpoint")
             metadata = geneval_eval.read_metadata(options.metadata)
-            policy = load_policy(options.model_family, options.checkpoint)
+            extra = {"visual_tokenizer": options.visual_tokenizer} if options.visual_tokenizer else {}
+            policy = load_policy(options.model_family, options.checkpoint, **extra)
         else:
             geneval_eval.list_image_folder(image_dir)  # fails early on a bad folder
         scorer = build_scorer(options.detector, options.detector_model, options.clip_model, options.clip_pretrained,
