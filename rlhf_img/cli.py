@@ -216,7 +216,34 @@ def cmd_pretrain_tokenizer(argv: Sequence[str]) -> int:
     return 0
 
 
+def _recipe_family(argv: Sequence[str]) -> str | None:
+    """The `model_family` a stage recipe names (None if it names none or cannot be read yet)."""
+    if not argv or not os.path.isfile(argv[0]):
+        return None
+    try:
+        with open(argv[0]) as f:
+            recipe = yaml.safe_load(f)
+    except yaml.YAMLError:
+        return None
+    return recipe.get("model_family") if isinstance(recipe, dict) else None
+
+
 def cmd_sft(argv: Sequence[str]) -> int:
+    if _recipe_family(argv) == "simplear":
+        from .simplear_sft import SimpleARSFTConfig, run_simplear_sft
+
+        config = _run_stage(argv, "sft", SimpleARSFTConfig, "SFT a SimpleAR model on image/caption pairs.")
+        if config is None:
+            return 0
+        if not config.dataset:
+            fail("dataset: set the image/caption pairs to train on")
+        start = time.time()
+        try:
+            path = run_simplear_sft(config)
+        except (OSError, ValueError) as error:
+            fail(str(error).splitlines()[0])
+        print(f"rlhf-img: SFT done in {time.time() - start:.0f}s; simplear checkpoint in {path}")
+        return 0
     from .worlds.sft import WorldSFTConfig, run_sft
 
     config = _run_stage(argv, "sft", WorldSFTConfig, "Pretrain/SFT a small causal LM on a world's caption -> image tokens.")

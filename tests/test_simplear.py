@@ -93,3 +93,55 @@ def test_simplear_paper_recipe_trains_on_tiny_stand_ins(recipe, tiny_simplear, t
     assert code == 0
     history = json.load(open(out / "trainer_state.json"))["log_history"]
     assert any("rewards/clip_score/mean" in entry for entry in history)
+
+
+def test_simplear_sft_recipe_trains_on_image_caption_pairs(tiny_simplear, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from rlhf_img.cli import main
+    from rlhf_img.models import load_policy
+
+    lm, cosmos = tiny_simplear
+    rows = []
+    for index in range(4):
+        array = (np.random.default_rng(index).random((40, 48, 3)) * 255).astype(np.uint8)
+        Image.fromarray(array).save(tmp_path / f"img{index}.png")
+        rows.append(json.dumps({"image": f"img{index}.png", "caption": f"picture number {index}"}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "sft"
+    code = main(["sft", os.path.join(REPO, "recipes", "simplear-sft.yaml"), "--model_name_or_path", lm,
+                 "--visual_tokenizer", cosmos, "--dataset", str(tmp_path / "pairs.jsonl"), "--resolution", "32",
+                 "--dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--max_steps", "2",
+                 "--gradient_accumulation_steps", "1", "--gradient_checkpointing", "false", "--save_strategy", "no",
+                 "--output_dir", str(out), "--disable_tqdm", "true"])
+    assert code == 0
+    history = json.load(open(out / "trainer_state.json"))["log_history"]
+    assert any("train_loss" in entry for entry in history)
+    policy = load_policy("simplear", str(out), visual_tokenizer=cosmos, dtype="float32", family_config={"resolution": 32})
+    assert policy.config.grid == (2, 2)
+
+
+def test_simplear_sft_sequences_are_prompt_then_cosmos_codes_with_loss_on_codes(tiny_simplear, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from rlhf_img.models import load_policy
+    from rlhf_img.simplear_sft import SimpleARSFTConfig, build_examples, load_image
+
+    lm, cosmos = tiny_simplear
+    Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps({"image": "a.png", "caption": "a red apple"})
+                                                    for _ in range(20)) + "\n")
+    config = SimpleARSFTConfig(output_dir=str(tmp_path / "o"), dataset=str(tmp_path / "pairs.jsonl"), resolution=32,
+                               caption_dropout=0.5, seed=0, use_cpu=True)
+    policy = load_policy("simplear", lm, visual_tokenizer=cosmos, dtype="float32", family_config={"resolution": 32})
+    examples = build_examples(config, policy)
+    tokenizer, offset = policy.processing_class, policy.config.image_code_offset
+    codes = (policy.visual_tokenizer.encode(load_image("a.png", str(tmp_path), 32)[None]).flatten() + offset).tolist()
+    texts = set()
+    for example in examples:
+        prompt, image = example["input_ids"][:-4], example["input_ids"][-4:]
+        assert image == codes and example["labels"] == [-100] * len(prompt) + codes
+        texts.add(tokenizer.decode(prompt))
+    assert texts == {"<|t2i|>a red apple<|soi|>", "<|t2i|><|soi|>"}  # captions dropped at the given rate
