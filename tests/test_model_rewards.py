@@ -11,13 +11,9 @@ import torch
 from PIL import Image
 
 from rlhf_img.rewards import RewardConfigError, build_rewards, score_rewards
+from tiny_models import TINY_CLIP_CONFIG, save_tiny_open_clip
 
 TINY_CLIP_NAME = "rlhf-img-test-tiny-clip"  # registered with open_clip for the name + weights-file paths
-TINY_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PROMPTS = ["a red cube", "two dogs on a beach", "a watercolor of a fox", "a blue sphere left of a cat"]
@@ -44,24 +40,19 @@ def scores_of(entry: dict, images: torch.Tensor, prompts=PROMPTS) -> torch.Tenso
 
 @pytest.fixture(scope="module")
 def tiny_open_clip(tmp_path_factory):
-    """A random open_clip model: an architecture config registered by name, its weights as a `.safetensors`
-    file, and the same as an open_clip `local-dir:` folder (open_clip_config.json + open_clip_model.safetensors)."""
+    """A random open_clip model: an open_clip `local-dir:` folder (open_clip_config.json +
+    open_clip_model.safetensors, tests/tiny_models.py), its weights file, and the same architecture
+    registered by name for the name + weights-file paths."""
     import open_clip
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file
 
     root = tmp_path_factory.mktemp("open_clip")
     (root / "configs").mkdir()
     (root / "configs" / f"{TINY_CLIP_NAME}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
     open_clip.add_model_config(root / "configs" / f"{TINY_CLIP_NAME}.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_CLIP_NAME)
-    state_dict = {key: value.contiguous() for key, value in model.state_dict().items()}
-    local_dir = root / "local"
-    local_dir.mkdir()
-    save_file(state_dict, str(local_dir / "open_clip_model.safetensors"))
-    preprocess_cfg = {"mean": list(CLIP_MEAN), "std": list(CLIP_STD), "interpolation": "bicubic", "resize_mode": "shortest"}
-    (local_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CONFIG, "preprocess_cfg": preprocess_cfg}))
-    return {"state_dict": state_dict, "local_dir": str(local_dir), "weights": str(local_dir / "open_clip_model.safetensors")}
+    local_dir = save_tiny_open_clip(str(root / "local"), seed=0)
+    weights = str(root / "local" / "open_clip_model.safetensors")
+    return {"state_dict": load_file(weights), "local_dir": local_dir, "weights": weights}
 
 
 def reference_open_clip(tiny_open_clip):
