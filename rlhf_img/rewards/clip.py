@@ -27,6 +27,13 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def normalize_pixels(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """`(B, 3, H, W)` in [0, 1] -> `(x - mean) / std` per channel, on the tensor's device and dtype."""
+    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - mean_t) / std_t
+
+
 def preprocess_images(images: torch.Tensor, size: int | Sequence[int], mean: Sequence[float] = CLIP_MEAN,
                       std: Sequence[float] = CLIP_STD) -> torch.Tensor:
     """`(B, 3, H, W)` in [0, 1] -> CLIP input: shorter side to `size` (bicubic, antialiased), centre crop,
@@ -44,10 +51,7 @@ def preprocess_images(images: torch.Tensor, size: int | Sequence[int], mean: Seq
     if resized != (h, w):
         images = F.interpolate(images, size=resized, mode="bicubic", align_corners=False, antialias=True)
     top, left = round((resized[0] - height) / 2), round((resized[1] - width) / 2)  # torchvision's CenterCrop
-    images = images[..., top : top + height, left : left + width].clamp(0, 1)
-    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images - mean_t) / std_t
+    return normalize_pixels(images[..., top : top + height, left : left + width].clamp(0, 1), mean, std)
 
 
 @dataclass
@@ -64,13 +68,20 @@ class OpenClip:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """open_clip's transform on tensors: shorter side to the model's size, centre crop, its mean/std."""
+        return preprocess_images(images, self.size, self.mean, self.std)
+
     @torch.no_grad()
-    def image_features(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        """L2-normalised image embeddings, `(B, D)` float32."""
+    def image_features(self, images: torch.Tensor, batch_size: int = 32,
+                       preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """L2-normalised image embeddings, `(B, D)` float32. `preprocess` replaces the centre-crop transform
+        (HPSv2 letterboxes)."""
+        preprocess = preprocess or self.preprocess
+        dtype = next(self.model.parameters()).dtype
         chunks = []
         for start in range(0, len(images), batch_size):
-            pixels = preprocess_images(images[start : start + batch_size].to(self.device), self.size, self.mean, self.std)
-            dtype = next(self.model.parameters()).dtype
+            pixels = preprocess(images[start : start + batch_size].to(self.device))
             chunks.append(F.normalize(self.model.encode_image(pixels.to(dtype)).float(), dim=-1))
         return torch.cat(chunks)
 

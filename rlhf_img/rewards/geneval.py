@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..images import to_uint8
-from .clip import OpenClip, default_device, load_open_clip, preprocess_images
+from .clip import OpenClip, default_device, load_open_clip
 from .geneval_rules import (
     COUNTING_THRESHOLD,
     MAX_OBJECTS,
@@ -140,11 +140,8 @@ class ClipColorClassifier:
         """Colour names of `detections` in one `(3, H, W)` image in [0, 1]."""
         if not detections:
             return []
-        clip = self.clip
-        dtype = next(clip.model.parameters()).dtype
-        pixels = torch.cat([preprocess_images(crop[None].to(clip.device), clip.size, clip.mean, clip.std)
-                            for crop in self.crops(image, detections)])
-        features = F.normalize(clip.model.encode_image(pixels.to(dtype)).float(), dim=-1)
+        # crops differ in size: each is preprocessed alone (to the model's size), as GenEval's transform does
+        features = torch.cat([self.clip.image_features(crop[None]) for crop in self.crops(image, detections)])
         return [self.colors[i] for i in (features @ self.class_weights(classname)).argmax(-1).tolist()]
 
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .clip import load_open_clip, load_state_dict_file
+from .clip import load_open_clip, load_state_dict_file, normalize_pixels
 from .loading import RewardConfigError
 from .registry import register_reward
 
@@ -36,9 +36,7 @@ def letterbox_images(images: torch.Tensor, size: int, mean: Sequence[float], std
     pad_height, pad_width = size - new_height, size - new_width
     if pad_height or pad_width:
         images = F.pad(images, (pad_width // 2, pad_width - pad_width // 2, pad_height // 2, pad_height - pad_height // 2))
-    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    return (images - mean_t) / std_t
+    return normalize_pixels(images, mean, std)
 
 
 def hps_state_dict(path: str, owner: str) -> dict[str, torch.Tensor]:
@@ -85,12 +83,7 @@ class HPSv2:
     def __call__(self, prompts: list[str], images: torch.Tensor, **columns) -> list[float]:
         if len(prompts) != len(images):
             raise ValueError(f"hpsv2: {len(prompts)} prompts for {len(images)} images")
-        model, device = self.clip.model, self.clip.device
-        dtype = next(model.parameters()).dtype
-        image_features = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size].to(device)
-            pixels = letterbox_images(chunk, self.size, self.clip.mean, self.clip.std)
-            image_features.append(F.normalize(model.encode_image(pixels.to(dtype)).float(), dim=-1))
+        image_features = self.clip.image_features(
+            images, self.batch_size, preprocess=lambda chunk: letterbox_images(chunk, self.size, self.clip.mean, self.clip.std))
         text_features = self.clip.text_features(prompts)  # (B, D), L2-normalised
-        return (torch.cat(image_features) * text_features).sum(-1).tolist()
+        return (image_features * text_features).sum(-1).tolist()

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .clip import default_device, preprocess_images
+from .clip import default_device, normalize_pixels, preprocess_images
 from .registry import register_reward
 
 
@@ -62,10 +62,7 @@ class PickScore:
         square = preprocess_images(images, self.resize_to, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         height, width = self.crop_size
         top, left = (self.resize_to - height) // 2, (self.resize_to - width) // 2
-        cropped = square[..., top : top + height, left : left + width]
-        mean = torch.tensor(self.mean, device=cropped.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=cropped.device).view(1, 3, 1, 1)
-        return (cropped - mean) / std
+        return normalize_pixels(square[..., top : top + height, left : left + width], self.mean, self.std)
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], images: torch.Tensor, **columns) -> list[float]:
