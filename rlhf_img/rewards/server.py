@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..images import to_uint8
 from .compose import RewardError, RewardFunction, score_rewards
 from .loading import RewardConfigError, RewardSpec
 from .registry import register_reward
@@ -45,11 +46,11 @@ LISTENING_PREFIX = "rlhf-img reward server listening on "
 # ------------------------------------------------------------------------------------------ wire format
 def encode_images(images: torch.Tensor) -> dict[str, Any]:
     """`(B, 3, H, W)` float in [0, 1] -> the JSON image payload, quantised to uint8 (4x smaller than float32)."""
-    quantised = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
+    quantised = np.ascontiguousarray(to_uint8(images).transpose(0, 3, 1, 2))  # (B, 3, H, W) uint8
     return {
         "dtype": "uint8",
         "shape": list(quantised.shape),
-        "data": base64.b64encode(quantised.numpy().tobytes()).decode("ascii"),
+        "data": base64.b64encode(quantised.tobytes()).decode("ascii"),
     }
 
 
