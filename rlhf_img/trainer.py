@@ -100,6 +100,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         args.reward_weights = [r.weight for r in rewards]
         self.policy = policy
         self.image_rewards: list[RewardFunction] = rewards
+        self.reward_normalize = torch.tensor([r.normalize for r in rewards])  # (R,) bool, batch z-score per reward
         self.sampling = args.sampling
         self._last_policy_logps: torch.Tensor | None = None
         self._last_logged_image_step = -1
@@ -177,7 +178,7 @@ class ImageGRPOTrainer(GRPOTrainer):
             num_generations,
             self.scale_rewards,
             self.multi_objective_aggregation,
-            torch.tensor([r.normalize for r in self.image_rewards], device=device),
+            self.reward_normalize.to(device),
         )
         process_slice = slice(
             self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)
