@@ -177,6 +177,14 @@ class CausalVQPolicy:
         self.visual_tokenizer.save_pretrained(os.path.join(output_dir, "visual_tokenizer"))
 
 
+def _load_tokenizer(checkpoint: str, revision: str | None, trust_remote_code: bool):
+    """The checkpoint's text tokenizer, padding with EOS when it defines no pad token (left padding at sampling)."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def _load_lm(checkpoint: str, dtype: torch.dtype | str, revision: str | None, trust_remote_code: bool) -> nn.Module:
     """The LM; a folder holding a peft adapter loads its base and merges the adapter in."""
     adapter_config = resolve_subpath(checkpoint, "adapter_config.json", revision=revision, required=False)
@@ -211,9 +219,7 @@ def load(
     data.update(family_config or {})
     config = CausalVQConfig.from_dict(data, source=config_file or "family_config")
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, revision=revision, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = _load_tokenizer(checkpoint, revision, trust_remote_code)
     model = _load_lm(checkpoint, dtype, revision, trust_remote_code)
 
     vt_location = visual_tokenizer or config.visual_tokenizer

@@ -19,9 +19,8 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import AutoTokenizer
 
-from .causal_vq import CausalVQConfig, CausalVQPolicy, _load_lm
+from .causal_vq import CausalVQConfig, CausalVQPolicy, _load_lm, _load_tokenizer
 from .resolve import CheckpointError, is_local
 from .visual_tokenizers import load_visual_tokenizer
 
@@ -68,9 +67,7 @@ def load(
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     options = dict(family_config or {})
     family = {key: options.pop(key) for key in list(options) if key in FAMILY_KEYS}
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, revision=revision, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = _load_tokenizer(checkpoint, revision, trust_remote_code)
     missing = [token for token in SPECIAL_TOKENS if token not in tokenizer.get_vocab()]
     if missing:
         raise CheckpointError(f"simplear: {checkpoint} tokenizer lacks SimpleAR's special tokens {missing}")
