@@ -15,9 +15,9 @@ import sys
 import time
 from typing import Any, NoReturn, Sequence
 
-import yaml
 
 from .config import ImageGRPOConfig, ImageModelConfig, PromptDataConfig
+from .yaml_files import YamlFileError, read_yaml_mapping
 
 TRAIN_DATACLASSES = (ImageGRPOConfig, ImageModelConfig, PromptDataConfig)
 STRUCTURED_KEYS = {"rewards", "family_config"}  # typed `str` for the command line (JSON), mappings/lists in YAML
@@ -57,15 +57,10 @@ def _field_types(dataclass_types=TRAIN_DATACLASSES) -> dict[str, str]:
 
 def load_recipe(path: str, dataclass_types=TRAIN_DATACLASSES) -> dict[str, Any]:
     """The recipe mapping, with unknown keys rejected (one line naming the first)."""
-    if not os.path.isfile(path):
-        raise UsageError(f"recipe not found: {path}")
     try:
-        with open(path) as f:
-            recipe = yaml.safe_load(f) or {}
-    except yaml.YAMLError as error:
-        raise UsageError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(recipe, dict):
-        raise UsageError(f"{path}: a recipe must be a YAML mapping of key: value")
+        recipe = read_yaml_mapping(path, "recipe", "a recipe must be a YAML mapping of key: value")
+    except YamlFileError as error:
+        raise UsageError(str(error)) from None
     known = set(_field_types(dataclass_types)) | {"env"}
     unknown = [key for key in recipe if key not in known]
     if unknown:
@@ -218,14 +213,12 @@ def cmd_pretrain_tokenizer(argv: Sequence[str]) -> int:
 
 def _recipe_family(argv: Sequence[str]) -> str | None:
     """The `model_family` a stage recipe names (None if it names none or cannot be read yet)."""
-    if not argv or not os.path.isfile(argv[0]):
+    if not argv:
         return None
     try:
-        with open(argv[0]) as f:
-            recipe = yaml.safe_load(f)
-    except yaml.YAMLError:
-        return None
-    return recipe.get("model_family") if isinstance(recipe, dict) else None
+        return read_yaml_mapping(argv[0], "recipe", "not a mapping").get("model_family")
+    except YamlFileError:
+        return None  # the stage's own parsing reports the problem
 
 
 def cmd_sft(argv: Sequence[str]) -> int:

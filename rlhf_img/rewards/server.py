@@ -20,7 +20,6 @@ import binascii
 import http.client
 import json
 import math
-import os
 import signal
 import socket
 import socketserver
@@ -33,9 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from ..images import to_uint8
+from ..yaml_files import YamlFileError, read_yaml_mapping
 from .compose import RewardError, RewardFunction, score_rewards
 from .loading import RewardConfigError, RewardSpec
 from .registry import register_reward
@@ -98,17 +97,11 @@ def _none_for_nan(values: list[float]) -> list[float | None]:
 # ------------------------------------------------------------------------------------------ server side
 def load_server_rewards(config_path: str) -> list[RewardFunction]:
     """The rewards of a server config (`rewards:` in the recipe format), built now; RewardConfigError naming the file."""
-    if not os.path.isfile(config_path):
-        raise RewardConfigError(f"reward server config not found: {config_path}")
     try:
-        with open(config_path) as f:
-            config = yaml.safe_load(f) or {}
-    except yaml.YAMLError as error:
-        raise RewardConfigError(f"{config_path}: invalid YAML ({str(error).splitlines()[0]})") from None
-    except OSError as error:
-        raise RewardConfigError(f"{config_path}: cannot read ({error})") from None
-    if not isinstance(config, dict):
-        raise RewardConfigError(f"{config_path}: a reward server config must be a mapping with a 'rewards' list")
+        config = read_yaml_mapping(config_path, "reward server config",
+                                   "a reward server config must be a mapping with a 'rewards' list")
+    except YamlFileError as error:
+        raise RewardConfigError(str(error)) from None
     unknown = sorted(set(config) - {"rewards"})
     if unknown:
         raise RewardConfigError(f"{config_path}: unknown key(s) {unknown}; a reward server config has 'rewards' only")
