@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import causal_vq, simplear
+from . import causal_vq, infinity, simplear
 from .policy import CFG_MODES, Policy, PromptBatch, Rollout, Sampling
 from .resolve import CheckpointError
 
-FAMILIES: dict[str, Callable[..., Policy]] = {"causal_vq": causal_vq.load, "simplear": simplear.load}
+FAMILIES: dict[str, Callable[..., Policy]] = {
+    "causal_vq": causal_vq.load,
+    "simplear": simplear.load,
+    "infinity": infinity.load,
+}
 
 
 def load_policy(family: str, checkpoint: str, **kwargs) -> Policy:

@@ -1,0 +1,352 @@
+"""`infinity`: Infinity (Han et al., 2024; FoundationVision/Infinity) — bitwise next-scale prediction.
+
+A policy is the Infinity transformer (trainable) plus a frozen Flan-T5 encoder and a frozen BSQ-VAE.
+Its actions are bits: for each scale of the schedule, for each token, `d` two-way choices (d = 32 for
+Infinity-2B; 56 for Infinity-8B, whose tokens cover 2x2 VAE positions). A rollout's log-prob is the sum
+over scales, tokens and bits; the trainer sees a flat `(B, T)` tensor like any other family.
+
+Checkpoints load two ways:
+
+  * released: a folder or hub repo (`FoundationVision/Infinity`) holding the transformer state dict
+    (`infinity_2b_reg.pth`: a plain state dict) and the VAE (`infinity_vae_d32reg.pth`: under the key
+    `vae`), with `family_config` naming the files, the size (`2b`, `8b`) and the Flan-T5 location.
+    Keys are checked strictly: a missing or unexpected key is an error that lists them.
+  * saved by this project (`rlhf-img convert infinity`, or a training run): `config.json` +
+    `model.safetensors` (a transformers model, `InfinityTransformer`), `infinity.json` (this file's
+    `InfinityFamilyConfig`), `vae/`, and the T5 tokenizer files; a LoRA run saves the adapter instead
+    and `infinity.json` points at the base.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, T5EncoderModel
+
+from ..rollouts.next_scale import sample_bits, score_bits
+from ..rollouts.sampler import unwrap_causal_lm
+from .bsq_vae import BSQVAE, BSQVAEConfig, load_vae_state_dict
+from .infinity_codes import ScaleCodes
+from .infinity_schedules import RESOLUTIONS, VAE_STRIDE, nearest_aspect_ratio, scale_schedule
+from .infinity_transformer import InfinityConfig, InfinityTransformer
+from .policy import PromptBatch, Rollout, Sampling
+from .resolve import CheckpointError, is_local, read_json_file, resolve_subpath
+
+FAMILY_CONFIG_NAME = "infinity.json"
+AutoConfig.register(InfinityConfig.model_type, InfinityConfig, exist_ok=True)
+# TRL rebuilds a full-fine-tuning reference model with AutoModelForCausalLM.from_pretrained(path)
+AutoModelForCausalLM.register(InfinityConfig, InfinityTransformer, exist_ok=True)
+
+
+# ------------------------------------------------------------------------------------ named sizes
+def infinity_2b() -> InfinityConfig:
+    return InfinityConfig(depth=32, embed_dim=2048, num_heads=16, bits_per_token=32, block_chunks=8)
+
+
+def infinity_8b() -> InfinityConfig:
+    return InfinityConfig(depth=40, embed_dim=3584, num_heads=28, bits_per_token=56, block_chunks=8)
+
+
+def vae_d32() -> BSQVAEConfig:
+    """`infinity_vae_d32reg.pth` (Infinity-2B): 32 bits per position, stride 16."""
+    return BSQVAEConfig(codebook_dim=32, patch_size=16, channel_multipliers=(1, 2, 4, 4, 4))
+
+
+def vae_d14() -> BSQVAEConfig:
+    """The Infinity-8B VAE: 14 bits per position, stride 8 (the transformer patchifies 2x2)."""
+    return BSQVAEConfig(codebook_dim=14, patch_size=8, channel_multipliers=(1, 2, 4, 4))
+
+
+SIZES = {"2b": (infinity_2b, vae_d32, False), "8b": (infinity_8b, vae_d14, True)}
+
+
+@dataclass
+class InfinityFamilyConfig:
+    """How to assemble and run a policy. File names are relative to the checkpoint (folder or hub repo)
+    unless absolute; `text_encoder` is a hub id or folder of a transformers T5 encoder + tokenizer."""
+
+    size: str | None = None  # "2b" | "8b": builds the released architecture; None: read config.json / infer
+    transformer: str = "model.safetensors"  # a .pth/.bin/.safetensors file, or a sharded *.index.json
+    vae: str = "vae"  # a folder saved by this project, or a released .pth (weights under "vae")
+    text_encoder: str = "google/flan-t5-xl"
+    text_encoder_dtype: str = "float32"
+    aspect_ratio: float = 1.0  # height / width; snapped to the nearest of the 15 trained templates
+    resolution: str = "1M"  # 0.06M (~256²), 0.25M (~512²), 0.60M, 1M (~1024²)
+    num_scales: int | None = None  # overrides `resolution` (a prefix of the 13-scale schedule)
+    patchify: bool | None = None  # 2x2 spatial patchify (Infinity-8B); default from `size`
+    base_checkpoint: str | None = None  # for a saved LoRA adapter: where the base transformer lives
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str) -> "InfinityFamilyConfig":
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise CheckpointError(f"{source}: unknown infinity config key(s) {sorted(unknown)}")
+        config = cls(**data)
+        if config.size is not None and config.size not in SIZES:
+            raise CheckpointError(f"{source}: size must be one of {sorted(SIZES)}, got {config.size!r}")
+        if config.num_scales is None and config.resolution not in RESOLUTIONS:
+            raise CheckpointError(f"{source}: resolution must be one of {sorted(RESOLUTIONS)}, got {config.resolution!r}")
+        return config
+
+    def save(self, directory: str) -> None:
+        with open(os.path.join(directory, FAMILY_CONFIG_NAME), "w") as f:
+            json.dump(asdict(self), f, indent=2)
+
+
+class InfinityPolicy:
+    """The `infinity` implementation of the policy interface (see `models/policy.py`).
+
+    Prompt ids are T5 ids, right-padded (T5's convention; the trainer never looks inside them).
+    """
+
+    def __init__(self, model: InfinityTransformer, tokenizer, text_encoder: nn.Module, vae: BSQVAE, config: InfinityFamilyConfig) -> None:
+        self.model, self.processing_class, self.text_encoder, self.vae, self.config = model, tokenizer, text_encoder, vae, config
+        self.aspect_ratio = nearest_aspect_ratio(config.aspect_ratio)
+        self.grids = scale_schedule(self.aspect_ratio, config.resolution, config.num_scales)
+        patchify = bool(config.patchify) if config.patchify is not None else False
+        self.codes = ScaleCodes(self.grids, vae.codebook_dim, patchify)
+        self.num_actions = self.codes.num_actions
+        self._check()
+
+    def _check(self) -> None:
+        bits = self.model.config.bits_per_token
+        if bits != self.codes.bits_per_token:
+            raise CheckpointError(
+                f"infinity: the transformer predicts {bits} bits per token, the VAE gives {self.codes.bits_per_token} "
+                f"(codebook_dim {self.vae.codebook_dim}, patchify {self.codes.patchify})"
+            )
+        width = getattr(self.text_encoder.config, "d_model", None)
+        if width is not None and width != self.model.config.text_channels:
+            raise CheckpointError(f"infinity: T5 width {width} != transformer text_channels {self.model.config.text_channels}")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        h, w = self.codes.vae_grids[-1]
+        return h * self.vae.config.patch_size, w * self.vae.config.patch_size
+
+    def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> PromptBatch:
+        encoded = self.processing_class(
+            prompts, padding=True, truncation=True, max_length=self.model.config.text_maxlen,
+            padding_side="right", return_tensors="pt",
+        )
+        return PromptBatch(encoded.input_ids.to(device), encoded.attention_mask.to(device))
+
+    @torch.no_grad()
+    def text_features(self, prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen T5 features `(B, Lt, Ct5)` float32 and the bool mask, trimmed to the longest prompt."""
+        mask = prompts.attention_mask.bool()
+        length = max(int(mask.sum(1).max()), 1)
+        ids, mask = prompts.input_ids[:, :length], mask[:, :length]
+        features = self.text_encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        return features.float(), mask
+
+    def sample(self, model: nn.Module, prompts: PromptBatch, sampling: Sampling, generator: torch.Generator | None = None) -> Rollout:
+        text, mask = self.text_features(prompts)
+        return sample_bits(unwrap_causal_lm(model), text, mask, self.codes, sampling, self.aspect_ratio, generator)
+
+    def logprobs(self, model: nn.Module, prompts: PromptBatch, actions: torch.Tensor, sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+        text, mask = self.text_features(prompts)
+        return score_bits(model, unwrap_causal_lm(model), text, mask, actions, self.codes, sampling, self.aspect_ratio)
+
+    @torch.no_grad()
+    def decode(self, actions: torch.Tensor) -> torch.Tensor:
+        device = next(self.vae.parameters()).device
+        summed = self.codes.summed_codes(actions.to(device))
+        return (self.vae.decode(summed.to(next(self.vae.parameters()).dtype)).float() + 1) / 2
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixels `(B, 3, H, W)` in [0, 1] at `image_size` -> the bits Infinity trains on `(B, T)` (for SFT)."""
+        device = next(self.vae.parameters()).device
+        bits = self.vae.multiscale_bits(images.to(device) * 2 - 1, self.codes.vae_grids)
+        return self.codes.actions_from_latent_bits(bits)
+
+    def to(self, device: torch.device | str) -> "InfinityPolicy":
+        self.text_encoder.to(device)
+        self.vae.to(device)
+        return self
+
+    def save_pretrained(self, output_dir: str) -> None:
+        """Write `infinity.json` and `vae/` next to a saved transformer (full) or adapter (LoRA)."""
+        os.makedirs(output_dir, exist_ok=True)
+        config = InfinityFamilyConfig(**asdict(self.config))
+        config.vae = "vae"
+        config.patchify = self.codes.patchify
+        if hasattr(self.model, "peft_config"):  # LoRA: the adapter is saved; the base stays where it was
+            config.base_checkpoint = config.base_checkpoint or self.model.get_base_model().config._name_or_path
+        else:
+            config.transformer, config.size, config.base_checkpoint = "model.safetensors", None, None
+        config.save(output_dir)
+        self.vae.save_pretrained(os.path.join(output_dir, "vae"))
+
+
+# ------------------------------------------------------------------------------------ loading
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A `.safetensors` file, a torch file (read with weights_only=True), or a sharded `*.index.json`."""
+    if path.endswith(".index.json"):
+        weight_map = read_json_file(path).get("weight_map", {})
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(_read_state_dict(os.path.join(os.path.dirname(path), shard)))
+        return state
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # pickle errors come in many types; name the file
+        raise CheckpointError(f"cannot read {path} as a weights-only torch file ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def infer_config(state: dict[str, torch.Tensor]) -> InfinityConfig:
+    """An `InfinityConfig` read off a released state dict's shapes (depth, width, heads, bits, text width)."""
+    try:
+        blocks = {tuple(k.split(".")[1:4:2]) for k in state if k.startswith("block_chunks.")}
+        chunks = {c for c, _ in blocks}
+        heads = state["block_chunks.0.module.0.sa.scale_mul_1H11"].shape[1]
+        width, bits = state["word_embed.weight"].shape
+        maxlen, text_channels = state["cfg_uncond"].shape
+        hidden = state["block_chunks.0.module.0.ffn.fc1.weight"].shape[0]
+    except KeyError as error:
+        raise CheckpointError(f"not an Infinity transformer state dict (no {error.args[0]!r})") from None
+    return InfinityConfig(
+        depth=len(blocks), embed_dim=width, num_heads=heads, mlp_ratio=hidden / width, bits_per_token=bits,
+        text_channels=text_channels, text_maxlen=maxlen, block_chunks=len(chunks),
+    )
+
+
+def infer_vae_config(state: dict[str, torch.Tensor]) -> BSQVAEConfig:
+    """A `BSQVAEConfig` read off a VAE state dict's shapes (either key layout: `conv1.conv.weight` or `conv1.weight`)."""
+
+    def shape(name: str) -> tuple[int, ...]:
+        for key in (name, name.replace(".conv.weight", ".weight")):
+            if key in state:
+                return tuple(state[key].shape)
+        raise CheckpointError(f"not an Infinity BSQ-VAE state dict (no {name!r})")
+
+    base = shape("encoder.conv_in.conv.weight")[0]
+    levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
+    multipliers = tuple(shape(f"encoder.down.{level}.block.0.conv1.conv.weight")[0] // base for level in levels)
+    halvings = len({k.split(".")[2] for k in state if k.startswith("encoder.down.") and ".downsample." in k})
+    res_blocks = len({k.split(".")[4] for k in state if k.startswith("encoder.down.0.block.")})
+    return BSQVAEConfig(
+        codebook_dim=shape("decoder.conv_in.conv.weight")[1], patch_size=2**halvings, base_channels=base,
+        channel_multipliers=multipliers, num_res_blocks=res_blocks,
+    )
+
+
+def load_transformer_state(model: InfinityTransformer, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load of a released state dict: every key present, none extra, every shape equal."""
+    from .bsq_vae import _mismatch_message
+
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise CheckpointError(_mismatch_message(source, missing, unexpected, wrong, expected, state))
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def _load_released_transformer(path: str, size: str | None, dtype: torch.dtype, name: str) -> InfinityTransformer:
+    state = _read_state_dict(path)
+    config = SIZES[size][0]() if size else infer_config(state)
+    config._name_or_path = name
+    with torch.device("meta"):  # no second copy of the weights: the file's tensors are assigned in place
+        model = InfinityTransformer(config)
+    load_transformer_state(model, state, path)
+    return model.to(dtype)
+
+
+def _load_vae(location: str, checkpoint: str, size: str | None, revision: str | None) -> BSQVAE:
+    """A VAE folder saved by this project, or a released `.pth` with the weights under `vae`."""
+    if location.endswith((".pth", ".pt", ".bin", ".safetensors")):
+        path = location if os.path.isabs(location) and os.path.exists(location) else resolve_subpath(checkpoint, location, revision)
+        state = _read_state_dict(path)
+        state = state.get("vae", state) if isinstance(state.get("vae"), dict) else state
+        vae_config = SIZES[size][1]() if size else infer_vae_config(state)
+        vae = BSQVAE(vae_config)
+        try:
+            load_vae_state_dict(vae, state, path)
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
+        return vae
+    folder = location if os.path.isabs(location) or not is_local(checkpoint) else os.path.join(checkpoint, location)
+    if not is_local(checkpoint) and not os.path.isabs(location):
+        from huggingface_hub import snapshot_download
+
+        folder = os.path.join(snapshot_download(checkpoint, revision=revision, allow_patterns=[f"{location}/*"]), location)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"infinity: VAE folder not found: {folder}")
+    try:
+        return BSQVAE.from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointError(f"cannot load the BSQ-VAE from {folder}: {error}") from None
+
+
+def _load_transformer(checkpoint: str, config: InfinityFamilyConfig, dtype: torch.dtype, revision: str | None) -> InfinityTransformer:
+    adapter = resolve_subpath(checkpoint, "adapter_config.json", revision=revision, required=False)
+    if adapter is not None:  # a LoRA run: base from `base_checkpoint`, adapter merged in
+        from peft import PeftModel
+
+        if not config.base_checkpoint:
+            raise CheckpointError(f"{checkpoint}: a LoRA adapter without `base_checkpoint` in {FAMILY_CONFIG_NAME}")
+        base_config = InfinityFamilyConfig(**{**asdict(config), "base_checkpoint": None})
+        base = _load_transformer(config.base_checkpoint, base_config, dtype, None)
+        return PeftModel.from_pretrained(base, checkpoint, revision=revision).merge_and_unload()
+    if config.transformer == "model.safetensors" and resolve_subpath(checkpoint, "config.json", revision, required=False):
+        model = InfinityTransformer.from_pretrained(checkpoint, revision=revision, dtype=dtype)
+        return model
+    path = config.transformer if os.path.isabs(config.transformer) else resolve_subpath(checkpoint, config.transformer, revision)
+    return _load_released_transformer(path, config.size, dtype, checkpoint)
+
+
+def load(
+    checkpoint: str,
+    *,
+    visual_tokenizer: str | None = None,
+    dtype: str | torch.dtype = "bfloat16",
+    family_config: dict | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> InfinityPolicy:
+    """An Infinity policy from a folder or hub repo. `family_config` (see `InfinityFamilyConfig`) overrides
+    `infinity.json`, or replaces it for a released repo, e.g.
+    `{size: 2b, transformer: infinity_2b_reg.pth, vae: infinity_vae_d32reg.pth}`; `visual_tokenizer`
+    overrides the VAE location."""
+    if is_local(checkpoint) and not os.path.isdir(checkpoint):
+        raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    config_file = resolve_subpath(checkpoint, FAMILY_CONFIG_NAME, revision=revision, required=not family_config)
+    data = read_json_file(config_file) if config_file else {}
+    data.update(family_config or {})
+    config = InfinityFamilyConfig.from_dict(data, source=config_file or "family_config")
+    if visual_tokenizer:
+        config.vae = visual_tokenizer
+    if config.patchify is None:
+        config.patchify = SIZES[config.size][2] if config.size else False
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+    model = _load_transformer(checkpoint, config, torch_dtype, revision)
+    vae = _load_vae(config.vae, checkpoint, config.size, revision).eval().requires_grad_(False)
+    text_location = config.text_encoder
+    if not os.path.isabs(text_location) and is_local(checkpoint) and os.path.isdir(os.path.join(checkpoint, text_location)):
+        text_location = os.path.join(checkpoint, text_location)
+    tokenizer_location = checkpoint if _has_tokenizer(checkpoint, revision) else text_location
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, revision=revision if tokenizer_location == checkpoint else None)
+    text_encoder = T5EncoderModel.from_pretrained(text_location, dtype=getattr(torch, config.text_encoder_dtype))
+    return InfinityPolicy(model, tokenizer, text_encoder.eval().requires_grad_(False), vae, config)
+
+
+def _has_tokenizer(checkpoint: str, revision: str | None) -> bool:
+    if is_local(checkpoint):
+        return bool(glob.glob(os.path.join(checkpoint, "tokenizer*"))) or os.path.exists(os.path.join(checkpoint, "spiece.model"))
+    return resolve_subpath(checkpoint, "tokenizer_config.json", revision, required=False) is not None

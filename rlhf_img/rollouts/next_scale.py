@@ -1,0 +1,94 @@
+"""KV-cached, CFG-batched next-scale sampling and teacher-forced scoring of bits (Infinity-style families).
+
+Each scale is one forward pass over all of its tokens; every token predicts `bits_per_token`
+independent two-way choices. Guidance, temperature and top-p act per bit through the same functions
+as the next-token sampler (`models/guidance.py`), so sampling and scoring cannot disagree. Top-p on a
+two-way choice keeps only the likelier bit when the other has probability <= 1 - top_p: such a bit is
+deterministic, its log-prob is 0 and it carries no gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.guidance import guide, sample_actions, scored_logprobs
+from ..models.infinity_codes import ScaleCodes
+from ..models.policy import Rollout, Sampling
+
+
+@torch.no_grad()
+def sample_bits(
+    transformer,
+    text: torch.Tensor,
+    text_mask: torch.Tensor,
+    codes: ScaleCodes,
+    sampling: Sampling,
+    aspect_ratio: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample every scale's bits for `text` `(B, Lt, Ct5)` -> actions `(B, T)` and their log-probs.
+
+    With guidance the unconditional rows (the learned null text over each row's length) ride in the
+    same forward as the conditional rows (batch 2B) and share one KV cache per block.
+    """
+    batch = text.size(0)
+    with_uncond = sampling.uses_uncond_when_sampling
+    if with_uncond:
+        text = torch.cat([text, transformer.unconditional_text(text_mask).to(text.dtype)])
+        text_mask = torch.cat([text_mask, text_mask])
+    state = transformer.prepare_text(text, text_mask)
+    caches = [[] for _ in transformer.blocks]
+    x = transformer.start_tokens(state[0])
+    summed, actions, logprobs = None, [], []
+    for index, (h, w) in enumerate(codes.grids):
+        logits = transformer.forward_scale(x, index, codes.grids, state, text_mask, caches, aspect_ratio)
+        logits = logits.view(logits.size(0), h * w * codes.bits_per_token, 2)  # (R, tokens * bits, 2)
+        cond, uncond = (logits[:batch], logits[batch:]) if with_uncond else (logits, None)
+        guided = guide(cond, uncond, sampling.cfg_scale)
+        bits = sample_actions(guided.reshape(-1, 2), sampling, generator).view(batch, -1)
+        actions.append(bits)
+        logprobs.append(scored_logprobs(guided, bits, sampling)[0])
+        if index == len(codes.grids) - 1:
+            break
+        summed = codes.accumulate(summed, bits.view(batch, h, w, codes.bits_per_token), index)
+        x = transformer.word_embed(codes.scale_input(summed, index + 1).to(transformer.word_embed.weight.dtype))
+        if with_uncond:
+            x = torch.cat([x, x])
+    return Rollout(actions=torch.cat(actions, dim=1), logprobs=torch.cat(logprobs, dim=1))
+
+
+def score_bits(
+    model,
+    transformer,
+    text: torch.Tensor,
+    text_mask: torch.Tensor,
+    actions: torch.Tensor,
+    codes: ScaleCodes,
+    sampling: Sampling,
+    aspect_ratio: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced per-bit log-probs and entropies `(B, T)` of `actions` under `sampling.cfg_mode`, in one
+    forward (two for `guided_detached_uncond`). `model` is called (peft / DDP hooks fire); `transformer` is
+    the unwrapped module, used only for the learned null text."""
+    batch = actions.size(0)
+    inputs = codes.teacher_inputs(actions)  # (B, L - 1, bits): depends on the actions only
+
+    def forward(text_rows, mask_rows, input_rows):
+        return model(text_features=text_rows, text_mask=mask_rows, scale_inputs=input_rows, schedule=codes.grids, aspect_ratio=aspect_ratio)
+
+    if not sampling.uses_uncond_when_scoring:
+        logits = forward(text, text_mask, inputs)
+    elif sampling.cfg_mode == "guided_detached_uncond":
+        cond = forward(text, text_mask, inputs)
+        with torch.no_grad():
+            uncond = forward(transformer.unconditional_text(text_mask), text_mask, inputs)
+        logits = guide(cond.float(), uncond.float(), sampling.cfg_scale)
+    else:  # guided: both branches in one forward, gradients through both (and into the learned null text)
+        both = forward(
+            torch.cat([text, transformer.unconditional_text(text_mask).to(text.dtype)]),
+            torch.cat([text_mask, text_mask]),
+            torch.cat([inputs, inputs]),
+        )
+        logits = guide(both[:batch].float(), both[batch:].float(), sampling.cfg_scale)
+    logits = logits.reshape(batch, -1, 2)  # (B, T, 2)
+    return scored_logprobs(logits, actions, sampling)
