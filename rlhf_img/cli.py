@@ -149,7 +149,25 @@ def prepare_training(recipe_path: str, overrides: Sequence[str]):
         raise UsageError(str(error)) from None
     except (OSError, ValueError) as error:
         raise UsageError(str(error).splitlines()[0]) from None
-    return args, model_args, rewards, dataset, policy, get_peft_config(model_args)
+    peft_config = get_peft_config(model_args)
+    _check_reference_loadable(args, policy, peft_config)
+    return args, model_args, rewards, dataset, policy, peft_config
+
+
+def _check_reference_loadable(args, policy, peft_config) -> None:
+    """Full fine-tuning with beta > 0: TRL rebuilds the reference model from the policy's
+    `config._name_or_path`, which must then be a transformers folder or hub repo (not a released .pth)."""
+    from .models.resolve import resolve_subpath
+
+    if args.beta == 0.0 or peft_config is not None:
+        return
+    location = getattr(getattr(policy.model, "config", None), "_name_or_path", "") or ""
+    if not location or resolve_subpath(location, "config.json", required=False) is None:
+        raise UsageError(
+            f"beta={args.beta} with full fine-tuning needs a reference model that TRL can reload from "
+            f"{location or 'the checkpoint'!r}, which has no transformers config.json; use LoRA (use_peft: true), "
+            "beta: 0, or convert the checkpoint first (e.g. `rlhf-img convert infinity SRC OUT`)"
+        )
 
 
 def cmd_train(argv: Sequence[str]) -> int:
@@ -391,18 +409,39 @@ def cmd_convert(argv: Sequence[str]) -> int:
         description="Convert released weights into this project's safetensors layout. `cosmos`: a folder or hub "
         "repo with NVIDIA's Cosmos tokenizer TorchScript files (encoder.jit + decoder.jit, e.g. "
         "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16) -> OUT with config.json, encoder.safetensors, decoder.safetensors "
-        "(checked by a strict load into our modules; written in the published dtype). Only the state dicts are "
-        "read; no code from the files runs.",
+        "(checked by a strict load into our modules; written in the published dtype). `infinity`: a folder or hub "
+        "repo with Infinity's .pth files (e.g. FoundationVision/Infinity) -> OUT loadable with model_family "
+        "infinity and no family_config (transformer as a transformers model, vae/, infinity.json, T5 tokenizer). "
+        "Only state dicts are read (torch.load with weights_only=True); no code from the files runs.",
     )
-    parser.add_argument("kind", choices=["cosmos"], help="what to convert")
-    parser.add_argument("source", help="folder or hub id holding encoder.jit and decoder.jit")
+    parser.add_argument("kind", choices=["cosmos", "infinity"], help="what to convert")
+    parser.add_argument("source", help="cosmos: folder or hub id holding encoder.jit and decoder.jit; "
+                        "infinity: folder or hub id holding the .pth files")
     parser.add_argument("output_dir", help="where the safetensors files go")
     parser.add_argument("--config", default=None,
-                        help="a Cosmos config.json for non-default architectures (default: DV8x16x16)")
+                        help="cosmos: a Cosmos config.json for non-default architectures (default: DV8x16x16)")
+    parser.add_argument("--family_config", default=None,
+                        help="infinity: the released files as YAML/JSON, default "
+                        "'{size: 2b, transformer: infinity_2b_reg.pth, vae: infinity_vae_d32reg.pth, "
+                        "text_encoder: google/flan-t5-xl}'")
+    parser.add_argument("--dtype", default="bfloat16", help="infinity: dtype of the written transformer")
     options = parser.parse_args(argv)
     from .models.cosmos import CosmosConfig, convert_jit_to_safetensors
     from .models.resolve import CheckpointError, read_json_file
 
+    if options.kind == "infinity":
+        from .config import _parse_structured
+        from .models.infinity import convert_released
+
+        family = {"size": "2b", "transformer": "infinity_2b_reg.pth", "vae": "infinity_vae_d32reg.pth",
+                  "text_encoder": "google/flan-t5-xl"}
+        try:
+            family = _parse_structured(options.family_config, "--family_config") if options.family_config else family
+            out = convert_released(options.source, options.output_dir, family, dtype=options.dtype)
+        except (CheckpointError, OSError, ValueError) as error:
+            fail(str(error).splitlines()[0])
+        print(f"rlhf-img: wrote {out} (config.json, model.safetensors, infinity.json, vae/, tokenizer)")
+        return 0
     try:
         config = CosmosConfig.from_dict(read_json_file(options.config), options.config) if options.config else None
         out = convert_jit_to_safetensors(options.source, options.output_dir, config=config)

@@ -273,6 +273,9 @@ def _canonical_vae_key(key: str, expected: set[str]) -> str:
 def load_vae_state_dict(model: BSQVAE, state: dict[str, torch.Tensor], source: str) -> None:
     """Strict load: missing or unexpected keys, or shape mismatches, raise an error naming them."""
     expected = model.state_dict()
+    # the reference autoencoder registers its quantiser twice (`quantizer` and the alias `quantize`), so its
+    # state dicts carry `quantize.lfq.mask` as a second name of `quantizer.lfq.mask`
+    state = {k: v for k, v in state.items() if not k.startswith("quantize.")}
     renamed = {_canonical_vae_key(k, set(expected)): v for k, v in state.items()}
     renamed.setdefault("quantizer.lfq.mask", expected["quantizer.lfq.mask"])  # a constant; older files omit it
     missing = sorted(set(expected) - set(renamed))

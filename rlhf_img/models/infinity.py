@@ -350,3 +350,17 @@ def _has_tokenizer(checkpoint: str, revision: str | None) -> bool:
     if is_local(checkpoint):
         return bool(glob.glob(os.path.join(checkpoint, "tokenizer*"))) or os.path.exists(os.path.join(checkpoint, "spiece.model"))
     return resolve_subpath(checkpoint, "tokenizer_config.json", revision, required=False) is not None
+
+
+def convert_released(checkpoint: str, output_dir: str, family_config: dict, dtype: str = "bfloat16") -> str:
+    """Released Infinity files -> this project's layout in `output_dir` (safetensors throughout): the
+    transformer as a transformers model (`config.json`, `model.safetensors`), `vae/`, `infinity.json` and the
+    T5 tokenizer. The T5 encoder stays where `text_encoder` points. Needed for full fine-tuning with a KL
+    term (TRL rebuilds the reference model from the saved transformers folder)."""
+    policy = load(checkpoint, dtype=dtype, family_config=family_config)
+    os.makedirs(output_dir, exist_ok=True)
+    policy.model.config._name_or_path = output_dir
+    policy.model.save_pretrained(output_dir)
+    policy.processing_class.save_pretrained(output_dir)
+    policy.save_pretrained(output_dir)
+    return output_dir

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -34,6 +34,7 @@ class InfinityConfig(PretrainedConfig):
     the family applies a 2x2 spatial patchify, as Infinity-8B does)."""
 
     model_type = "rlhf_img_infinity"
+    auto_map = {}  # read by TRL and the auto classes when rebuilding a reference model; not remote code
 
     def __init__(
         self,
@@ -280,6 +281,7 @@ class InfinityTransformer(PreTrainedModel):
         )
         self.head_nm = AdaLNBeforeHead(dim, dim, config.norm_eps)
         self.head = nn.Linear(dim, 2 * config.bits_per_token)
+        self.generation_config = GenerationConfig()  # TRL writes pad_token_id here; sampling never reads it
         self.post_init()
 
     @torch.no_grad()
@@ -351,12 +353,18 @@ class InfinityTransformer(PreTrainedModel):
         scale_inputs: torch.Tensor,
         schedule: list[tuple[int, int]],
         aspect_ratio: float = 1.0,
+        **causal_lm_kwargs,
     ) -> torch.Tensor:
         """Teacher-forced logits `(B, L, 2 * bits)` for every token of `schedule`.
 
         `scale_inputs` `(B, L - 1, bits)`: the inputs of scales 1.. (scale 0 is the text start token).
         Attention is block-causal: a token sees every token of its own and earlier scales.
+        `causal_lm_kwargs`: peft's causal-LM wrapper (TRL's default LoRA task type) passes `input_ids=None`,
+        `labels=None`, ...; they must all be None here.
         """
+        given = sorted(k for k, v in causal_lm_kwargs.items() if v is not None)
+        if given:
+            raise TypeError(f"InfinityTransformer.forward got unsupported arguments {given}")
         cond, modulation, text_kv = self.prepare_text(text_features, text_mask)
         start = (cond.unsqueeze(1) + self.pos_start).float()  # (B, 1, C)
         x = torch.cat([start, self.word_embed(scale_inputs.to(self.word_embed.weight.dtype)).float()], dim=1)
@@ -389,6 +397,10 @@ class InfinityTransformer(PreTrainedModel):
         rope = (cos[offset:].to(x.device), sin[offset:].to(x.device))
         x = self._run_blocks(x, modulation, text_kv, text_mask, rope, None, caches)
         return self.logits(x, cond)
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """Present because peft's causal-LM wrapper binds it; Infinity samples with `rollouts.next_scale`."""
+        raise NotImplementedError("InfinityTransformer does not generate text; use the infinity policy's sample()")
 
     def start_tokens(self, cond: torch.Tensor) -> torch.Tensor:
         return (cond.unsqueeze(1) + self.pos_start).float()
