@@ -250,6 +250,10 @@ class AdaLNBeforeHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- model
+def _no_text_generation(*args, **kwargs):
+    raise NotImplementedError("InfinityTransformer does not generate text; sample with the infinity policy")
+
+
 class InfinityTransformer(PreTrainedModel):
     """The trainable part of an Infinity policy. `forward` is teacher-forced over whole scale schedules;
     `prepare_text` + `forward_scale` run the KV-cached next-scale loop one scale at a time."""
@@ -282,6 +286,9 @@ class InfinityTransformer(PreTrainedModel):
         self.head_nm = AdaLNBeforeHead(dim, dim, config.norm_eps)
         self.head = nn.Linear(dim, 2 * config.bits_per_token)
         self.generation_config = GenerationConfig()  # TRL writes pad_token_id here; sampling never reads it
+        # peft's causal-LM wrapper (TRL's default LoRA task type) binds this; an instance attribute, so that
+        # transformers does not take the class for a text generator
+        self.prepare_inputs_for_generation = _no_text_generation
         self.post_init()
 
     @torch.no_grad()
@@ -397,10 +404,6 @@ class InfinityTransformer(PreTrainedModel):
         rope = (cos[offset:].to(x.device), sin[offset:].to(x.device))
         x = self._run_blocks(x, modulation, text_kv, text_mask, rope, None, caches)
         return self.logits(x, cond)
-
-    def prepare_inputs_for_generation(self, *args, **kwargs):
-        """Present because peft's causal-LM wrapper binds it; Infinity samples with `rollouts.next_scale`."""
-        raise NotImplementedError("InfinityTransformer does not generate text; use the infinity policy's sample()")
 
     def start_tokens(self, cond: torch.Tensor) -> torch.Tensor:
         return (cond.unsqueeze(1) + self.pos_start).float()
