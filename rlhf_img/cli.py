@@ -281,7 +281,7 @@ def cmd_eval_geneval(argv: Sequence[str]) -> int:
     source.add_argument("--images", help="score an existing GenEval image folder instead of sampling")
     parser.add_argument("--metadata", help="GenEval's evaluation_metadata.jsonl (needed with --checkpoint)")
     parser.add_argument("--output_dir", required=True, help="where results.jsonl, table.json (and images/) go")
-    parser.add_argument("--model_family", default="causal_vq", help="family of --checkpoint (causal_vq, simplear)")
+    parser.add_argument("--model_family", default="causal_vq", help="family of --checkpoint (causal_vq, simplear, infinity)")
     parser.add_argument("--visual_tokenizer", default=None, help="visual tokenizer of --checkpoint, if not its default")
     parser.add_argument("--images_per_prompt", type=int, default=4, help="GenEval uses 4")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed -> same images)")

@@ -125,7 +125,7 @@ class ImageModelConfig(trl.ModelConfig):
     """`trl.ModelConfig` (checkpoint, dtype, LoRA: `use_peft`, `lora_r`, `lora_alpha`, `lora_dropout`,
     `lora_target_modules`) plus the model family and its visual tokenizer."""
 
-    model_family: str = field(default="causal_vq", metadata={"help": "Model family: 'causal_vq'."})
+    model_family: str = field(default="causal_vq", metadata={"help": "Model family: 'causal_vq', 'simplear' or 'infinity' (see README, 'Model families')."})
     visual_tokenizer: str | None = field(
         default=None,
         metadata={"help": "Visual tokenizer checkpoint (local folder or hub id); default: the one the checkpoint's "
