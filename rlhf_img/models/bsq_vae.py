@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .resolve import check_state_dict
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -278,21 +280,6 @@ def load_vae_state_dict(model: BSQVAE, state: dict[str, torch.Tensor], source: s
     state = {k: v for k, v in state.items() if not k.startswith("quantize.")}
     renamed = {_canonical_vae_key(k, set(expected)): v for k, v in state.items()}
     renamed.setdefault("quantizer.lfq.mask", expected["quantizer.lfq.mask"])  # a constant; older files omit it
-    missing = sorted(set(expected) - set(renamed))
-    unexpected = sorted(set(renamed) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(renamed) if tuple(expected[k].shape) != tuple(renamed[k].shape))
-    if missing or unexpected or wrong:
-        raise ValueError(_mismatch_message(source, missing, unexpected, wrong, expected, renamed))
+    check_state_dict(expected, renamed, source)
     model.load_state_dict(renamed, strict=True)
 
-
-def _mismatch_message(source, missing, unexpected, wrong, expected, given) -> str:
-    parts = [f"{source}: state dict does not match the architecture"]
-    if missing:
-        parts.append(f"missing {len(missing)}: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    if unexpected:
-        parts.append(f"unexpected {len(unexpected)}: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-    if wrong:
-        shapes = [f"{k} {tuple(given[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:4]]
-        parts.append(f"wrong shapes {len(wrong)}: {shapes}")
-    return "; ".join(parts)

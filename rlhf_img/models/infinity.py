@@ -35,7 +35,7 @@ from .infinity_codes import ScaleCodes
 from .infinity_schedules import RESOLUTIONS, VAE_STRIDE, nearest_aspect_ratio, scale_schedule
 from .infinity_transformer import InfinityConfig, InfinityTransformer
 from .policy import PromptBatch, Rollout, Sampling
-from .resolve import CheckpointError, is_local, read_json_file, resolve_subpath
+from .resolve import CheckpointError, check_state_dict, is_local, read_json_file, resolve_subpath
 
 FAMILY_CONFIG_NAME = "infinity.json"
 AutoConfig.register(InfinityConfig.model_type, InfinityConfig, exist_ok=True)
@@ -155,9 +155,9 @@ class InfinityPolicy:
 
     @torch.no_grad()
     def decode(self, actions: torch.Tensor) -> torch.Tensor:
-        device = next(self.vae.parameters()).device
-        summed = self.codes.summed_codes(actions.to(device))
-        return (self.vae.decode(summed.to(next(self.vae.parameters()).dtype)).float() + 1) / 2
+        weight = next(self.vae.parameters())
+        summed = self.codes.summed_codes(actions.to(weight.device))
+        return (self.vae.decode(summed.to(weight.dtype)).float() + 1) / 2
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -246,14 +246,7 @@ def infer_vae_config(state: dict[str, torch.Tensor]) -> BSQVAEConfig:
 
 def load_transformer_state(model: InfinityTransformer, state: dict[str, torch.Tensor], source: str) -> None:
     """Strict load of a released state dict: every key present, none extra, every shape equal."""
-    from .bsq_vae import _mismatch_message
-
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        raise CheckpointError(_mismatch_message(source, missing, unexpected, wrong, expected, state))
+    check_state_dict(model.state_dict(), state, source)
     model.load_state_dict(state, strict=True, assign=True)
 
 
@@ -275,10 +268,7 @@ def _load_vae(location: str, checkpoint: str, size: str | None, revision: str | 
         state = state.get("vae", state) if isinstance(state.get("vae"), dict) else state
         vae_config = SIZES[size][1]() if size else infer_vae_config(state)
         vae = BSQVAE(vae_config)
-        try:
-            load_vae_state_dict(vae, state, path)
-        except ValueError as error:
-            raise CheckpointError(str(error)) from None
+        load_vae_state_dict(vae, state, path)
         return vae
     folder = location if os.path.isabs(location) or not is_local(checkpoint) else os.path.join(checkpoint, location)
     if not is_local(checkpoint) and not os.path.isabs(location):

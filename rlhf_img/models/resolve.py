@@ -50,3 +50,21 @@ def read_json_file(path: str) -> dict:
             return json.load(f)
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path}: invalid JSON ({error})") from None
+
+
+def check_state_dict(expected: dict, given: dict, source: str) -> None:
+    """Raise `CheckpointError` naming missing and unexpected keys and wrong shapes (the first few of each)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(given) if tuple(expected[k].shape) != tuple(given[k].shape))
+    if not (missing or unexpected or wrong):
+        return
+    parts = [f"{source}: state dict does not match the architecture"]
+    if missing:
+        parts.append(f"missing {len(missing)}: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)}: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if wrong:
+        shapes = [f"{k} {tuple(given[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:4]]
+        parts.append(f"wrong shapes {len(wrong)}: {shapes}")
+    raise CheckpointError("; ".join(parts))
