@@ -74,24 +74,16 @@ def test_simplear_rejects_a_checkpoint_without_its_special_tokens(tiny_checkpoin
 @pytest.mark.parametrize("recipe", ["simplear-0.5b-grpo-clip.yaml", "simplear-0.5b-grpo-clip-lora.yaml"])
 def test_simplear_paper_recipe_trains_on_tiny_stand_ins(recipe, tiny_simplear, tmp_path):
     """The recipe as shipped, with overrides pointing at the tiny stand-ins and a tiny CLIP."""
-    from tiny_models import save_tiny_open_clip
+    from tiny_models import tiny_clip_recipe_overrides
 
     from rlhf_img.cli import main
 
     lm, cosmos = tiny_simplear
-    clip_dir = save_tiny_open_clip(str(tmp_path / "clip"))
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red apple\na dog on a beach\n")
-    rewards = [{"name": "clip_score", "kwargs": {"model": f"local-dir:{clip_dir}", "pretrained": None,
-                                                 "formula": "cosine", "caption_template": "A photo of {prompt}"}}]
-    out = tmp_path / "out"
+    overrides, out = tiny_clip_recipe_overrides(str(tmp_path))
     code = main(["train", os.path.join(REPO, "recipes", recipe), "--model_name_or_path", lm, "--visual_tokenizer", cosmos,
-                 "--family_config", json.dumps({"resolution": 32, "prompt_prefix": "A photo of "}),
-                 "--rewards", json.dumps(rewards), "--dataset", str(prompts), "--dtype", "float32", "--bf16", "false",
-                 "--use_cpu", "true", "--max_steps", "2", "--gradient_accumulation_steps", "1",
-                 "--report_to", "none", "--save_strategy", "no", "--output_dir", str(out), "--disable_tqdm", "true"])
+                 "--family_config", json.dumps({"resolution": 32, "prompt_prefix": "A photo of "}), *overrides])
     assert code == 0
-    history = json.load(open(out / "trainer_state.json"))["log_history"]
+    history = json.load(open(os.path.join(out, "trainer_state.json")))["log_history"]
     assert any("rewards/clip_score/mean" in entry for entry in history)
 
 

@@ -32,6 +32,22 @@ def save_tiny_open_clip(path: str, seed: int = 0, quick_gelu: bool = False) -> s
     return path
 
 
+def tiny_clip_recipe_overrides(root) -> tuple[list[str], str]:
+    """Command-line overrides that run a shipped CLIP recipe for 2 steps on CPU with a tiny CLIP reward and two
+    prompts, all written under `root`; returns (overrides, output folder). The model keys stay the caller's."""
+    clip_dir = save_tiny_open_clip(os.path.join(root, "clip"))
+    prompts = os.path.join(root, "prompts.txt")
+    with open(prompts, "w") as f:
+        f.write("a red apple\na dog on a beach\n")
+    rewards = [{"name": "clip_score", "kwargs": {"model": f"local-dir:{clip_dir}", "pretrained": None,
+                                                 "formula": "cosine", "caption_template": "A photo of {prompt}"}}]
+    out = os.path.join(root, "out")
+    overrides = ["--rewards", json.dumps(rewards), "--dataset", prompts, "--dtype", "float32", "--bf16", "false",
+                 "--use_cpu", "true", "--max_steps", "2", "--gradient_accumulation_steps", "1",
+                 "--report_to", "none", "--save_strategy", "no", "--output_dir", out, "--disable_tqdm", "true"]
+    return overrides, out
+
+
 def save_tiny_mask2former(path: str, seed: int = 0, favoured_class: int | None = None) -> str:
     """A transformers Mask2Former (Swin backbone, 80 COCO labels) folder with its image-processor config in the
     layout of `facebook/mask2former-swin-small-coco-instance` (fixed-size resize, size_divisor 32).
