@@ -32,6 +32,19 @@ def test_split_is_deterministic_disjoint_and_covers_every_tag():
     assert 0.15 < len(held_out) / (len(train) + len(held_out)) < 0.25
 
 
+def test_every_held_out_position_scene_is_trained_in_its_other_phrasing():
+    train, held_out = shapes.split_prompts()
+    trained = {shapes._layout(r) for r in train if r["tag"] == "position"}
+    held = [shapes._layout(r) for r in held_out if r["tag"] == "position"]
+    assert len(held) == len(set(held)) >= 1
+    assert set(held) <= trained
+    circle_left = {"tag": "position", "include": [{"class": "square", "count": 1},
+                                                  {"class": "circle", "count": 1, "position": ["left of", 0]}]}
+    square_right = {"tag": "position", "include": [{"class": "circle", "count": 1},
+                                                   {"class": "square", "count": 1, "position": ["right of", 0]}]}
+    assert shapes._layout(circle_left) == shapes._layout(square_right)
+
+
 def test_shipped_prompt_files_match_the_generator():
     train, held_out = shapes.split_prompts()
     balanced = shapes.tag_balanced(train)

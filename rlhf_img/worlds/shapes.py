@@ -75,15 +75,39 @@ def _hash(text: str) -> int:
     return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16)
 
 
+CONVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def _layout(row: dict) -> tuple | None:
+    """A position prompt's scene, the same for both phrasings ("a circle left of a square" and "a square
+    right of a circle"): (object, relation, anchor) with the phrasing whose object sorts first."""
+    if row["tag"] != "position":
+        return None
+    anchor, obj = row["include"][0]["class"], row["include"][1]
+    relation = obj["position"][0]
+    return min((obj["class"], relation, anchor), (anchor, CONVERSE[relation], obj["class"]))
+
+
 def split_prompts() -> tuple[list[dict], list[dict]]:
-    """(train, held_out): per tag, the ~20% (at least one) prompts with the smallest hash are held out."""
+    """(train, held_out): per tag, the ~20% (at least one) prompts with the smallest hash are held out.
+
+    A position prompt is skipped (kept for training) when the other phrasing of its scene is already held
+    out: every held-out scene stays drawable from a trained phrasing, so position measures whether the
+    relation words generalise, not whether a never-trained layout appears by chance.
+    """
     train, held_out = [], []
     rows = all_prompts()
     for tag in dict.fromkeys(r["tag"] for r in rows):
         tagged = sorted((r for r in rows if r["tag"] == tag), key=lambda r: _hash(r["prompt"]))
         cut = max(1, round(HELD_OUT_FRACTION * len(tagged)))
-        held_out += tagged[:cut]
-        train += tagged[cut:]
+        chosen, scenes = [], set()
+        for row in tagged:
+            scene = _layout(row)
+            if len(chosen) < cut and (scene is None or scene not in scenes):
+                chosen.append(row)
+                scenes.add(scene)
+        held_out += chosen
+        train += [r for r in tagged if r not in chosen]
     return train, held_out
 
 
