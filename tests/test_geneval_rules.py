@@ -1,6 +1,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -149,3 +150,44 @@ def test_counting_threshold_and_exclude_edges():
     exactly = {"cup": [box(0, 0), box(20, 0)]}
     one_more = {"cup": [box(0, 0), box(20, 0), box(40, 0)]}
     assert evaluate(exactly, meta).correct and not evaluate(one_more, meta).correct
+
+
+def test_position_on_the_half_direction_edge_is_geneval_bit_for_bit():
+    # Found by a numerical search over integer (mask-derived) boxes up to 1024 px: a's centre is (378.5, 652.5),
+    # b's (2, 2), so the offset is (376.5, 650.5) and the x margin 0.1 x (3 + 4) = 0.7. GenEval works on mmdet's
+    # float32 boxes and divides by np.linalg.norm: dx = 375.8 / 751.59998 rounds to exactly 0.5 -> not "right of".
+    # The former float64 + math.hypot arithmetic gave dx = 0.500000027 -> "right of". (The float64 norms of hypot
+    # and np.linalg.norm agree here; on this edge the verdict is decided by GenEval's float32.)
+    a, b = Detection((377.0, 651.0, 380.0, 654.0)), Detection((0.0, 0.0, 4.0, 4.0))
+    assert relative_position(a, b) == {"below"}
+    meta = {"tag": "position", "include": [{"class": "cup", "count": 1},
+                                           {"class": "bowl", "count": 1, "position": ["right of", 0]}]}
+    assert not evaluate({"cup": [b], "bowl": [a]}, meta).correct
+
+
+def test_tied_scores_are_ordered_as_geneval_argsort_orders_them():
+    # GenEval orders a class's detections by np.argsort(scores)[::-1] on mmdet's float32 score column: for up to
+    # 16 detections numpy sorts equal scores in index order, so reversed, the LATER of tied detections comes first
+    # (a stable "most confident first" sort would put the earlier one first).
+    left, right = Detection((0, 0, 10, 10), 0.8), Detection((60, 0, 70, 10), 0.8)
+    assert select_detections({"cat": [left, right]}, "position")["cat"] == [right, left]
+    meta = {"tag": "position", "include": [{"class": "dog", "count": 1},
+                                           {"class": "cat", "count": 1, "position": ["right of", 0]}]}
+    found = select_detections({"dog": [Detection((30, 0, 40, 10), 0.9)], "cat": [left, right]}, "position")
+    assert evaluate(found, meta).correct  # the cat GenEval checks is `right`
+    swapped = select_detections({"dog": [Detection((30, 0, 40, 10), 0.9)], "cat": [right, left]}, "position")
+    assert not evaluate(swapped, meta).correct
+    # ties around a higher score: indices 1, 2 and 4 tie at 0.8 -> order 3, 4, 2, 1 (0.2 is below the threshold)
+    items = [Detection((i, 0, i + 1, 1), s) for i, s in enumerate([0.2, 0.8, 0.8, 0.9, 0.8])]
+    kept = select_detections({"cup": items}, "single_object")["cup"]
+    assert kept == [items[3], items[4], items[2], items[1]]
+    ordering = np.argsort(np.array([d.score for d in items], dtype=np.float32))[::-1]
+    assert [items[i] for i in ordering if items[i].score > 0.3] == kept  # the line GenEval runs
+
+
+def test_threshold_is_compared_in_float32_like_geneval():
+    # mmdet scores are float32 and numpy compares them with the threshold in float32: float32(0.3) is not > 0.3
+    at = float(np.float32(0.3))  # 0.30000001192..., above 0.3 as a Python float
+    above = float(np.nextafter(np.float32(0.3), np.float32(1)))
+    found = select_detections({"cup": [Detection((0, 0, 1, 1), at), Detection((5, 0, 6, 1), above)]}, "colors")
+    assert [d.score for d in found["cup"]] == [above]

@@ -17,9 +17,10 @@ share of each clause satisfied); dense is 1.0 exactly when strict passes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import numpy as np
 
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
@@ -51,26 +52,40 @@ def select_detections(
     counting_threshold: float = COUNTING_THRESHOLD,
     max_objects: int = MAX_OBJECTS,
 ) -> dict[str, list[Detection]]:
-    """GenEval's filtering: confidence above the tag's threshold, most confident first, at most `max_objects`."""
+    """GenEval's filtering: confidence above the tag's threshold, most confident first, at most `max_objects`.
+
+    Done as GenEval does it, on mmdet's float32 score column: `np.argsort(scores)[::-1]` orders the detections
+    (so among equal scores the later detection comes first, where GenEval's numpy sorts ties stably), then
+    `scores > threshold` in float32 (a score of float32(0.3) is not above 0.3), then the first `max_objects`.
+    """
     cutoff = counting_threshold if tag == "counting" else threshold
     selected = {}
     for name, items in detections.items():
-        kept = sorted((d for d in items if d.score > cutoff), key=lambda d: -d.score)[:max_objects]
-        if kept:
-            selected[name] = kept
+        if not items:
+            continue
+        scores = np.array([d.score for d in items], dtype=np.float32)
+        ordering = np.argsort(scores)[::-1]
+        ordering = ordering[scores[ordering] > np.float32(cutoff)][:max_objects]
+        if len(ordering):
+            selected[name] = [items[i] for i in ordering.tolist()]
     return selected
 
 
 def relative_position(a: Detection, b: Detection, threshold: float = POSITION_THRESHOLD) -> set[str]:
-    """Relations of `a` to `b` (image y grows downwards), GenEval's rule with its box-size margin."""
-    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = a.box, b.box
-    offset = ((ax1 + ax2) / 2 - (bx1 + bx2) / 2, (ay1 + ay2) / 2 - (by1 + by2) / 2)
-    size = (abs(ax2 - ax1) + abs(bx2 - bx1), abs(ay2 - ay1) + abs(by2 - by1))
-    revised = [math.copysign(max(abs(o) - threshold * s, 0.0), o) for o, s in zip(offset, size)]
-    if all(abs(r) < 1e-3 for r in revised):
+    """Relations of `a` to `b` (image y grows downwards), GenEval's rule with its box-size margin.
+
+    GenEval's arithmetic, operation for operation, on float32 boxes (mmdet's dtype): centres and sizes from the
+    (2, 2, 2) box array, offset = centre a - centre b, the offset less the margin divided by
+    `np.linalg.norm(offset)`, compared with 0.5 -- so verdicts on the 0.5 edge are GenEval's bit for bit.
+    """
+    boxes = np.array([a.box, b.box], dtype=np.float32)[:, :4].reshape(2, 2, 2)
+    center_a, center_b = boxes.mean(axis=-2)
+    dim_a, dim_b = np.abs(np.diff(boxes, axis=-2))[..., 0, :]
+    offset = center_a - center_b
+    revised = np.maximum(np.abs(offset) - np.float32(threshold) * (dim_a + dim_b), np.float32(0)) * np.sign(offset)
+    if np.all(np.abs(revised) < np.float32(1e-3)):
         return set()
-    norm = math.hypot(*offset)
-    dx, dy = revised[0] / norm, revised[1] / norm
+    dx, dy = revised / np.linalg.norm(offset)
     relations = set()
     if dx < -0.5:
         relations.add("left of")
