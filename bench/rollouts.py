@@ -24,8 +24,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.utils import logging
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from rlhf_img.models import Sampling, load_policy  # noqa: E402
-from rlhf_img.models.tiny import save_tiny_causal_vq  # noqa: E402
+from rlhf_img import Sampling, load_policy  # noqa: E402
+from rlhf_img.families.causal_vq.tiny import save_tiny_causal_vq  # noqa: E402
 
 
 class KeepImageCodes(LogitsProcessor):
@@ -50,7 +50,7 @@ def build_model(args: argparse.Namespace, directory: str):
         codebook_size=args.codebook_size,
         seed=0,
     )
-    policy = load_policy("causal_vq", directory)
+    policy = load_policy(directory, "causal_vq")
     if args.text_vocab > policy.config.image_code_offset:
         # Give the LM a realistic text vocabulary in front of the image codes (Qwen2.5: 151,665 ids, as in
         # SimpleAR); the extra text ids are never sampled but the baseline's full-vocabulary head pays for them.

@@ -1,7 +1,8 @@
 """rlhf-img: post-train autoregressive text-to-image models with GRPO on TRL."""
 
 from .config import ImageGRPOConfig, ImageModelConfig, PromptDataConfig
-from .models import Policy, Sampling, load_policy
+from .families import detect_family, load_policy, register_family
+from .policy import Policy, Sampling
 from .trainer import ImageGRPOTrainer
 
 __version__ = "0.1.0"
@@ -12,5 +13,7 @@ __all__ = [
     "Policy",
     "PromptDataConfig",
     "Sampling",
+    "detect_family",
     "load_policy",
+    "register_family",
 ]

@@ -1,30 +1,21 @@
 """`rlhf-img` command line: `rlhf-img train RECIPE.yaml [--key value ...]` and helpers.
 
-Every recipe key is a field of the config dataclasses (`rlhf_img/config.py`), so the YAML, `--help` and
-the Python API cannot drift apart. Bad input exits with code 2 and one line naming the key or file,
-before anything is written.
+Each command parses its arguments and calls the library: recipes and run preparation in `recipes.py`,
+evaluation in `eval/`, families in `families/`. Bad input exits with code 2 and one line naming the key or
+file, before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
-from typing import Any, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
-
-from .config import ImageGRPOConfig, ImageModelConfig, PromptDataConfig
+from .recipes import UsageError, parse_recipe, prepare_training, recipe_parser
 from .yaml_files import YamlFileError, read_yaml_mapping
-
-TRAIN_DATACLASSES = (ImageGRPOConfig, ImageModelConfig, PromptDataConfig)
-STRUCTURED_KEYS = {"rewards", "family_config"}  # typed `str` for the command line (JSON), mappings/lists in YAML
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
 
 
 def fail(message: str) -> NoReturn:
@@ -32,182 +23,27 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _trl_parser(dataclass_types=TRAIN_DATACLASSES, command: str = "train"):
-    from trl import TrlParser
-
-    class RecipeParser(TrlParser):
-        def error(self, message: str) -> NoReturn:  # argparse prints usage + error; we print one line
-            raise UsageError(message)
-
-    return RecipeParser(dataclass_types, prog=f"rlhf-img {command} RECIPE", description=__doc__.split("\n")[0])
-
-
-def _field_types(dataclass_types=TRAIN_DATACLASSES) -> dict[str, str]:
-    """Each field's declared type, from the class annotations: HfArgumentParser rewrites `field.type` of
-    `dict`-typed fields (e.g. `lr_scheduler_kwargs`) to `str` in place, the annotations keep the truth."""
-    types = {}
-    for cls in dataclass_types:
-        names = {f.name for f in dataclasses.fields(cls)}
-        for klass in reversed(cls.__mro__):
-            for name, annotation in vars(klass).get("__annotations__", {}).items():
-                if name in names:
-                    types[name] = str(annotation)
-    return types
-
-
-def load_recipe(path: str, dataclass_types=TRAIN_DATACLASSES) -> dict[str, Any]:
-    """The recipe mapping, with unknown keys rejected (one line naming the first)."""
-    try:
-        recipe = read_yaml_mapping(path, "recipe", "a recipe must be a YAML mapping of key: value")
-    except YamlFileError as error:
-        raise UsageError(str(error)) from None
-    known = set(_field_types(dataclass_types)) | {"env"}
-    unknown = [key for key in recipe if key not in known]
-    if unknown:
-        raise UsageError(f"unknown recipe key {unknown[0]!r} in {path} (see `rlhf-img train --help` for the keys)")
-    return recipe
-
-
-def check_recipe_types(parser, recipe: dict[str, Any], path: str, dataclass_types=TRAIN_DATACLASSES) -> None:
-    """argparse converts string values only; check the YAML's non-string values against each key's type."""
-    types = _field_types(dataclass_types)
-    actions = {action.dest: action for action in parser._actions}
-    for key, value in recipe.items():
-        action = actions.get(key)
-        if action is None or value is None:
-            continue
-        structured = key in STRUCTURED_KEYS or "dict" in types[key] or "list" in types[key] or action.nargs in ("+", "*")
-        if isinstance(value, (list, dict)):
-            if not structured:
-                raise UsageError(f"recipe key {key!r} in {path} must be a single value, got a {type(value).__name__}")
-            continue
-        converter = action.type
-        if converter in (int, float) and isinstance(value, bool):
-            raise UsageError(f"recipe key {key!r} in {path} must be a {converter.__name__}, got {value!r}")
-        if converter is int and isinstance(value, float) and not value.is_integer():
-            raise UsageError(f"recipe key {key!r} in {path} must be an int, got {value!r}")
-        if callable(converter) and not structured:
-            try:
-                converted = converter(value if isinstance(value, str) else str(value) if converter is not float else value)
-            except (TypeError, ValueError, argparse.ArgumentTypeError):
-                name = getattr(converter, "__name__", "value")
-                raise UsageError(f"recipe key {key!r} in {path}: invalid {name} value {value!r}") from None
-            if action.choices is not None and converted not in action.choices:
-                raise UsageError(f"recipe key {key!r} in {path} must be one of {list(action.choices)}, got {value!r}")
-
-
-def parse_recipe(recipe_path: str, overrides: Sequence[str], dataclass_types=TRAIN_DATACLASSES, command="train"):
-    """The dataclasses of `dataclass_types` from a recipe plus `--key value` overrides (UsageError on bad input)."""
-    parser = _trl_parser(dataclass_types, command)
-    recipe = load_recipe(recipe_path, dataclass_types)
-    check_recipe_types(parser, recipe, recipe_path, dataclass_types)
-    try:
-        return parser.parse_args_and_config(["--config", recipe_path, *overrides])
-    except UsageError:
-        raise
-    except ValueError as error:
-        message = str(error).splitlines()[0]
-        if "not used by the HfArgumentParser" in message:
-            message = f"unknown option(s) {message.split(':', 1)[1].strip()}"
-        raise UsageError(message) from None
-
-
-def prepare_training(recipe_path: str, overrides: Sequence[str]):
-    """Everything that can fail on user input, before anything is written: configs, rewards, prompts, model."""
-    from trl import get_peft_config
-
-    from .data import load_prompt_dataset
-    from .models import CheckpointError, load_policy
-    from .rewards import RewardConfigError, build_rewards
-
-    args, model_args, data_args = parse_recipe(recipe_path, overrides)
-    if not model_args.model_name_or_path:
-        raise UsageError("recipe key 'model_name_or_path' is required (a local checkpoint folder or a hub id)")
-    if not data_args.dataset:
-        raise UsageError("recipe key 'dataset' is required (a prompt file or a `datasets` name)")
-    if not args.reward_specs:
-        raise UsageError("recipe key 'rewards' is required (a list of rewards, e.g. [{name: jpeg_compressibility}])")
-    try:
-        rewards = build_rewards(args.reward_specs)
-        dataset = load_prompt_dataset(
-            data_args.dataset,
-            config=data_args.dataset_config,
-            split=data_args.dataset_split,
-            prompt_column=data_args.prompt_column,
-            max_prompts=data_args.max_prompts,
-        )
-        policy = load_policy(
-            model_args.model_family,
-            model_args.model_name_or_path,
-            visual_tokenizer=model_args.visual_tokenizer,
-            dtype=model_args.dtype,
-            family_config=model_args.family_config,
-            revision=None if model_args.model_revision == "main" else model_args.model_revision,
-            trust_remote_code=args.trust_remote_code,
-        )
-    except (RewardConfigError, CheckpointError, FileNotFoundError) as error:
-        raise UsageError(str(error)) from None
-    except (OSError, ValueError) as error:
-        raise UsageError(str(error).splitlines()[0]) from None
-    peft_config = get_peft_config(model_args)
-    _check_reference_loadable(args, policy, peft_config)
-    return args, model_args, rewards, dataset, policy, peft_config
-
-
-def _check_reference_loadable(args, policy, peft_config) -> None:
-    """Full fine-tuning with beta > 0: TRL rebuilds the reference model from the policy's
-    `config._name_or_path`, which must then be a transformers folder or hub repo (not a released .pth)."""
-    from .models.resolve import resolve_subpath
-
-    if args.beta == 0.0 or peft_config is not None:
-        return
-    location = getattr(getattr(policy.model, "config", None), "_name_or_path", "") or ""
-    if not location or resolve_subpath(location, "config.json", required=False) is None:
-        raise UsageError(
-            f"beta={args.beta} with full fine-tuning needs a reference model that TRL can reload from "
-            f"{location or 'the checkpoint'!r}, which has no transformers config.json; use LoRA (use_peft: true), "
-            "beta: 0, or convert the checkpoint first (e.g. `rlhf-img convert infinity SRC OUT`)"
-        )
-
-
 def cmd_train(argv: Sequence[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: rlhf-img train RECIPE.yaml [--key value ...]\n")
         print("GRPO-train an autoregressive text-to-image model. Every key below can be set in the recipe\n"
               "and overridden on the command line.\n")
-        _trl_parser().print_help()
+        recipe_parser().print_help()
         return 0
-    recipe_path, overrides = argv[0], list(argv[1:])
     try:
-        args, model_args, rewards, dataset, policy, peft_config = prepare_training(recipe_path, overrides)
+        run = prepare_training(argv[0], list(argv[1:]))
     except UsageError as error:
         fail(str(error))
+    from .training import train
 
-    from .rewards import RewardError
-    from .trainer import ImageGRPOTrainer
-
-    trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
-    start = time.time()
-    try:
-        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    except RewardError as error:  # a user's reward broke mid-run: name it, skip the traceback
-        print(f"rlhf-img: error: {error}", file=sys.stderr)
-        return 1
-    trainer.save_model(args.output_dir)
-    trainer.save_state()  # trainer_state.json: the full log history next to the model
-    print(f"rlhf-img: trained {trainer.state.global_step} steps in {time.time() - start:.0f}s; saved to {args.output_dir}")
-    logged = [entry for entry in trainer.state.log_history if "reward" in entry]
-    if logged:
-        print(f"rlhf-img: reward {logged[0]['reward']:.4g} (step {logged[0]['step']}) -> "
-              f"{logged[-1]['reward']:.4g} (step {logged[-1]['step']})")
-    return 0
+    return train(*run)
 
 
 def _run_stage(argv: Sequence[str], command: str, dataclass_type, description: str):
     """Parse `RECIPE [--key value ...]` for an upstream stage; None after printing --help."""
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: rlhf-img {command} RECIPE.yaml [--key value ...]\n\n{description}\n")
-        _trl_parser((dataclass_type,), command).print_help()
+        recipe_parser((dataclass_type,), command).print_help()
         return None
     try:
         (config,) = parse_recipe(argv[0], list(argv[1:]), (dataclass_type,), command)
@@ -240,20 +76,22 @@ def _recipe_family(argv: Sequence[str]) -> str | None:
 
 
 def cmd_sft(argv: Sequence[str]) -> int:
-    if _recipe_family(argv) == "simplear":
-        from .simplear_sft import SimpleARSFTConfig, run_simplear_sft
+    from .families import FAMILIES
 
-        config = _run_stage(argv, "sft", SimpleARSFTConfig, "SFT a SimpleAR model on image/caption pairs.")
+    family = FAMILIES.get(_recipe_family(argv) or "")
+    if family is not None and family.sft is not None:
+        config_class, run = family.sft()
+        config = _run_stage(argv, "sft", config_class, f"SFT a {family.name} model on image/caption pairs.")
         if config is None:
             return 0
         if not config.dataset:
             fail("dataset: set the image/caption pairs to train on")
         start = time.time()
         try:
-            path = run_simplear_sft(config)
+            path = run(config)
         except (OSError, ValueError) as error:
             fail(str(error).splitlines()[0])
-        print(f"rlhf-img: SFT done in {time.time() - start:.0f}s; simplear checkpoint in {path}")
+        print(f"rlhf-img: SFT done in {time.time() - start:.0f}s; {family.name} checkpoint in {path}")
         return 0
     from .worlds.sft import WorldSFTConfig, run_sft
 
@@ -269,110 +107,68 @@ def cmd_sft(argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_eval_geneval(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="rlhf-img eval geneval",
-        description="GenEval (Ghosh et al., 2023) for a checkpoint or for a folder of images in GenEval's layout "
-        "(NNNNN/metadata.jsonl + NNNNN/samples/NNNN.png): Mask2Former (COCO instance) detections, CLIP ViT-L-14 "
-        "colours, GenEval's rules. Writes OUTPUT_DIR/results.jsonl (GenEval's fields) and table.json, prints the table.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="sample from this checkpoint (hub id or folder) into OUTPUT_DIR/images")
-    source.add_argument("--images", help="score an existing GenEval image folder instead of sampling")
-    parser.add_argument("--metadata", help="GenEval's evaluation_metadata.jsonl (needed with --checkpoint)")
-    parser.add_argument("--output_dir", required=True, help="where results.jsonl, table.json (and images/) go")
-    parser.add_argument("--model_family", default="causal_vq", help="family of --checkpoint (causal_vq, simplear, infinity)")
-    parser.add_argument("--visual_tokenizer", default=None, help="visual tokenizer of --checkpoint, if not its default")
-    parser.add_argument("--images_per_prompt", type=int, default=4, help="GenEval uses 4")
+def add_sampling_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
+    """The sampling flags, from the same dataclass fields (names, types, help) as the training recipe keys."""
+    from .config import SamplingOptions
+
+    for field in dataclasses.fields(SamplingOptions):  # each default has the field's type (str, float, int)
+        parser.add_argument(f"--{field.name}", type=type(field.default), choices=field.metadata.get("choices"),
+                            default=defaults.get(field.name, field.default), help=field.metadata["help"])
+
+
+EVAL_DESCRIPTION = (
+    "Score a checkpoint (or a folder of images) with GenEval's rules: sample N images per prompt with fixed "
+    "seeds, detect objects (the shapes world's exact detector, or Mask2Former + CLIP colours as GenEval), judge "
+    "strictly, print GenEval's per-tag table. With --output_dir: images/ in GenEval's layout, results.jsonl "
+    "(GenEval's fields) and table.json. `rlhf-img eval geneval --checkpoint X --metadata M ...` is an alias with "
+    "GenEval's defaults (Mask2Former, 4 images per prompt, guided CFG 4)."
+)
+
+
+def eval_parser(geneval_defaults: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf-img eval", description=EVAL_DESCRIPTION)
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint to sample from: a folder (SFT, GRPO or LoRA output) or a hub id")
+    parser.add_argument("--checkpoint", dest="checkpoint_option", metavar="CHECKPOINT", help="the same, as an option")
+    parser.add_argument("--images", help="score this GenEval image folder (NNNNN/metadata.jsonl + NNNNN/samples/NNNN.png) instead of sampling")
+    parser.add_argument("--prompts", "--metadata", dest="prompts", default=None if geneval_defaults else "shapes-held-out",
+                        help="prompt set: shapes-held-out, shapes-train, or a GenEval evaluation_metadata.jsonl")
+    parser.add_argument("--output_dir", default=None, help="write images/, results.jsonl and table.json here")
+    parser.add_argument("--model_family", default=None, help="family of the checkpoint (default: found from its files)")
+    parser.add_argument("--visual_tokenizer", default=None, help="visual tokenizer, if not the checkpoint's own")
+    parser.add_argument("--family_config", default=None, help="overrides of the family config, YAML/JSON mapping (e.g. '{resolution: 512}')")
+    parser.add_argument("--device", default=None, help="where the policy and the detector run (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default=None, help="policy weights dtype, e.g. bfloat16 (default: the family's)")
+    parser.add_argument("--images_per_prompt", type=int, default=4 if geneval_defaults else 16,
+                        help="GenEval uses 4; the shapes world 16 (several tags have 1-5 held-out prompts)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed -> same images)")
-    parser.add_argument("--cfg_mode", default="guided", choices=["none", "guided"], help="guidance when sampling")
-    parser.add_argument("--cfg_scale", type=float, default=4.0)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--detector", default="mask2former", choices=["mask2former", "shapes"],
-                        help="mask2former for real images; shapes for the shapes world")
+    parser.add_argument("--batch_prompts", type=int, default=16, help="prompts sampled together (each chunk has its own seed)")
+    add_sampling_arguments(parser, **({"cfg_mode": "guided"} if geneval_defaults else {}))
+    parser.add_argument("--detector", default="mask2former" if geneval_defaults else "shapes",
+                        choices=["shapes", "mask2former"], help="shapes: the shapes world's exact detector; mask2former: GenEval's")
     parser.add_argument("--detector_model", default="facebook/mask2former-swin-small-coco-instance",
                         help="transformers Mask2Former checkpoint (hub id or folder), COCO instance labels")
     parser.add_argument("--clip_model", default="ViT-L-14", help="open_clip model for colours (name, hf-hub:, local-dir:)")
     parser.add_argument("--clip_pretrained", default="openai", help="open_clip pretrained tag or weights file")
     parser.add_argument("--class_names", default=None, help="object_names.txt (default: GenEval's 80 COCO names)")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--batch_size", type=int, default=8, help="images per detector batch")
-    options = parser.parse_args(argv)
-    from . import geneval_eval
-    from .models import CheckpointError, Sampling, load_policy
-    from .rewards.geneval import build_scorer
-    from .worlds.evaluation import format_table
-
-    image_dir = options.images
-    try:
-        if options.checkpoint:
-            if not options.metadata:
-                raise UsageError("--metadata (GenEval's evaluation_metadata.jsonl) is needed with --checkpoint")
-            metadata = geneval_eval.read_metadata(options.metadata)
-            extra = {"visual_tokenizer": options.visual_tokenizer} if options.visual_tokenizer else {}
-            policy = load_policy(options.model_family, options.checkpoint, **extra)
-        else:
-            geneval_eval.list_image_folder(image_dir)  # fails early on a bad folder
-        scorer = build_scorer(options.detector, options.detector_model, options.clip_model, options.clip_pretrained,
-                              options.device, options.batch_size, options.class_names)
-    except (UsageError, CheckpointError, OSError, ValueError, KeyError) as error:
-        fail(str(error).splitlines()[0])
-    if options.checkpoint:
-        image_dir = os.path.join(options.output_dir, "images")
-        sampling = Sampling(cfg_mode=options.cfg_mode, cfg_scale=options.cfg_scale, temperature=options.temperature,
-                            top_k=options.top_k, top_p=options.top_p)
-        geneval_eval.write_image_folder(policy, metadata, image_dir, options.images_per_prompt, sampling, options.seed)
-    records = geneval_eval.score_image_folder(scorer, image_dir, options.batch_size)
-    table = geneval_eval.results_table(records)
-    results_path, table_path = geneval_eval.write_results(records, table, options.output_dir)
-    print(format_table(table, f"GenEval on {len(records)} images from {image_dir}:"))
-    print(f"rlhf-img: wrote {results_path} and {table_path}")
-    return 0
+    return parser
 
 
 def cmd_eval(argv: Sequence[str]) -> int:
-    if argv and argv[0] == "geneval":
-        return cmd_eval_geneval(argv[1:])
-    parser = argparse.ArgumentParser(
-        prog="rlhf-img eval",
-        description="GenEval-style evaluation of a shapes-world checkpoint on its held-out prompts "
-        "(N images per prompt with fixed seeds, strict rules, GenEval's per-tag table). "
-        "For real GenEval: `rlhf-img eval geneval --help`.",
-    )
-    parser.add_argument("checkpoint", help="causal_vq checkpoint folder (SFT output, GRPO output, or LoRA adapter)")
-    parser.add_argument("--split", default="held_out", choices=["held_out", "train"], help="prompt split")
-    parser.add_argument("--images_per_prompt", type=int, default=16,
-                        help="several tags have 1-5 held-out prompts: 16 images each keep the table steady")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed -> same images)")
-    parser.add_argument("--cfg_mode", default="none", choices=["none", "guided"], help="guidance at evaluation")
-    parser.add_argument("--cfg_scale", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--results", default=None, help="write one JSON line per image here")
-    parser.add_argument("--json", default=None, help="write the table as JSON here")
-    options = parser.parse_args(argv)
-    from .models import CheckpointError, Sampling, load_policy
-    from .worlds import shapes
-    from .worlds.evaluation import evaluate_policy, format_table, write_records
+    alias = bool(argv) and argv[0] == "geneval"
+    options = eval_parser(geneval_defaults=alias).parse_args(argv[1:] if alias else argv)
+    from .checkpoints import CheckpointError
+    from .eval.run import run_evaluation
 
     try:
-        policy = load_policy("causal_vq", options.checkpoint)
-    except (CheckpointError, OSError, ValueError) as error:
+        table, title, written = run_evaluation(options)
+    except (UsageError, CheckpointError, OSError, ValueError, KeyError) as error:
         fail(str(error).splitlines()[0])
-    train_rows, held_out = shapes.split_prompts()
-    rows = held_out if options.split == "held_out" else train_rows
-    sampling = Sampling(cfg_mode=options.cfg_mode, cfg_scale=options.cfg_scale, temperature=options.temperature,
-                        top_k=options.top_k)
-    table, records, _ = evaluate_policy(policy, rows, options.images_per_prompt, sampling, options.seed)
-    print(format_table(table, f"GenEval (strict) on {len(rows)} {options.split} prompts x {options.images_per_prompt} images, "
-                              f"seed {options.seed}:"))
-    if options.results:
-        write_records(records, options.results)
-    if options.json:
-        with open(options.json, "w") as f:
-            json.dump(table, f, indent=2)
+    from .eval import format_table
+
+    print(format_table(table, title))
+    if written:
+        print(f"rlhf-img: wrote {', '.join(written)}")
     return 0
 
 
@@ -409,10 +205,12 @@ def cmd_convert(argv: Sequence[str]) -> int:
         description="Convert released weights into this project's safetensors layout. `cosmos`: a folder or hub "
         "repo with NVIDIA's Cosmos tokenizer TorchScript files (encoder.jit + decoder.jit, e.g. "
         "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16) -> OUT with config.json, encoder.safetensors, decoder.safetensors "
-        "(checked by a strict load into our modules; written in the published dtype). `infinity`: a folder or hub "
-        "repo with Infinity's .pth files (e.g. FoundationVision/Infinity) -> OUT loadable with model_family "
-        "infinity and no family_config (transformer as a transformers model, vae/, infinity.json, T5 tokenizer). "
-        "Only state dicts are read (torch.load with weights_only=True); no code from the files runs.",
+        "(checked by a strict load into our modules; written in the published dtype). The .jit files are opened "
+        "with torch.jit.load: TorchScript's own runtime compiles their TorchScript code (no Python pickle), and "
+        "only their state dicts are kept; their forward is never called. `infinity`: a folder or hub repo with "
+        "Infinity's .pth files (e.g. FoundationVision/Infinity) -> OUT loadable with model_family infinity and no "
+        "family_config (transformer as a transformers model, vae/, infinity.json, T5 tokenizer); the .pth files "
+        "are read with torch.load(weights_only=True), which refuses anything but tensors and plain containers.",
     )
     parser.add_argument("kind", choices=["cosmos", "infinity"], help="what to convert")
     parser.add_argument("source", help="cosmos: folder or hub id holding encoder.jit and decoder.jit; "
@@ -426,23 +224,19 @@ def cmd_convert(argv: Sequence[str]) -> int:
                         "text_encoder: google/flan-t5-xl}'")
     parser.add_argument("--dtype", default="bfloat16", help="infinity: dtype of the written transformer")
     options = parser.parse_args(argv)
-    from .models.cosmos import CosmosConfig, convert_jit_to_safetensors
-    from .models.resolve import CheckpointError, read_json_file
+    from .checkpoints import CheckpointError, read_json_file
+    from .config import parse_structured
 
-    if options.kind == "infinity":
-        from .config import _parse_structured
-        from .models.infinity import convert_released
-
-        family = {"size": "2b", "transformer": "infinity_2b_reg.pth", "vae": "infinity_vae_d32reg.pth",
-                  "text_encoder": "google/flan-t5-xl"}
-        try:
-            family = _parse_structured(options.family_config, "--family_config") if options.family_config else family
-            out = convert_released(options.source, options.output_dir, family, dtype=options.dtype)
-        except (CheckpointError, OSError, ValueError) as error:
-            fail(str(error).splitlines()[0])
-        print(f"rlhf-img: wrote {out} (config.json, model.safetensors, infinity.json, vae/, tokenizer)")
-        return 0
     try:
+        if options.kind == "infinity":
+            from .families.infinity.loading import RELEASED_2B_FILES, convert_released
+
+            family = parse_structured(options.family_config, "--family_config") if options.family_config else RELEASED_2B_FILES
+            out = convert_released(options.source, options.output_dir, family, dtype=options.dtype)
+            print(f"rlhf-img: wrote {out} (config.json, model.safetensors, infinity.json, vae/, tokenizer)")
+            return 0
+        from .families.simplear.cosmos import CosmosConfig, convert_jit_to_safetensors
+
         config = CosmosConfig.from_dict(read_json_file(options.config), options.config) if options.config else None
         out = convert_jit_to_safetensors(options.source, options.output_dir, config=config)
     except (CheckpointError, OSError, ValueError) as error:
@@ -457,6 +251,14 @@ def cmd_rewards(argv: Sequence[str]) -> int:
     for name in sorted(REWARD_REGISTRY):
         doc = (REWARD_REGISTRY[name].__doc__ or "").strip().splitlines()[0]
         print(f"{name:28s} {doc}")
+    return 0
+
+
+def cmd_families(argv: Sequence[str]) -> int:
+    from .families import FAMILIES
+
+    for name, family in FAMILIES.items():
+        print(f"{name:12s} {family.help}\n{'':12s} detected by: {family.looks_for}")
     return 0
 
 
@@ -518,7 +320,7 @@ def cmd_create_tiny(argv: Sequence[str]) -> int:
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args(argv)
-    from .models.tiny import save_tiny_causal_vq
+    from .families.causal_vq.tiny import save_tiny_causal_vq
 
     save_tiny_causal_vq(
         options.path,
@@ -536,11 +338,12 @@ def cmd_create_tiny(argv: Sequence[str]) -> int:
 COMMANDS = {
     "train": (cmd_train, "GRPO-train a model from a recipe: rlhf-img train recipes/X.yaml [--key value ...]"),
     "pretrain-tokenizer": (cmd_pretrain_tokenizer, "Upstream: train a world's VQ tokenizer (recipes/shapes-tokenizer.yaml)."),
-    "sft": (cmd_sft, "Upstream: pretrain/SFT a world's causal LM (recipes/shapes-sft.yaml)."),
-    "eval": (cmd_eval, "GenEval-style scores of a shapes-world checkpoint; `eval geneval` for real GenEval."),
+    "sft": (cmd_sft, "Upstream: SFT a world's causal LM (recipes/shapes-sft.yaml) or a family's model (simplear)."),
+    "eval": (cmd_eval, "GenEval's rules on a checkpoint or an image folder: rlhf-img eval CHECKPOINT [--prompts ...]"),
     "quickstart": (cmd_quickstart, "The main job: eval -> GRPO -> eval on the shapes world."),
-    "convert": (cmd_convert, "Convert released weights (Cosmos tokenizer .jit files) to safetensors."),
+    "convert": (cmd_convert, "Convert released weights (Cosmos .jit, Infinity .pth) to safetensors."),
     "rewards": (cmd_rewards, "List the built-in rewards."),
+    "families": (cmd_families, "List the model families and how each is detected."),
     "serve-reward": (cmd_serve_reward, "Serve rewards over HTTP for the `remote` reward: rlhf-img serve-reward X.yaml"),
     "create-tiny": (cmd_create_tiny, "Write a tiny random causal_vq checkpoint."),
 }
@@ -551,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: rlhf-img COMMAND [...]\n\ncommands:")
         for name, (_, help_text) in COMMANDS.items():
-            print(f"  {name:14s} {help_text}")
+            print(f"  {name:18s} {help_text}")
         print("\n`rlhf-img COMMAND --help` for a command's options.")
         return 0
     if argv[0] not in COMMANDS:

@@ -6,7 +6,6 @@ image generation), `ImageModelConfig` (TRL's `ModelConfig` plus the family) and 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,11 +13,11 @@ import torch
 import trl
 import yaml
 
-from .models.policy import CFG_MODES, Sampling
+from .policy import CFG_MODES, Sampling
 from .rewards.loading import RewardConfigError, RewardSpec
 
 
-def _parse_structured(value: Any, key: str) -> Any:
+def parse_structured(value: Any, key: str) -> Any:
     """A YAML / JSON string from the command line, or the structure a YAML recipe already gave."""
     if isinstance(value, str):
         try:
@@ -29,9 +28,9 @@ def _parse_structured(value: Any, key: str) -> Any:
 
 
 @dataclass
-class ImageGRPOConfig(trl.GRPOConfig):
-    """`trl.GRPOConfig` plus what image generation needs. `temperature`, `top_k`, `top_p` (TRL's own
-    fields) apply to image tokens; `num_generations` is the group size (images per prompt)."""
+class SamplingOptions:
+    """How image tokens are sampled and scored: declared once, shared by the training config (recipe keys) and
+    `rlhf-img eval` (flags), so both read the same names, defaults and help."""
 
     cfg_mode: str = field(
         default="none",
@@ -46,6 +45,29 @@ class ImageGRPOConfig(trl.GRPOConfig):
         default=4.0,
         metadata={"help": "Guidance scale s in uncond + s * (cond - uncond) on logits; ignored when cfg_mode='none'."},
     )
+    # TRL's own sampling fields (GRPOConfig has them too), documented for image tokens:
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the image tokens."})
+    top_k: int = field(default=0, metadata={"help": "Keep the k most likely image codes when sampling (0: all)."})
+    top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus sampling over image codes (1.0: off). Log-probs use the same truncation."}
+    )
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(
+            cfg_mode=self.cfg_mode,
+            cfg_scale=self.cfg_scale,
+            temperature=self.temperature,
+            top_k=self.top_k or 0,
+            top_p=self.top_p,
+        )
+
+
+@dataclass
+class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
+    """`trl.GRPOConfig` plus what image generation needs. `temperature`, `top_k`, `top_p` (TRL's own
+    fields) apply to image tokens; `num_generations` is the group size (images per prompt)."""
+
     rewards: str | None = field(
         default=None,
         metadata={
@@ -63,12 +85,6 @@ class ImageGRPOConfig(trl.GRPOConfig):
         default=False,
         metadata={"help": "Write every rollout as PNG plus a JSONL line (prompt, rewards, advantage) under "
                   "output_dir/rollouts/step_XXXXXX/."},
-    )
-    # TRL's sampling fields, documented for image tokens:
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the image tokens."})
-    top_k: int = field(default=0, metadata={"help": "Keep the k most likely image codes when sampling (0: all)."})
-    top_p: float = field(
-        default=1.0, metadata={"help": "Nucleus sampling over image codes (1.0: off). Log-probs use the same truncation."}
     )
     # TRL defaults changed for image generation:
     disable_dropout: bool = field(
@@ -94,7 +110,7 @@ class ImageGRPOConfig(trl.GRPOConfig):
         super().__post_init__()
         if self.cfg_mode not in CFG_MODES:
             raise ValueError(f"cfg_mode must be one of {list(CFG_MODES)}, got {self.cfg_mode!r}")
-        self.rewards = _parse_structured(self.rewards, "rewards")
+        self.rewards = parse_structured(self.rewards, "rewards")
         if self.rewards is not None:
             if isinstance(self.rewards, (str, dict)):
                 self.rewards = [self.rewards]
@@ -109,23 +125,17 @@ class ImageGRPOConfig(trl.GRPOConfig):
             self.reward_specs = []
         self.sampling  # validates temperature / top_p
 
-    @property
-    def sampling(self) -> Sampling:
-        return Sampling(
-            cfg_mode=self.cfg_mode,
-            cfg_scale=self.cfg_scale,
-            temperature=self.temperature,
-            top_k=self.top_k or 0,
-            top_p=self.top_p,
-        )
-
 
 @dataclass
 class ImageModelConfig(trl.ModelConfig):
     """`trl.ModelConfig` (checkpoint, dtype, LoRA: `use_peft`, `lora_r`, `lora_alpha`, `lora_dropout`,
     `lora_target_modules`) plus the model family and its visual tokenizer."""
 
-    model_family: str = field(default="causal_vq", metadata={"help": "Model family: 'causal_vq', 'simplear' or 'infinity' (see README, 'Model families')."})
+    model_family: str | None = field(
+        default=None,
+        metadata={"help": "Model family: 'causal_vq', 'simplear' or 'infinity' (see README, 'Model families'); "
+                  "default: found from the checkpoint's files."},
+    )
     visual_tokenizer: str | None = field(
         default=None,
         metadata={"help": "Visual tokenizer checkpoint (local folder or hub id); default: the one the checkpoint's "
@@ -145,7 +155,7 @@ class ImageModelConfig(trl.ModelConfig):
         if isinstance(self.lora_target_modules, str) and self.lora_target_modules != "all-linear":
             # TRL unwraps one-element lists for 'all-linear'; peft would read a bare 'q_proj' as a full-name regex
             self.lora_target_modules = [self.lora_target_modules]
-        self.family_config = _parse_structured(self.family_config, "family_config")
+        self.family_config = parse_structured(self.family_config, "family_config")
         if self.family_config is not None and not isinstance(self.family_config, dict):
             raise ValueError("family_config must be a mapping")
 
@@ -163,11 +173,3 @@ class PromptDataConfig:
     dataset_split: str = field(default="train", metadata={"help": "`datasets` split."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt text."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
-
-
-def dump_config(*configs: Any) -> str:
-    """JSON of the resolved options, for logs."""
-    merged: dict[str, Any] = {}
-    for config in configs:
-        merged.update({k: v for k, v in vars(config).items() if not k.startswith("_")})
-    return json.dumps(merged, default=str, indent=2)

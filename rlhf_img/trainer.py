@@ -22,10 +22,10 @@ from trl.trainer.utils import nanstd, use_adapter
 
 from .config import ImageGRPOConfig
 from .dashboards import log_image
-from .models.policy import Policy, PromptBatch
+from .images import captioned_grid
+from .policy import Policy, PromptBatch
 from .rewards.compose import RewardFunction, build_rewards, score_rewards
-from .rollouts.grid import captioned_grid
-from .rollouts.records import save_rollouts
+from .rollout_records import save_rollouts
 
 
 def group_advantages(
@@ -74,7 +74,7 @@ class ImageGRPOTrainer(GRPOTrainer):
     """GRPO for autoregressive text-to-image policies.
 
     Args:
-        policy: a model family's policy (`rlhf_img.models.load_policy(...)`); its `model` is trained.
+        policy: a model family's policy (`rlhf_img.load_policy(...)`); its `model` is trained.
         args: `ImageGRPOConfig`.
         train_dataset: rows with a `prompt` column; other columns reach the rewards as keyword arguments.
         reward_funcs: rewards (callables, `RewardSpec`s, names, or dicts); default: `args.rewards`.

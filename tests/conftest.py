@@ -17,14 +17,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
     """A random-weight causal_vq checkpoint (Qwen2 LM + VQ) in the real on-disk format."""
-    from rlhf_img.models.tiny import save_tiny_causal_vq
+    from rlhf_img.families.causal_vq.tiny import save_tiny_causal_vq
 
     return save_tiny_causal_vq(str(tmp_path_factory.mktemp("ckpt") / "tiny-qwen2"), arch="qwen2", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_checkpoint(tmp_path_factory) -> str:
-    from rlhf_img.models.tiny import save_tiny_causal_vq
+    from rlhf_img.families.causal_vq.tiny import save_tiny_causal_vq
 
     return save_tiny_causal_vq(str(tmp_path_factory.mktemp("ckpt") / "tiny-llama"), arch="llama", seed=1)
 

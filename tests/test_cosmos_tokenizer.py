@@ -1,4 +1,4 @@
-"""Our Cosmos DV8x16x16 tokenizer (rlhf_img/models/cosmos.py): the published checkpoint layout, loading from
+"""Our Cosmos DV8x16x16 tokenizer (rlhf_img/families/simplear/cosmos.py): the published checkpoint layout, loading from
 TorchScript and safetensors, FSQ, and image shapes. Numerical parity with NVIDIA's code is checked outside
 the repo (see the note of the [simplear] issue); these tests use a tiny config with the same module tree."""
 
@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf_img.models.cosmos import (
+from rlhf_img.families.simplear.cosmos import (
     FSQ,
     CosmosConfig,
     CosmosDiscreteTokenizer,
     convert_jit_to_safetensors,
     load_jit_state_dict,
 )
-from rlhf_img.models.resolve import CheckpointError
+from rlhf_img.checkpoints import CheckpointError
 
 KEYS_FILE = os.path.join(os.path.dirname(__file__), "data", "cosmos_dv8x16x16_keys.json")
 # the published tokenizer ships as TorchScript, which torch >= 2.9 calls deprecated

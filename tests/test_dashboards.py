@@ -19,7 +19,7 @@ def darkness(prompts, images, **kwargs):
 
 
 def train(tmp_path, checkpoint, report_to):
-    policy = load_policy("causal_vq", checkpoint)
+    policy = load_policy(checkpoint, "causal_vq")
     args = grpo_args(tmp_path, max_steps=3, report_to=report_to, log_images_every=2, num_logged_images=4,
                      run_name="dashboards-test")
     dataset = Dataset.from_dict({"prompt": ["a red circle", "a blue square"]})

@@ -187,7 +187,7 @@ def test_geneval_metadata_reader_reads_the_real_file():
         pytest.skip("../shared/data/geneval is absent")
     from collections import Counter
 
-    from rlhf_img.geneval_eval import read_metadata
+    from rlhf_img.eval import read_metadata
 
     rows = read_metadata(path)
     assert Counter(row["tag"] for row in rows) == {"single_object": 80, "two_object": 99, "counting": 80,

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from rlhf_img.models.guidance import guide, sample_actions, scored_logprobs, truncation_mask
-from rlhf_img.models.policy import Sampling
+from rlhf_img.sampling.guidance import guide, sample_actions, scored_logprobs, truncation_mask
+from rlhf_img.policy import Sampling
 
 
 def test_guide_is_uncond_plus_scale_times_difference():

@@ -12,10 +12,11 @@ from peft import LoraConfig
 from conftest import REPO, grpo_args
 from rlhf_img import ImageGRPOTrainer
 from rlhf_img.cli import main
-from rlhf_img.models import CheckpointError, Sampling, load_policy
-from rlhf_img.models.infinity import infer_config, infinity_2b, infinity_8b, vae_d14, vae_d32
-from rlhf_img.models.infinity_schedules import num_tokens, scale_schedule
-from rlhf_img.models.tiny import save_tiny_infinity, tiny_infinity_family_config
+from rlhf_img import Sampling, load_policy
+from rlhf_img.checkpoints import CheckpointError
+from rlhf_img.families.infinity.loading import infer_config, infinity_2b, infinity_8b, vae_d14, vae_d32
+from rlhf_img.families.infinity.schedules import num_tokens, scale_schedule
+from rlhf_img.families.infinity.tiny import save_tiny_infinity, tiny_infinity_family_config
 
 PROMPTS = ["a red circle", "two blue squares on the left of a green triangle"]
 
@@ -27,7 +28,7 @@ def tiny_infinity(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def policy(tiny_infinity):
-    return load_policy("infinity", tiny_infinity, dtype="float32", family_config=tiny_infinity_family_config(tiny_infinity))
+    return load_policy(tiny_infinity, "infinity", dtype="float32", family_config=tiny_infinity_family_config(tiny_infinity))
 
 
 def test_released_schedules_have_the_published_token_counts():
@@ -71,13 +72,13 @@ def test_a_mismatched_state_dict_is_an_error_naming_the_keys(tmp_path, tiny_infi
     config["vae"] = os.path.join(tiny_infinity, "infinity_vae_tiny.pth")
     expected = {"missing": "block_chunks.1.module.0.sa.q_bias", "unexpected": "semantic_head.weight", "shape": "head.weight"}
     with pytest.raises(CheckpointError, match=expected[edit].replace(".", r"\.")):
-        load_policy("infinity", str(folder), dtype="float32", family_config=config)
+        load_policy(str(folder), "infinity", dtype="float32", family_config=config)
 
 
 def test_named_size_checks_the_released_file_strictly(tiny_infinity):
     config = {**tiny_infinity_family_config(tiny_infinity), "size": "2b"}
     with pytest.raises(CheckpointError, match="does not match"):
-        load_policy("infinity", tiny_infinity, dtype="float32", family_config=config)
+        load_policy(tiny_infinity, "infinity", dtype="float32", family_config=config)
 
 
 @pytest.mark.parametrize("mode", ["none", "sample_only", "guided", "guided_detached_uncond"])
@@ -127,7 +128,7 @@ def test_logprob_equals_an_independent_per_bit_computation(policy):
 
 def test_non_square_template_and_decoding(tiny_infinity):
     config = {**tiny_infinity_family_config(tiny_infinity), "aspect_ratio": 0.5}
-    policy = load_policy("infinity", tiny_infinity, dtype="float32", family_config=config)
+    policy = load_policy(tiny_infinity, "infinity", dtype="float32", family_config=config)
     assert policy.grids == [(1, 1), (2, 2), (2, 4), (3, 6)]
     rollout = policy.sample(policy.model, policy.encode_prompts(PROMPTS), Sampling())
     images = policy.decode(rollout.actions)
@@ -152,14 +153,14 @@ def test_lora_grpo_step_saves_an_adapter_that_reloads(tmp_path, policy, tiny_inf
 
     dataset = Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(8)]})
     args = grpo_args(tmp_path, cfg_mode="guided", cfg_scale=2.0, top_p=0.97, learning_rate=1e-3, logging_steps=1)
-    fresh = load_policy("infinity", tiny_infinity, dtype="float32", family_config=tiny_infinity_family_config(tiny_infinity))
+    fresh = load_policy(tiny_infinity, "infinity", dtype="float32", family_config=tiny_infinity_family_config(tiny_infinity))
     peft = LoraConfig(r=4, lora_alpha=8, target_modules=["mat_qkv", "proj", "fc1", "fc2"])
     trainer = ImageGRPOTrainer(fresh, args, dataset, reward_funcs=[brightness], peft_config=peft)
     trainer.train()
     logged = [h for h in trainer.state.log_history if "sampling/sampling_logp_difference/max" in h]
     assert len(logged) == 2 and logged[0]["sampling/sampling_logp_difference/max"] < 1e-4
     trainer.save_model(str(tmp_path / "saved"))
-    reloaded = load_policy("infinity", str(tmp_path / "saved"), dtype="float32")
+    reloaded = load_policy(str(tmp_path / "saved"), "infinity", dtype="float32")
     assert reloaded.num_actions == policy.num_actions
     # the merged adapter changed the weights the adapter targets, and only those
     before, after = policy.model.state_dict(), reloaded.model.state_dict()
@@ -172,7 +173,7 @@ def test_convert_then_full_fine_tuning_with_kl(tmp_path, tiny_infinity):
     out = tmp_path / "converted"
     assert main(["convert", "infinity", tiny_infinity, str(out), "--family_config", family, "--dtype", "float32"]) == 0
     assert {"config.json", "model.safetensors", "infinity.json", "vae"} <= set(os.listdir(out))
-    policy = load_policy("infinity", str(out), dtype="float32")
+    policy = load_policy(str(out), "infinity", dtype="float32")
     dataset = Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(8)]})
     args = grpo_args(tmp_path, beta=0.04, learning_rate=1e-3, logging_steps=1)
 
@@ -201,7 +202,7 @@ def test_full_fine_tuning_with_kl_on_a_released_file_is_a_clear_cli_error(tmp_pa
 
 
 def test_infinity_recipes_parse():
-    from rlhf_img.cli import parse_recipe
+    from rlhf_img.recipes import parse_recipe
 
     for name in ("infinity-2b-grpo-clip.yaml", "infinity-2b-grpo-clip-full.yaml", "infinity-2b-grpo-geneval.yaml"):
         args, model_args, _ = parse_recipe(os.path.join(REPO, "recipes", name), ["--bf16", "false", "--use_cpu", "true"])

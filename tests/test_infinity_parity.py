@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf_img.models.bsq_vae import BSQVAE, BSQVAEConfig, load_vae_state_dict
-from rlhf_img.models.infinity import infinity_2b, infinity_8b, load_transformer_state, vae_d14, vae_d32
-from rlhf_img.models.infinity_codes import ScaleCodes
-from rlhf_img.models.infinity_transformer import InfinityConfig, InfinityTransformer
+from rlhf_img.families.infinity.bsq_vae import BSQVAE, BSQVAEConfig, load_vae_state_dict
+from rlhf_img.families.infinity.loading import infinity_2b, infinity_8b, load_transformer_state, vae_d14, vae_d32
+from rlhf_img.families.infinity.codes import ScaleCodes
+from rlhf_img.families.infinity.transformer import InfinityConfig, InfinityTransformer
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "infinity_parity")
 

@@ -210,7 +210,7 @@ def test_malformed_requests_get_400_with_an_error_message(reward_server):
 
 
 def test_grpo_step_with_a_remote_reward_logs_its_metrics(tmp_path, tiny_checkpoint, reward_server):
-    policy = load_policy("causal_vq", tiny_checkpoint)
+    policy = load_policy(tiny_checkpoint, "causal_vq")
     args = grpo_args(tmp_path, max_steps=1)
     dataset = Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(4)]})
     rewards = [{"name": "remote", "kwargs": {"url": reward_server, "timeout": 30}, "label": "served"}]

@@ -23,8 +23,11 @@ def test_tokenizer_and_sft_stages_write_a_loadable_checkpoint(tmp_path, capsys):
     for name in ("model.safetensors", "config.json", "tokenizer.json", "causal_vq.json",
                  "visual_tokenizer/model.safetensors"):
         assert os.path.exists(os.path.join(sft_dir, name)), name
-    assert main(["eval", sft_dir, "--images_per_prompt", "1", "--json", str(tmp_path / "table.json")]) == 0
-    table = json.loads((tmp_path / "table.json").read_text())
+    assert main(["eval", sft_dir, "--images_per_prompt", "1", "--output_dir", str(tmp_path / "eval")]) == 0
+    table = json.loads((tmp_path / "eval" / "table.json").read_text())
+    results = [json.loads(line) for line in (tmp_path / "eval" / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 49 and {"filename", "tag", "prompt", "correct", "reason", "metadata", "details"} <= set(results[0])
+    assert (tmp_path / "eval" / "images" / results[0]["filename"]).exists()
     assert set(table) == {"single_object", "two_object", "counting", "colors", "position", "color_attr", "overall"}
     assert "color_attr" in capsys.readouterr().out
 

@@ -103,7 +103,7 @@ def test_shapes_geneval_reward_reads_dataset_columns():
 
 @pytest.mark.skipif(not os.path.isdir(SHIPPED), reason="checkpoints/shapes-tiny not built")
 def test_shipped_tokenizer_reconstructions_score_at_least_095():
-    from rlhf_img.models.vq import VQTokenizer
+    from rlhf_img.families.causal_vq.vq import VQTokenizer
     from rlhf_img.images import to_uint8
 
     vq = VQTokenizer.from_pretrained(os.path.join(SHIPPED, "visual_tokenizer")).eval()

@@ -15,17 +15,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:Futu
 
 @pytest.fixture(scope="module")
 def tiny_simplear(tmp_path_factory):
-    from rlhf_img.models.tiny import save_tiny_simplear
+    from rlhf_img.families.simplear.tiny import save_tiny_simplear
 
     return save_tiny_simplear(str(tmp_path_factory.mktemp("simplear")), seed=0)
 
 
 def test_simplear_layout_prompt_template_and_restricted_sampling(tiny_simplear):
-    from rlhf_img.models import Sampling, load_policy
-    from rlhf_img.models.simplear import COSMOS_CODES
+    from rlhf_img import Sampling, load_policy
+    from rlhf_img.families.simplear.loading import COSMOS_CODES
 
     lm, cosmos = tiny_simplear
-    policy = load_policy("simplear", lm, visual_tokenizer=cosmos, dtype="float32", family_config={"resolution": 64})
+    policy = load_policy(lm, "simplear", visual_tokenizer=cosmos, dtype="float32", family_config={"resolution": 64})
     tokenizer = policy.processing_class
     assert policy.config.image_code_offset == len(tokenizer)
     assert policy.model.get_output_embeddings().weight.shape[0] == len(tokenizer) + COSMOS_CODES
@@ -43,8 +43,8 @@ def test_simplear_layout_prompt_template_and_restricted_sampling(tiny_simplear):
 
 def test_simplear_loads_the_cosmos_tokenizer_converted_from_torchscript(tiny_simplear, tmp_path):
     from rlhf_img.cli import main
-    from rlhf_img.models import load_policy
-    from rlhf_img.models.cosmos import CosmosDiscreteTokenizer
+    from rlhf_img import load_policy
+    from rlhf_img.families.simplear.cosmos import CosmosDiscreteTokenizer
 
     lm, cosmos = tiny_simplear
     tokenizer = CosmosDiscreteTokenizer.from_pretrained(cosmos)
@@ -59,16 +59,17 @@ def test_simplear_loads_the_cosmos_tokenizer_converted_from_torchscript(tiny_sim
         (tmp_path / "cosmos_config.json").write_text(f.read())
     out = tmp_path / "converted"
     assert main(["convert", "cosmos", str(jit_dir), str(out), "--config", str(tmp_path / "cosmos_config.json")]) == 0
-    policy = load_policy("simplear", lm, visual_tokenizer=str(out), dtype="float32", family_config={"resolution": 32})
+    policy = load_policy(lm, "simplear", visual_tokenizer=str(out), dtype="float32", family_config={"resolution": 32})
     codes = torch.randint(0, 64000, (2, 4), generator=torch.Generator().manual_seed(1))
     assert torch.equal(policy.decode(codes), tokenizer.decode(codes.view(2, 2, 2)))
 
 
 def test_simplear_rejects_a_checkpoint_without_its_special_tokens(tiny_checkpoint):
-    from rlhf_img.models import CheckpointError, load_policy
+    from rlhf_img import load_policy
+    from rlhf_img.checkpoints import CheckpointError
 
     with pytest.raises(CheckpointError, match="special tokens"):
-        load_policy("simplear", tiny_checkpoint, visual_tokenizer="unused")
+        load_policy(tiny_checkpoint, "simplear", visual_tokenizer="unused")
 
 
 @pytest.mark.parametrize("recipe", ["simplear-0.5b-grpo-clip.yaml", "simplear-0.5b-grpo-clip-lora.yaml"])
@@ -92,7 +93,7 @@ def test_simplear_sft_recipe_trains_on_image_caption_pairs(tiny_simplear, tmp_pa
     from PIL import Image
 
     from rlhf_img.cli import main
-    from rlhf_img.models import load_policy
+    from rlhf_img import load_policy
 
     lm, cosmos = tiny_simplear
     rows = []
@@ -110,7 +111,7 @@ def test_simplear_sft_recipe_trains_on_image_caption_pairs(tiny_simplear, tmp_pa
     assert code == 0
     history = json.load(open(out / "trainer_state.json"))["log_history"]
     assert any("train_loss" in entry for entry in history)
-    policy = load_policy("simplear", str(out), visual_tokenizer=cosmos, dtype="float32", family_config={"resolution": 32})
+    policy = load_policy(str(out), "simplear", visual_tokenizer=cosmos, dtype="float32", family_config={"resolution": 32})
     assert policy.config.grid == (2, 2)
 
 
@@ -118,8 +119,8 @@ def test_simplear_sft_sequences_are_prompt_then_cosmos_codes_with_loss_on_codes(
     import numpy as np
     from PIL import Image
 
-    from rlhf_img.models import load_policy
-    from rlhf_img.simplear_sft import SimpleARSFTConfig, build_examples, load_image
+    from rlhf_img import load_policy
+    from rlhf_img.families.simplear.sft import SimpleARSFTConfig, build_examples, load_image
 
     lm, cosmos = tiny_simplear
     Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
@@ -127,7 +128,7 @@ def test_simplear_sft_sequences_are_prompt_then_cosmos_codes_with_loss_on_codes(
                                                     for _ in range(20)) + "\n")
     config = SimpleARSFTConfig(output_dir=str(tmp_path / "o"), dataset=str(tmp_path / "pairs.jsonl"), resolution=32,
                                caption_dropout=0.5, seed=0, use_cpu=True)
-    policy = load_policy("simplear", lm, visual_tokenizer=cosmos, dtype="float32", family_config={"resolution": 32})
+    policy = load_policy(lm, "simplear", visual_tokenizer=cosmos, dtype="float32", family_config={"resolution": 32})
     examples = build_examples(config, policy)
     tokenizer, offset = policy.processing_class, policy.config.image_code_offset
     codes = (policy.visual_tokenizer.encode(load_image("a.png", str(tmp_path), 32)[None]).flatten() + offset).tolist()

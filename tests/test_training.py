@@ -61,7 +61,7 @@ def test_lora_recipe_with_custom_reward_file_raises_the_reward(tmp_path, tiny_ch
     assert max(h["sampling/sampling_logp_difference/mean"] for h in history) < 1e-4  # cfg_mode none: drift ~0
     # the output folder is a loadable causal_vq checkpoint: base + adapter merged on load
     assert os.path.exists(tmp_path / "out" / "adapter_config.json")
-    reloaded = load_policy("causal_vq", str(tmp_path / "out"))
+    reloaded = load_policy(str(tmp_path / "out"), "causal_vq")
     batch = reloaded.encode_prompts(["prompt 1"] * 64)
     images = reloaded.decode(reloaded.sample(reloaded.model, batch, ImageGRPOConfig("x").sampling).actions)
     assert images.mean().item() > history[0]["reward"] + 0.005  # the merged model keeps what it learned
@@ -69,7 +69,7 @@ def test_lora_recipe_with_custom_reward_file_raises_the_reward(tmp_path, tiny_ch
 
 @pytest.mark.timeout(120)
 def test_full_finetune_raises_the_reward(tmp_path, tiny_checkpoint):
-    policy = load_policy("causal_vq", tiny_checkpoint)
+    policy = load_policy(tiny_checkpoint, "causal_vq")
     args = grpo_args(tmp_path, per_device_train_batch_size=128, num_generations=8, max_steps=40, learning_rate=3e-3)
     dataset = Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(32)]})
     trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=[brightness])
@@ -77,7 +77,7 @@ def test_full_finetune_raises_the_reward(tmp_path, tiny_checkpoint):
     history = [h for h in trainer.state.log_history if "rewards/brightness/mean" in h]
     assert_reward_rises([h["reward"] for h in history])
     trainer.save_model(str(tmp_path / "out"))
-    reloaded = load_policy("causal_vq", str(tmp_path / "out"))
+    reloaded = load_policy(str(tmp_path / "out"), "causal_vq")
     for name, param in reloaded.model.state_dict().items():
         torch.testing.assert_close(param, policy.model.state_dict()[name])
 
@@ -91,7 +91,7 @@ def test_full_finetune_raises_the_reward(tmp_path, tiny_checkpoint):
     ],
 )
 def test_kl_reference_iterations_and_guidance_paths(tmp_path, tiny_checkpoint, use_peft, cfg_mode, extra):
-    policy = load_policy("causal_vq", tiny_checkpoint)
+    policy = load_policy(tiny_checkpoint, "causal_vq")
     args = grpo_args(tmp_path, learning_rate=1e-3, cfg_mode=cfg_mode, cfg_scale=3.0, **extra)
     model_args = ImageModelConfig(model_name_or_path=tiny_checkpoint, use_peft=use_peft, lora_target_modules=["q_proj"])
     dataset = Dataset.from_dict({"prompt": ["a", "b", "c", "d"], "tag": ["t1", "t2", "t3", "t4"]})
@@ -121,7 +121,7 @@ def test_kl_reference_iterations_and_guidance_paths(tmp_path, tiny_checkpoint, u
 
 
 def test_save_rollouts_writes_png_and_jsonl(tmp_path, tiny_checkpoint):
-    policy = load_policy("causal_vq", tiny_checkpoint)
+    policy = load_policy(tiny_checkpoint, "causal_vq")
     args = grpo_args(tmp_path, save_rollouts=True)
     trainer = ImageGRPOTrainer(policy, args, Dataset.from_dict({"prompt": ["a", "b"]}), reward_funcs=[brightness])
     trainer.train()
@@ -139,14 +139,14 @@ def test_save_rollouts_writes_png_and_jsonl(tmp_path, tiny_checkpoint):
 
 
 def test_checkpoints_are_loadable_causal_vq_folders_and_resume(tmp_path, tiny_checkpoint):
-    policy = load_policy("causal_vq", tiny_checkpoint)
+    policy = load_policy(tiny_checkpoint, "causal_vq")
     dataset = Dataset.from_dict({"prompt": ["a", "b"]})
     args = grpo_args(tmp_path, save_strategy="steps", save_steps=2, max_steps=2)
     ImageGRPOTrainer(policy, args, dataset, reward_funcs=[brightness]).train()
     checkpoint = tmp_path / "out" / "checkpoint-2"
     assert (checkpoint / "causal_vq.json").exists() and (checkpoint / "visual_tokenizer" / "model.safetensors").exists()
-    assert load_policy("causal_vq", str(checkpoint)).num_actions == policy.num_actions
-    resumed = ImageGRPOTrainer(load_policy("causal_vq", tiny_checkpoint), grpo_args(tmp_path, max_steps=3),
+    assert load_policy(str(checkpoint), "causal_vq").num_actions == policy.num_actions
+    resumed = ImageGRPOTrainer(load_policy(tiny_checkpoint, "causal_vq"), grpo_args(tmp_path, max_steps=3),
                                dataset, reward_funcs=[brightness])
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step == 3

@@ -33,11 +33,6 @@ class RewardFunction:
     def from_spec(cls, spec: RewardSpec) -> "RewardFunction":
         return cls(resolve_reward(spec), name=spec.display_name, weight=spec.weight, normalize=spec.normalize)
 
-    @property
-    def is_async(self) -> bool:
-        fn = self.fn.func if hasattr(self.fn, "func") else self.fn
-        return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
-
     def check(self, values: Any, batch: int) -> list[float]:
         """Contract check; None becomes NaN (TRL's convention for 'no score')."""
         if isinstance(values, torch.Tensor):

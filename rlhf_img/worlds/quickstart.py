@@ -11,10 +11,12 @@ import json
 import os
 import time
 
-from ..models import load_policy
-from ..models.policy import Sampling
-from ..rollouts.grid import captioned_grid
-from .evaluation import evaluate_policy, format_table
+from ..eval import evaluate_policy, format_table
+from ..families import load_policy
+from ..images import captioned_grid
+from ..policy import Sampling
+from ..recipes import prepare_training
+from ..trainer import ImageGRPOTrainer
 from . import shapes
 
 
@@ -43,9 +45,6 @@ def sample_grid(images, rows, images_per_prompt: int, path: str, limit: int = 16
 
 def run_quickstart(checkpoint: str, recipe: str, output_dir: str, images_per_prompt: int, seed: int,
                    overrides: list[str]) -> dict:
-    from ..cli import prepare_training
-    from ..trainer import ImageGRPOTrainer
-
     os.makedirs(output_dir, exist_ok=True)
     _, held_out = shapes.split_prompts()
     args, _, rewards, dataset, policy, peft_config = prepare_training(
@@ -53,7 +52,8 @@ def run_quickstart(checkpoint: str, recipe: str, output_dir: str, images_per_pro
     )
     eval_sampling = Sampling(cfg_mode="none", temperature=args.temperature, top_k=args.top_k or 0, top_p=args.top_p)
     # the policy about to be trained, scored before the trainer wraps it
-    before, _, before_images = evaluate_policy(policy, held_out, images_per_prompt, eval_sampling, seed)
+    before, _, before_images = evaluate_policy(policy, held_out, None, images_per_prompt, eval_sampling, seed,
+                                               keep_images=True)
     print(format_table(before, "held-out, before GRPO (strict):"))
 
     trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
@@ -63,8 +63,9 @@ def run_quickstart(checkpoint: str, recipe: str, output_dir: str, images_per_pro
     trainer.save_model(args.output_dir)
     trainer.save_state()
 
-    after_policy = load_policy("causal_vq", args.output_dir)
-    after, records, after_images = evaluate_policy(after_policy, held_out, images_per_prompt, eval_sampling, seed)
+    after_policy = load_policy(args.output_dir)
+    after, records, after_images = evaluate_policy(after_policy, held_out, None, images_per_prompt, eval_sampling, seed,
+                                                   keep_images=True)
     print(format_table(after, "held-out, after GRPO (strict):"))
     print(f"  {'delta overall':<14s} {after['overall'] - before['overall']:+.4f}   (GRPO {grpo_seconds:.0f}s)")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,8 +27,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..models.causal_vq import CausalVQConfig
-from ..models.vq import VQTokenizer
+from ..families.causal_vq.policy import CausalVQConfig
+from ..families.causal_vq.sft import collate, image_token_example, save_causal_vq
+from ..families.causal_vq.vq import VQTokenizer
 from . import shapes
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|t2i|>", "<|soi|>", "<|unk|>"]
@@ -92,8 +92,7 @@ def build_examples(config: WorldSFTConfig, tokenizer, vq: VQTokenizer) -> list[d
         for row, row_codes in zip(batch_rows, codes.tolist()):
             caption = "" if rng.random() < config.caption_dropout else row["prompt"]
             prompt_ids = tokenizer(PROMPT_TEMPLATE.format(prompt=caption), add_special_tokens=False).input_ids
-            examples.append({"input_ids": prompt_ids + row_codes,
-                             "labels": [-100] * len(prompt_ids) + row_codes})
+            examples.append(image_token_example(prompt_ids, row_codes))
         batch_rows.clear()
         batch_images.clear()
 
@@ -106,22 +105,6 @@ def build_examples(config: WorldSFTConfig, tokenizer, vq: VQTokenizer) -> list[d
     if batch_rows:
         flush()
     return examples
-
-
-def collate(pad_id: int):
-    def collate_fn(batch: list[dict]) -> dict:
-        length = max(len(example["input_ids"]) for example in batch)
-        ids = torch.full((len(batch), length), pad_id)
-        labels = torch.full((len(batch), length), -100)
-        mask = torch.zeros((len(batch), length), dtype=torch.long)
-        for i, example in enumerate(batch):  # right padding: positions stay 0..n-1 like at sampling time
-            n = len(example["input_ids"])
-            ids[i, :n] = torch.tensor(example["input_ids"])
-            labels[i, :n] = torch.tensor(example["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-    return collate_fn
 
 
 def build_model(config: WorldSFTConfig, vocab_size: int, tokenizer):
@@ -154,27 +137,14 @@ def run_sft(config: WorldSFTConfig) -> str:
     model = build_model(config, len(tokenizer) + vq.codebook_size, tokenizer)
     trainer = Trainer(model=model, args=config, train_dataset=examples, data_collator=collate(tokenizer.pad_token_id))
     trainer.train()
-    save_causal_vq(config.output_dir, model, tokenizer, config.visual_tokenizer, vq.codebook_size,
-                   grid=(shapes.IMAGE_SIZE // vq.downsample_factor,) * 2)
-    trainer.save_state()
-    return config.output_dir
-
-
-def save_causal_vq(path: str, model, tokenizer, visual_tokenizer_dir: str, codebook_size: int, grid) -> None:
-    os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    target = os.path.join(path, "visual_tokenizer")
-    if os.path.abspath(target) != os.path.abspath(visual_tokenizer_dir):
-        shutil.rmtree(target, ignore_errors=True)
-        os.makedirs(target)
-        for name in ("config.json", "model.safetensors"):
-            shutil.copy(os.path.join(visual_tokenizer_dir, name), target)
-    CausalVQConfig(
+    family_config = CausalVQConfig(
         image_code_offset=len(tokenizer),
-        image_code_count=codebook_size,
-        grid=tuple(grid),
+        image_code_count=vq.codebook_size,
+        grid=(shapes.IMAGE_SIZE // vq.downsample_factor,) * 2,
         prompt_template=PROMPT_TEMPLATE,
         special_tokens=["<|t2i|>", "<|soi|>"],
         add_special_tokens=False,
-    ).save(path)
+    )
+    save_causal_vq(config.output_dir, model, tokenizer, config.visual_tokenizer, family_config)
+    trainer.save_state()
+    return config.output_dir

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import random
 from dataclasses import dataclass
 
@@ -120,14 +119,6 @@ def tag_balanced(rows: list[dict]) -> list[dict]:
         by_tag.setdefault(row["tag"], []).append(row)
     target = max(len(group) for group in by_tag.values())
     return [group[i % len(group)] for group in by_tag.values() for i in range(target)]
-
-
-def write_prompt_file(rows: list[dict], path: str) -> str:
-    """GenEval's `evaluation_metadata.jsonl` format, one prompt a line."""
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ scenes

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models.vq import VQTokenizer
+from ..families.causal_vq.vq import VQTokenizer
 from ..rewards.geneval_rules import summarize
 from . import shapes
 from ..images import to_uint8

@@ -1,4 +1,4 @@
-"""`rlhf-img eval geneval`: GenEval for a checkpoint, or for a folder of images in GenEval's layout.
+"""GenEval's on-disk formats: its prompt metadata, its image-folder layout and its results file.
 
 GenEval's layout (djghosh13/geneval, `generation/` and `evaluation/evaluate_images.py`): one folder per
 prompt, `IMAGEDIR/<index:05d>/metadata.jsonl` (that prompt's metadata as one JSON object) and
@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .rewards.geneval import GenEvalScorer
-from .rewards.geneval_rules import summarize
+from ..images import to_pil
+from ..rewards.geneval import GenEvalScorer
+from ..rewards.geneval_rules import summarize
 
 
 def read_metadata(path: str) -> list[dict]:
@@ -43,24 +44,22 @@ def read_metadata(path: str) -> list[dict]:
     return rows
 
 
-def write_image_folder(policy, metadata: Sequence[dict], image_dir: str, images_per_prompt: int, sampling,
-                       seed: int = 0, batch_prompts: int = 8) -> None:
-    """Sample `images_per_prompt` images per prompt with fixed seeds and save them in GenEval's layout."""
-    from .worlds.evaluation import generate_images
-    from .images import to_pil
-
-    for start in tqdm(range(0, len(metadata), batch_prompts), desc="geneval: sampling", dynamic_ncols=True):
-        rows = list(metadata[start : start + batch_prompts])
-        images = generate_images(policy, rows, images_per_prompt, sampling, seed * 1_000_003 + start,
-                                 batch_prompts=len(rows), progress=False)
-        for index, image in enumerate(to_pil(images)):
-            prompt_index = start + index // images_per_prompt
-            folder = os.path.join(image_dir, f"{prompt_index:05d}")
-            os.makedirs(os.path.join(folder, "samples"), exist_ok=True)
-            if index % images_per_prompt == 0:
-                with open(os.path.join(folder, "metadata.jsonl"), "w") as f:
-                    json.dump(metadata[prompt_index], f)
-            image.save(os.path.join(folder, "samples", f"{index % images_per_prompt:04d}.png"))
+def save_image_folder(images: torch.Tensor, rows: Sequence[dict], image_dir: str, images_per_prompt: int,
+                      first_prompt_index: int = 0) -> list[str]:
+    """Save `images` `(len(rows) * images_per_prompt, 3, H, W)` in GenEval's layout, prompt `i` of `rows` as folder
+    `first_prompt_index + i`; returns each image's path relative to `image_dir`."""
+    names = []
+    for index, image in enumerate(to_pil(images)):
+        prompt_index = first_prompt_index + index // images_per_prompt
+        folder = os.path.join(image_dir, f"{prompt_index:05d}")
+        os.makedirs(os.path.join(folder, "samples"), exist_ok=True)
+        if index % images_per_prompt == 0:
+            with open(os.path.join(folder, "metadata.jsonl"), "w") as f:
+                json.dump(rows[index // images_per_prompt], f)
+        name = os.path.join(f"{prompt_index:05d}", "samples", f"{index % images_per_prompt:04d}.png")
+        image.save(os.path.join(image_dir, name))
+        names.append(name)
+    return names
 
 
 def list_image_folder(image_dir: str) -> list[tuple[str, dict]]:
@@ -107,14 +106,18 @@ def score_image_folder(scorer: GenEvalScorer, image_dir: str, batch_size: int = 
         for group, batch in groups:
             judgements, detections = scorer.judge(batch, [meta for _, meta in group], "strict")
             for (path, meta), judgement, found in zip(group, judgements, detections):
-                records.append({
-                    "filename": path, "tag": meta["tag"], "prompt": meta.get("prompt", ""),
-                    "correct": judgement.correct, "reason": "\n".join(judgement.reasons),
-                    "metadata": json.dumps(meta),
-                    "details": json.dumps({name: [list(d.box) + [d.score] for d in items_]
-                                           for name, items_ in found.items()}),
-                })
+                records.append(result_record(path, meta, judgement, found))
     return records
+
+
+def result_record(filename: str, metadata: dict, judgement, detections: dict) -> dict:
+    """One line of GenEval's results file."""
+    return {
+        "filename": filename, "tag": metadata["tag"], "prompt": metadata.get("prompt", ""),
+        "correct": judgement.correct, "reason": "\n".join(judgement.reasons),
+        "metadata": json.dumps(metadata),
+        "details": json.dumps({name: [list(d.box) + [d.score] for d in items] for name, items in detections.items()}),
+    }
 
 
 def results_table(records: Sequence[dict]) -> dict[str, float]:

@@ -20,24 +20,16 @@ Checkpoints load two ways:
 from __future__ import annotations
 
 import glob
-import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 
 import torch
-from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, T5EncoderModel
 
-from ..rollouts.next_scale import sample_bits, score_bits
-from ..rollouts.sampler import unwrap_causal_lm
+from ...checkpoints import CheckpointError, check_state_dict, is_local, read_json_file, resolve_subpath
 from .bsq_vae import BSQVAE, BSQVAEConfig, load_vae_state_dict
-from .infinity_codes import ScaleCodes
-from .infinity_schedules import RESOLUTIONS, VAE_STRIDE, nearest_aspect_ratio, scale_schedule
-from .infinity_transformer import InfinityConfig, InfinityTransformer
-from .policy import PromptBatch, Rollout, Sampling
-from .resolve import CheckpointError, check_state_dict, is_local, read_json_file, resolve_subpath
-
-FAMILY_CONFIG_NAME = "infinity.json"
+from .policy import FAMILY_CONFIG_NAME, SIZE_NAMES, InfinityFamilyConfig, InfinityPolicy
+from .transformer import InfinityConfig, InfinityTransformer
 AutoConfig.register(InfinityConfig.model_type, InfinityConfig, exist_ok=True)
 # TRL rebuilds a full-fine-tuning reference model with AutoModelForCausalLM.from_pretrained(path)
 AutoModelForCausalLM.register(InfinityConfig, InfinityTransformer, exist_ok=True)
@@ -63,126 +55,10 @@ def vae_d14() -> BSQVAEConfig:
 
 
 SIZES = {"2b": (infinity_2b, vae_d32, False), "8b": (infinity_8b, vae_d14, True)}
-
-
-@dataclass
-class InfinityFamilyConfig:
-    """How to assemble and run a policy. File names are relative to the checkpoint (folder or hub repo)
-    unless absolute; `text_encoder` is a hub id or folder of a transformers T5 encoder + tokenizer."""
-
-    size: str | None = None  # "2b" | "8b": builds the released architecture; None: read config.json / infer
-    transformer: str = "model.safetensors"  # a .pth/.bin/.safetensors file, or a sharded *.index.json
-    vae: str = "vae"  # a folder saved by this project, or a released .pth (weights under "vae")
-    text_encoder: str = "google/flan-t5-xl"
-    text_encoder_dtype: str = "float32"
-    aspect_ratio: float = 1.0  # height / width; snapped to the nearest of the 15 trained templates
-    resolution: str = "1M"  # 0.06M (~256²), 0.25M (~512²), 0.60M, 1M (~1024²)
-    num_scales: int | None = None  # overrides `resolution` (a prefix of the 13-scale schedule)
-    patchify: bool | None = None  # 2x2 spatial patchify (Infinity-8B); default from `size`
-    base_checkpoint: str | None = None  # for a saved LoRA adapter: where the base transformer lives
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str) -> "InfinityFamilyConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise CheckpointError(f"{source}: unknown infinity config key(s) {sorted(unknown)}")
-        config = cls(**data)
-        if config.size is not None and config.size not in SIZES:
-            raise CheckpointError(f"{source}: size must be one of {sorted(SIZES)}, got {config.size!r}")
-        if config.num_scales is None and config.resolution not in RESOLUTIONS:
-            raise CheckpointError(f"{source}: resolution must be one of {sorted(RESOLUTIONS)}, got {config.resolution!r}")
-        return config
-
-    def save(self, directory: str) -> None:
-        with open(os.path.join(directory, FAMILY_CONFIG_NAME), "w") as f:
-            json.dump(asdict(self), f, indent=2)
-
-
-class InfinityPolicy:
-    """The `infinity` implementation of the policy interface (see `models/policy.py`).
-
-    Prompt ids are T5 ids, right-padded (T5's convention; the trainer never looks inside them).
-    """
-
-    def __init__(self, model: InfinityTransformer, tokenizer, text_encoder: nn.Module, vae: BSQVAE, config: InfinityFamilyConfig) -> None:
-        self.model, self.processing_class, self.text_encoder, self.vae, self.config = model, tokenizer, text_encoder, vae, config
-        self.aspect_ratio = nearest_aspect_ratio(config.aspect_ratio)
-        self.grids = scale_schedule(self.aspect_ratio, config.resolution, config.num_scales)
-        patchify = bool(config.patchify) if config.patchify is not None else False
-        self.codes = ScaleCodes(self.grids, vae.codebook_dim, patchify)
-        self.num_actions = self.codes.num_actions
-        self._check()
-
-    def _check(self) -> None:
-        bits = self.model.config.bits_per_token
-        if bits != self.codes.bits_per_token:
-            raise CheckpointError(
-                f"infinity: the transformer predicts {bits} bits per token, the VAE gives {self.codes.bits_per_token} "
-                f"(codebook_dim {self.vae.codebook_dim}, patchify {self.codes.patchify})"
-            )
-        width = getattr(self.text_encoder.config, "d_model", None)
-        if width is not None and width != self.model.config.text_channels:
-            raise CheckpointError(f"infinity: T5 width {width} != transformer text_channels {self.model.config.text_channels}")
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        h, w = self.codes.vae_grids[-1]
-        return h * self.vae.config.patch_size, w * self.vae.config.patch_size
-
-    def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> PromptBatch:
-        encoded = self.processing_class(
-            prompts, padding=True, truncation=True, max_length=self.model.config.text_maxlen,
-            padding_side="right", return_tensors="pt",
-        )
-        return PromptBatch(encoded.input_ids.to(device), encoded.attention_mask.to(device))
-
-    @torch.no_grad()
-    def text_features(self, prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen T5 features `(B, Lt, Ct5)` float32 and the bool mask, trimmed to the longest prompt."""
-        mask = prompts.attention_mask.bool()
-        length = max(int(mask.sum(1).max()), 1)
-        ids, mask = prompts.input_ids[:, :length], mask[:, :length]
-        features = self.text_encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        return features.float(), mask
-
-    def sample(self, model: nn.Module, prompts: PromptBatch, sampling: Sampling, generator: torch.Generator | None = None) -> Rollout:
-        text, mask = self.text_features(prompts)
-        return sample_bits(unwrap_causal_lm(model), text, mask, self.codes, sampling, self.aspect_ratio, generator)
-
-    def logprobs(self, model: nn.Module, prompts: PromptBatch, actions: torch.Tensor, sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
-        text, mask = self.text_features(prompts)
-        return score_bits(model, unwrap_causal_lm(model), text, mask, actions, self.codes, sampling, self.aspect_ratio)
-
-    @torch.no_grad()
-    def decode(self, actions: torch.Tensor) -> torch.Tensor:
-        weight = next(self.vae.parameters())
-        summed = self.codes.summed_codes(actions.to(weight.device))
-        return (self.vae.decode(summed.to(weight.dtype)).float() + 1) / 2
-
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Pixels `(B, 3, H, W)` in [0, 1] at `image_size` -> the bits Infinity trains on `(B, T)` (for SFT)."""
-        device = next(self.vae.parameters()).device
-        bits = self.vae.multiscale_bits(images.to(device) * 2 - 1, self.codes.vae_grids)
-        return self.codes.actions_from_latent_bits(bits)
-
-    def to(self, device: torch.device | str) -> "InfinityPolicy":
-        self.text_encoder.to(device)
-        self.vae.to(device)
-        return self
-
-    def save_pretrained(self, output_dir: str) -> None:
-        """Write `infinity.json` and `vae/` next to a saved transformer (full) or adapter (LoRA)."""
-        os.makedirs(output_dir, exist_ok=True)
-        config = InfinityFamilyConfig(**asdict(self.config))
-        config.vae = "vae"
-        config.patchify = self.codes.patchify
-        if hasattr(self.model, "peft_config"):  # LoRA: the adapter is saved; the base stays where it was
-            config.base_checkpoint = config.base_checkpoint or self.model.get_base_model().config._name_or_path
-        else:
-            config.transformer, config.size, config.base_checkpoint = "model.safetensors", None, None
-        config.save(output_dir)
-        self.vae.save_pretrained(os.path.join(output_dir, "vae"))
+assert tuple(SIZES) == SIZE_NAMES
+# The files of the hub repo FoundationVision/Infinity for Infinity-2B, as a family_config.
+RELEASED_2B_FILES = {"size": "2b", "transformer": "infinity_2b_reg.pth", "vae": "infinity_vae_d32reg.pth",
+                     "text_encoder": "google/flan-t5-xl"}
 
 
 # ------------------------------------------------------------------------------------ loading

@@ -71,7 +71,13 @@ class Rollout:
 
 @runtime_checkable
 class Policy(Protocol):
-    """What every model family provides. See `rlhf_img/models/causal_vq.py` for the reference implementation."""
+    """What every model family provides; a new family can be written from this protocol alone.
+
+    `rlhf_img/families/causal_vq/` is the reference implementation. The trainer calls `encode_prompts`,
+    `sample` (under `torch.no_grad`, on the unwrapped model), `decode`, `logprobs` (with gradients, on the
+    wrapped model) and `save_pretrained`; evaluation calls `encode_prompts`, `sample` with a seeded
+    `generator`, `decode` and `to`.
+    """
 
     model: nn.Module  # the trainable part; peft wraps it, TRL optimises it
     processing_class: object  # the text tokenizer TRL keeps for padding and saving
@@ -81,8 +87,12 @@ class Policy(Protocol):
         """Conditional prompt ids; the unconditional prompt is the family's own constant."""
         ...
 
-    def sample(self, model: nn.Module, prompts: PromptBatch, sampling: Sampling) -> Rollout:
-        """Draw one image's actions per prompt row with a KV cache (CFG rows batched with the conditional rows)."""
+    def sample(
+        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling, generator: torch.Generator | None = None
+    ) -> Rollout:
+        """Draw one image's actions per prompt row with a KV cache (CFG rows batched with the conditional rows).
+
+        All randomness comes from `generator` (on the prompts' device) when given, so a seed fixes the images."""
         ...
 
     def logprobs(
@@ -95,6 +105,12 @@ class Policy(Protocol):
         """Pixels `(B, 3, H, W)`, float in [0, 1]."""
         ...
 
+    def to(self, device: torch.device | str) -> "Policy":
+        """Move the frozen parts (visual tokenizer, text encoder) to `device`; returns self. The trainable
+        `model` is placed by its owner (accelerate in training, `rlhf_img.eval.load_for_eval` in evaluation)."""
+        ...
+
     def save_pretrained(self, output_dir: str) -> None:
-        """Write the non-trainable parts (visual tokenizer, family config) next to a saved model."""
+        """Write the non-trainable parts (visual tokenizer, family config file) next to a saved model, so that
+        `output_dir` loads as a checkpoint of the same family (`load_policy(output_dir)` finds it)."""
         ...

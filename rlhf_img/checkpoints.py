@@ -1,4 +1,5 @@
-"""Finding checkpoint files in a local folder or a hub repo, with errors that name what is missing."""
+"""Finding checkpoint files in a local folder or a hub repo, with errors that name what is missing; strict
+state-dict checks shared by every family."""
 
 from __future__ import annotations
 
@@ -68,3 +69,8 @@ def check_state_dict(expected: dict, given: dict, source: str) -> None:
         shapes = [f"{k} {tuple(given[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:4]]
         parts.append(f"wrong shapes {len(wrong)}: {shapes}")
     raise CheckpointError("; ".join(parts))
+
+
+def has_file(location: str, filename: str, revision: str | None = None) -> bool:
+    """Whether a checkpoint folder or hub repo holds `filename` (for small files: a hub file is fetched to tell)."""
+    return resolve_subpath(location, filename, revision=revision, required=False) is not None

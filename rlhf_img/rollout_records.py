@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from ..images import to_pil
+from .images import to_pil
 
 
 def save_rollouts(

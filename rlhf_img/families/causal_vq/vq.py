@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from ..registry import register_visual_tokenizer
+
 
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=min(8, channels), num_channels=channels)
@@ -30,6 +32,7 @@ class ResidualBlock(nn.Module):
         return x + self.conv2(F.silu(self.norm2(h)))
 
 
+@register_visual_tokenizer("vq")
 class VQTokenizer(nn.Module, PyTorchModelHubMixin):
     """Images `(B, 3, H, W)` in [0, 1] <-> codes `(B, H/f, W/f)` in `[0, codebook_size)`, f = 2**len(channels).
 

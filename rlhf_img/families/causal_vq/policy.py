@@ -17,12 +17,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..rollouts.sampler import sample_image_codes, score_image_codes, unwrap_causal_lm
-from .policy import PromptBatch, Rollout, Sampling
-from .resolve import CheckpointError, is_local, read_json_file, resolve_subpath
-from .visual_tokenizers import load_visual_tokenizer
+from ...checkpoints import CheckpointError
+from ...policy import PromptBatch, Rollout, Sampling
+from ...sampling import sample_image_codes, score_image_codes, unwrap_causal_lm
 
 CONFIG_NAME = "causal_vq.json"
 
@@ -73,7 +71,7 @@ class CausalVQConfig:
 
 
 class CausalVQPolicy:
-    """The `causal_vq` implementation of the policy interface (see `models/policy.py`)."""
+    """The `causal_vq` implementation of the policy interface (see `rlhf_img/policy.py`)."""
 
     def __init__(self, model: nn.Module, tokenizer, visual_tokenizer: nn.Module, config: CausalVQConfig) -> None:
         self.model, self.processing_class, self.visual_tokenizer, self.config = model, tokenizer, visual_tokenizer, config
@@ -175,56 +173,3 @@ class CausalVQPolicy:
         """Write `causal_vq.json` and the visual tokenizer so `output_dir` loads as a `causal_vq` checkpoint."""
         replace(self.config, visual_tokenizer="visual_tokenizer").save(output_dir)
         self.visual_tokenizer.save_pretrained(os.path.join(output_dir, "visual_tokenizer"))
-
-
-def _load_tokenizer(checkpoint: str, revision: str | None, trust_remote_code: bool):
-    """The checkpoint's text tokenizer, padding with EOS when it defines no pad token (left padding at sampling)."""
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, revision=revision, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _load_lm(checkpoint: str, dtype: torch.dtype | str, revision: str | None, trust_remote_code: bool) -> nn.Module:
-    """The LM; a folder holding a peft adapter loads its base and merges the adapter in."""
-    adapter_config = resolve_subpath(checkpoint, "adapter_config.json", revision=revision, required=False)
-    kwargs = dict(dtype=dtype, revision=revision, trust_remote_code=trust_remote_code)
-    if adapter_config is None:
-        return AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
-    from peft import PeftModel
-
-    base = read_json_file(adapter_config)["base_model_name_or_path"]
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
-    return PeftModel.from_pretrained(model, checkpoint, revision=revision).merge_and_unload()
-
-
-def load(
-    checkpoint: str,
-    *,
-    visual_tokenizer: str | None = None,
-    dtype: str | torch.dtype = "float32",
-    family_config: dict | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-) -> CausalVQPolicy:
-    """Load a `causal_vq` policy from a local folder or hub id.
-
-    `family_config` entries override `causal_vq.json` (or replace it, when the checkpoint is a plain LM
-    with an image-code block and no such file); `visual_tokenizer` overrides the config's path.
-    """
-    if is_local(checkpoint) and not os.path.isdir(checkpoint):
-        raise CheckpointError(f"checkpoint not found: {checkpoint}")
-    config_file = resolve_subpath(checkpoint, CONFIG_NAME, revision=revision, required=not family_config)
-    data = read_json_file(config_file) if config_file else {}
-    data.update(family_config or {})
-    config = CausalVQConfig.from_dict(data, source=config_file or "family_config")
-
-    tokenizer = _load_tokenizer(checkpoint, revision, trust_remote_code)
-    model = _load_lm(checkpoint, dtype, revision, trust_remote_code)
-
-    vt_location = visual_tokenizer or config.visual_tokenizer
-    if not os.path.isabs(vt_location) and is_local(checkpoint) and os.path.isdir(os.path.join(checkpoint, vt_location)):
-        vt_location = os.path.join(checkpoint, vt_location)
-    vt = load_visual_tokenizer(config.visual_tokenizer_class, vt_location)
-    config.visual_tokenizer = vt_location
-    return CausalVQPolicy(model, tokenizer, vt.eval().requires_grad_(False), config)

@@ -2,7 +2,7 @@
 
 Each scale is one forward pass over all of its tokens; every token predicts `bits_per_token`
 independent two-way choices. Guidance, temperature and top-p act per bit through the same functions
-as the next-token sampler (`models/guidance.py`), so sampling and scoring cannot disagree. Top-p on a
+as the next-token sampler (`rlhf_img/sampling/guidance.py`), so sampling and scoring cannot disagree. Top-p on a
 two-way choice keeps only the likelier bit when the other has probability <= 1 - top_p: such a bit is
 deterministic, its log-prob is 0 and it carries no gradient.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ..models.guidance import guide, sample_actions, scored_logprobs
-from ..models.infinity_codes import ScaleCodes
-from ..models.policy import Rollout, Sampling
+from ...policy import Rollout, Sampling
+from ...sampling.guidance import guide, sample_actions, scored_logprobs
+from .codes import ScaleCodes
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .infinity_schedules import full_schedule
+from .schedules import full_schedule
 
 
 class InfinityConfig(PretrainedConfig):

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from ..models.guidance import guide, sample_actions, scored_logprobs
-from ..models.policy import Rollout, Sampling
+from ..policy import Rollout, Sampling
+from .guidance import guide, sample_actions, scored_logprobs
 
 
 def unwrap_causal_lm(model: nn.Module) -> nn.Module:

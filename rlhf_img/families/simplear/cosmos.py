@@ -31,8 +31,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from ...checkpoints import CheckpointError, read_json_file, resolve_subpath
+from ..registry import register_visual_tokenizer
 from .cosmos_layers import CausalConv3d, FactorizedDecoder3d, FactorizedEncoder3d
-from .resolve import CheckpointError, read_json_file, resolve_subpath
 
 CONFIG_NAME = "config.json"
 ENCODER_WEIGHTS, DECODER_WEIGHTS = "encoder.safetensors", "decoder.safetensors"
@@ -245,6 +246,7 @@ def _tokenizer_from_jit(
     return model.eval(), published_dtype
 
 
+@register_visual_tokenizer("cosmos")
 class CosmosDiscreteTokenizer(nn.Module):
     """Images (B, 3, H, W) in [0, 1] <-> indices (B, H/16, W/16) in [0, 64000), one image as a 1-frame video.
 

@@ -19,7 +19,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments
 
-from .data import load_prompt_dataset
+from ...data import load_prompt_dataset
+from ..causal_vq.sft import collate, image_token_example
+from .loading import load
 
 
 @dataclass
@@ -72,16 +74,13 @@ def build_examples(config: SimpleARSFTConfig, policy) -> list[dict]:
         for row, row_codes in zip(chunk, codes.tolist()):
             caption = "" if rng.random() < config.caption_dropout else config.prompt_prefix + str(row["prompt"])
             prompt_ids = tokenizer("<|t2i|>" + caption + "<|soi|>").input_ids
-            examples.append({"input_ids": prompt_ids + row_codes, "labels": [-100] * len(prompt_ids) + row_codes})
+            examples.append(image_token_example(prompt_ids, row_codes))
     return examples
 
 
 def run_simplear_sft(config: SimpleARSFTConfig) -> str:
     """Fine-tune and write the model + tokenizer to `config.output_dir`; returns it."""
-    from .models import load_policy
-    from .worlds.sft import collate
-
-    policy = load_policy("simplear", config.model_name_or_path, visual_tokenizer=config.visual_tokenizer,
+    policy = load(config.model_name_or_path, visual_tokenizer=config.visual_tokenizer,
                          dtype=config.dtype, family_config={"resolution": config.resolution})
     examples = build_examples(config, policy)
     tokenizer = policy.processing_class
@@ -89,5 +88,6 @@ def run_simplear_sft(config: SimpleARSFTConfig) -> str:
     trainer.train()
     policy.model.save_pretrained(config.output_dir)
     tokenizer.save_pretrained(config.output_dir)
+    policy.save_pretrained(config.output_dir)  # simplear.json + visual_tokenizer/: reloads at this resolution
     trainer.save_state()
     return config.output_dir

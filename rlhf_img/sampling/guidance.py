@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .policy import Sampling
+from ..policy import Sampling
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> torch.Tensor:

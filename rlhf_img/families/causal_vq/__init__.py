@@ -1,0 +1,28 @@
+"""`causal_vq`: any transformers causal LM whose vocabulary holds a block of image codes, plus a visual tokenizer.
+
+The reference family: `policy.py` (config + policy), `loading.py` (folders, hub ids, LoRA adapters), `vq.py`
+(the small VQ tokenizer the shapes world trains), `sft.py` (sequence collation and checkpoint writing for
+upstream SFT), `tiny.py` (random-weight checkpoints in the real on-disk format).
+"""
+
+from __future__ import annotations
+
+from ...checkpoints import has_file
+from ..registry import CONFIG_MATCH, NO_MATCH, register_family
+from . import loading
+from .policy import CONFIG_NAME, CausalVQConfig, CausalVQPolicy
+from .vq import VQTokenizer
+
+
+def detect(checkpoint: str, revision: str | None = None) -> int:
+    return CONFIG_MATCH if has_file(checkpoint, CONFIG_NAME, revision) else NO_MATCH
+
+
+load = register_family(
+    "causal_vq",
+    detect=detect,
+    looks_for=CONFIG_NAME,
+    help="a transformers causal LM with a block of image codes + a visual tokenizer (causal_vq.json)",
+)(loading.load)
+
+__all__ = ["CONFIG_NAME", "CausalVQConfig", "CausalVQPolicy", "VQTokenizer", "load"]

@@ -1,0 +1,91 @@
+"""Name -> model family, and name -> visual tokenizer class (open_clip-style registries).
+
+A family package registers itself with `@register_family(...)` on its `load` function; the trainer, the
+commands and evaluation only ever go through `load_policy` / `detect_family` (in `families/__init__.py`).
+Visual tokenizers are registered the same way, so a family can decode with another family's tokenizer
+(`causal_vq` with the Cosmos tokenizer of `simplear`) without importing that package.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..checkpoints import CheckpointError, is_local
+from ..policy import Policy
+
+# How strongly a checkpoint's files say "this family" (`detect` returns one of these).
+NO_MATCH = 0
+LAYOUT_MATCH = 1  # a released layout recognised by its contents (e.g. SimpleAR's special tokens)
+CONFIG_MATCH = 2  # the family's own config file, as written by this project (`causal_vq.json`, ...)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered model family.
+
+    `load(checkpoint, *, visual_tokenizer, dtype, family_config, revision, trust_remote_code) -> Policy`.
+    `detect(checkpoint, revision) -> NO_MATCH | LAYOUT_MATCH | CONFIG_MATCH` from the checkpoint's own files
+    (only small JSON/tokenizer files are read; weights are never downloaded to detect).
+    `looks_for`: what `detect` looks for, in words, for the error when nothing matches.
+    `sft`: optional `() -> (config dataclass, run(config) -> output folder)` for `rlhf-img sft`.
+    """
+
+    name: str
+    load: Callable[..., Policy]
+    detect: Callable[[str, str | None], int]
+    looks_for: str
+    help: str
+    sft: Callable[[], tuple[type, Callable]] | None = None
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(
+    name: str,
+    *,
+    detect: Callable[[str, str | None], int],
+    looks_for: str,
+    help: str,
+    sft: Callable[[], tuple[type, Callable]] | None = None,
+) -> Callable[[Callable[..., Policy]], Callable[..., Policy]]:
+    """Register a family's `load` function under `name` (see `Family` for the arguments)."""
+
+    def decorator(load: Callable[..., Policy]) -> Callable[..., Policy]:
+        if name in FAMILIES:
+            raise ValueError(f"model family {name!r} is already registered")
+        FAMILIES[name] = Family(name, load, detect, looks_for, help, sft)
+        return load
+
+    return decorator
+
+
+VISUAL_TOKENIZERS: dict[str, type] = {}
+
+
+def register_visual_tokenizer(name: str) -> Callable[[type], type]:
+    """Register a visual tokenizer class (with `from_pretrained(location)`) under the name family configs use."""
+
+    def decorator(cls: type) -> type:
+        if name in VISUAL_TOKENIZERS:
+            raise ValueError(f"visual tokenizer {name!r} is already registered")
+        VISUAL_TOKENIZERS[name] = cls
+        return cls
+
+    return decorator
+
+
+def load_visual_tokenizer(kind: str, location: str) -> nn.Module:
+    """A registered visual tokenizer loaded from a folder or hub id, with errors that name the location."""
+    if kind not in VISUAL_TOKENIZERS:
+        raise CheckpointError(f"unknown visual_tokenizer_class {kind!r}; known: {sorted(VISUAL_TOKENIZERS)}")
+    if is_local(location) and not os.path.isdir(location):
+        raise CheckpointError(f"visual tokenizer not found: {location}")
+    try:
+        return VISUAL_TOKENIZERS[kind].from_pretrained(location)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot load visual tokenizer {location!r}: {error}") from None

@@ -1,0 +1,43 @@
+"""`rlhf-img train`: run a prepared recipe (see `recipes.prepare_training`), save it, print a short summary."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from .rewards import RewardError
+from .trainer import ImageGRPOTrainer
+
+
+def reward_summary(log_history: list[dict]) -> str:
+    """The first and last logged mean reward, or what went wrong when no step scored an image."""
+    logged = [entry for entry in log_history if "reward" in entry]
+    scored = [entry for entry in logged if isinstance(entry["reward"], (int, float)) and math.isfinite(entry["reward"])]
+    if not logged:
+        return "no reward was logged"
+    if not scored:
+        return (f"no image was scored in any of the {len(logged)} logged steps (every reward returned NaN/None): "
+                "nothing was learned; check the rewards")
+    first, last = scored[0], scored[-1]
+    unscored = len(logged) - len(scored)
+    note = f"; {unscored} logged step(s) had no scored image" if unscored else ""
+    return f"reward {first['reward']:.4g} (step {first['step']}) -> {last['reward']:.4g} (step {last['step']}){note}"
+
+
+def train(args, model_args, rewards, dataset, policy, peft_config) -> int:
+    """Train, save the model and `trainer_state.json` to `args.output_dir`; 1 if a reward broke mid-run."""
+    trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
+    start = time.time()
+    try:
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    except RewardError as error:  # a user's reward broke mid-run: name it, skip the traceback
+        print(f"rlhf-img: error: {error}", file=sys.stderr)
+        return 1
+    trainer.save_model(args.output_dir)
+    trainer.save_state()  # trainer_state.json: the full log history next to the model
+    if trainer.accelerator.is_main_process:
+        print(f"rlhf-img: trained {trainer.state.global_step} steps in {time.time() - start:.0f}s; "
+              f"saved to {args.output_dir}")
+        print(f"rlhf-img: {reward_summary(trainer.state.log_history)}")
+    return 0
