@@ -186,7 +186,7 @@ def cmd_quickstart(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (same seed -> same images)")
     parser.add_argument("--train_seed", type=int, default=None, help="GRPO seed (default: the recipe's `seed`)")
     options, overrides = parser.parse_known_args(argv)
-    from .worlds.quickstart import run_quickstart
+    from .quickstart import run_quickstart
 
     if options.train_seed is not None:
         overrides = [*overrides, "--seed", str(options.train_seed)]

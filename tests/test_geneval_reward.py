@@ -53,7 +53,7 @@ def _pil_colour_logits(clip_dir, image_uint8, mask, box, classname):
 def test_clip_colour_classifier_matches_geneval_pil_pipeline(tiny_clip_dir, box):
     from rlhf_img.rewards.clip import load_open_clip
     from rlhf_img.rewards.geneval import ClipColorClassifier
-    from rlhf_img.rewards.geneval_rules import Detection
+    from rlhf_img.geneval_rules import Detection
 
     generator = torch.Generator().manual_seed(0)
     image_uint8 = (torch.rand(64, 64, 3, generator=generator) * 255).round().to(torch.uint8).numpy()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from rlhf_img.rewards.geneval_rules import Detection, evaluate, relative_position, select_detections, summarize
+from rlhf_img.geneval_rules import Detection, evaluate, relative_position, select_detections, summarize
 
 GENEVAL = os.path.join(os.path.dirname(REPO), "shared", "data", "geneval", "evaluation_metadata.jsonl")
 

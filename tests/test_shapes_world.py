@@ -7,7 +7,7 @@ import torch
 
 from conftest import REPO
 from rlhf_img.rewards import build_rewards, score_rewards
-from rlhf_img.rewards.geneval_rules import TAGS, summarize
+from rlhf_img.geneval_rules import TAGS, summarize
 from rlhf_img.worlds import shapes
 from rlhf_img.worlds.shapes_detector import detect, judge
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..families import load_policy
 from ..policy import Policy, Sampling
 from ..rewards.geneval import GenEvalScorer, build_scorer
-from ..rewards.geneval_rules import TAGS
+from ..geneval_rules import TAGS
 from .geneval_folder import result_record, results_table, save_image_folder
 
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..images import to_pil
 from ..rewards.geneval import GenEvalScorer
-from ..rewards.geneval_rules import summarize
+from ..geneval_rules import summarize
 
 
 def read_metadata(path: str) -> list[dict]:

@@ -1,6 +1,6 @@
 """`geneval`: GenEval (Ghosh et al., 2023) as a reward and as an evaluator, with pluggable detectors.
 
-The rules live in `geneval_rules.py` (shared by every detector). This module supplies detections:
+The rules live in `rlhf_img/geneval_rules.py` (shared by every detector, the shapes world and evaluation). This module supplies detections:
 
 - `Mask2FormerDetector`: COCO instance segmentation with transformers' Mask2Former (GenEval uses mmdet's
   Mask2Former Swin-S COCO; `facebook/mask2former-swin-small-coco-instance` is the same architecture and
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..images import to_uint8
 from .clip import OpenClip, default_device, load_open_clip
-from .geneval_rules import (
+from ..geneval_rules import (
     COUNTING_THRESHOLD,
     MAX_OBJECTS,
     THRESHOLD,

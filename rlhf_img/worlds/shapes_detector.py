@@ -1,5 +1,5 @@
 """The exact detector of the shapes world: pixels -> nearest palette colour -> connected components per
-colour -> shape by geometry -> GenEval-style detections, judged by `rewards/geneval_rules.py`.
+colour -> shape by geometry -> GenEval-style detections, judged by `rlhf_img/geneval_rules.py`.
 
 Robust to VQ reconstructions: each pixel takes the nearest of the background and palette colours,
 components are hole-filled and tiny ones dropped as noise, and the shape is read from the component's
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..rewards.geneval_rules import Detection, Judgement, evaluate, select_detections
+from ..geneval_rules import Detection, Judgement, evaluate, select_detections
 from .shapes import BACKGROUND, COLORS
 
 PALETTE = np.array([BACKGROUND, *COLORS.values()], dtype=np.float32)  # index 0 = background

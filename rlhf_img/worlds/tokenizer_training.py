@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..families.causal_vq.vq import VQTokenizer
-from ..rewards.geneval_rules import summarize
+from ..geneval_rules import summarize
 from . import shapes
 from ..images import to_uint8
 from .shapes_detector import judge

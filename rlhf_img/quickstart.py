@@ -11,13 +11,13 @@ import json
 import os
 import time
 
-from ..eval import evaluate_policy, format_table
-from ..families import load_policy
-from ..images import captioned_grid
-from ..policy import Sampling
-from ..recipes import prepare_training
-from ..trainer import ImageGRPOTrainer
-from . import shapes
+from .eval import evaluate_policy, format_table
+from .families import load_policy
+from .images import captioned_grid
+from .policy import Sampling
+from .recipes import prepare_training
+from .trainer import ImageGRPOTrainer
+from .worlds import shapes
 
 
 def plot_reward_curve(log_history: list[dict], path: str) -> None:
