@@ -10,7 +10,8 @@ Checkpoints load two ways:
   * released: a folder or hub repo (`FoundationVision/Infinity`) holding the transformer state dict
     (`infinity_2b_reg.pth`: a plain state dict) and the VAE (`infinity_vae_d32reg.pth`: under the key
     `vae`), with `family_config` naming the files, the size (`2b`, `8b`) and the Flan-T5 location.
-    Keys are checked strictly: a missing or unexpected key is an error that lists them.
+    Keys are checked strictly: a missing or unexpected key is an error that lists them (only the
+    constant-zero `zero_k_bias` buffers may be absent).
   * saved by this project (`rlhf-img convert infinity`, or a training run): `config.json` +
     `model.safetensors` (a transformers model, `InfinityTransformer`), `infinity.json` (this file's
     `InfinityFamilyConfig`), `vae/`, and the T5 tokenizer files; a LoRA run saves the adapter instead
@@ -121,8 +122,17 @@ def infer_vae_config(state: dict[str, torch.Tensor]) -> BSQVAEConfig:
 
 
 def load_transformer_state(model: InfinityTransformer, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load of a released state dict: every key present, none extra, every shape equal."""
-    check_state_dict(model.state_dict(), state, source)
+    """Strict load of a released state dict: every key present, none extra, every shape equal. The one
+    exception: the attention's `zero_k_bias` buffers (constant zeros, the key bias the attention leaves out) may
+    be absent; they are then made as zeros (in the dtype of the file's `v_bias` next to them)."""
+    expected = model.state_dict()
+    state = dict(state)
+    for key in expected:
+        if key.endswith(".zero_k_bias") and key not in state:
+            like = state.get(key[: -len("zero_k_bias")] + "v_bias")
+            dtype = like.dtype if like is not None else torch.float32
+            state[key] = torch.zeros(expected[key].shape, dtype=dtype)
+    check_state_dict(expected, state, source)
     model.load_state_dict(state, strict=True, assign=True)
 
 

@@ -2,7 +2,8 @@
 
 Our own plain PyTorch implementation. Module and buffer names follow the published TorchScript files
 (`encoder.jit` / `decoder.jit` of the hub repo nvidia/Cosmos-1.0-Tokenizer-DV8x16x16), so their state dicts
-load with strict=True. An image is a one-frame video:
+load strictly; the only keys dropped are those of the two convs NVIDIA's code builds but never calls for
+DV8x16x16 (`reference_only_keys`). An image is a one-frame video:
 
     image (B, 3, H, W) in [0, 1] -> video (B, 3, 1, H, W) in [-1, 1]
       -> CosmosEncoder: 3D Haar patching (4x in t, h, w) -> factorized causal conv net (2x down twice in space,
@@ -218,9 +219,44 @@ def load_jit_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable TorchScript file ({str(error).splitlines()[0]})") from None
 
 
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str, config: CosmosConfig) -> None:
+def reference_only_keys(config: CosmosConfig) -> dict[str, set[str]]:
+    """State-dict keys, per half (`encoder`, `decoder`), of convs that NVIDIA's code builds for `config` but its
+    forward never calls; files written from its modules (the published `.jit` files, or a state dict saved from
+    them) may hold them, and the loaders drop them.
+
+    The rule, from the reference's construction (cosmos_tokenizer/modules/layers3d.py): its hybrid down-sampler
+    always builds `conv1` (space, 1x3x3, stride 2), `conv2` (time, 3x1x1, time stride 2) and `conv3` (1x1x1), and
+    its up-sampler `conv1` (time), `conv2` (space) and `conv3`, whichever axes the level resamples; ours builds
+    only the convs a level calls (`HybridDownsample` / `HybridUpsample`). So a level resampling space only
+    carries an unused time conv (down-sampler `conv2`, up-sampler `conv1`), a level resampling time only an
+    unused space conv, and a level resampling neither all three. For DV8x16x16 (encoder level 1 and decoder
+    level 2 resample space only) that is exactly encoder.down.1.downsample.conv2.conv3d.{weight,bias} and
+    decoder.up.2.upsample.conv1.conv3d.{weight,bias}.
+    """
+    num_levels = len(config.channels_mult)
+    unused: dict[str, set[str]] = {"encoder": set(), "decoder": set()}
+    axes = {  # (part, level) -> (spatial, temporal, prefix, name of the space conv, name of the time conv)
+        ("encoder", level): (level < config.num_spatial_downs, level < config.num_temporal_downs,
+                             f"encoder.down.{level}.downsample", "conv1", "conv2")
+        for level in range(num_levels - 1)
+    }
+    axes.update({
+        ("decoder", level): (*FactorizedDecoder3d._up_axes(config, num_levels - 1 - level),
+                             f"decoder.up.{level}.upsample", "conv2", "conv1")
+        for level in range(1, num_levels)
+    })
+    for (part, _), (spatial, temporal, prefix, space_conv, time_conv) in axes.items():
+        convs = [space_conv] * (not spatial) + [time_conv] * (not temporal) + ["conv3"] * (not (spatial or temporal))
+        unused[part].update(f"{prefix}.{conv}.conv3d.{tensor}" for conv in convs for tensor in ("weight", "bias"))
+    return unused
+
+
+def _load_strict(module: nn.Module, part: str, state: dict[str, torch.Tensor], source: str, config: CosmosConfig) -> None:
+    """Strict load of one half (`part`: encoder or decoder), after dropping the keys of the reference's unused
+    convs (`reference_only_keys`); any other extra key, a missing key or a wrong shape is an error."""
+    dropped = reference_only_keys(config)[part]
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict({k: v for k, v in state.items() if k not in dropped}, strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{source} does not fit {config}:\n{error}") from None
 
@@ -240,8 +276,8 @@ def _tokenizer_from_jit(
     encoder_path = resolve_subpath(location, ENCODER_JIT, revision=revision)
     model = CosmosDiscreteTokenizer(config or CosmosConfig.dv8x16x16())
     decoder_state = load_jit_state_dict(decoder_path)
-    _load_strict(model.encoder, load_jit_state_dict(encoder_path), encoder_path, model.config)
-    _load_strict(model.decoder, decoder_state, decoder_path, model.config)
+    _load_strict(model.encoder, "encoder", load_jit_state_dict(encoder_path), encoder_path, model.config)
+    _load_strict(model.decoder, "decoder", decoder_state, decoder_path, model.config)
     published_dtype = next(t.dtype for t in decoder_state.values() if t.is_floating_point())
     return model.eval(), published_dtype
 
@@ -318,8 +354,8 @@ class CosmosDiscreteTokenizer(nn.Module):
                 config = CosmosConfig.from_dict(read_json_file(config_path), source=config_path)
             encoder_weights = resolve_subpath(location, ENCODER_WEIGHTS, revision=revision)
             model = cls(config)
-            _load_strict(model.encoder, load_file(encoder_weights), encoder_weights, config)
-            _load_strict(model.decoder, load_file(decoder_weights), decoder_weights, config)
+            _load_strict(model.encoder, "encoder", load_file(encoder_weights), encoder_weights, config)
+            _load_strict(model.decoder, "decoder", load_file(decoder_weights), decoder_weights, config)
             return model.eval()
         return _tokenizer_from_jit(location, config, revision)[0]
 
