@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from numerics import assert_close_scaled
 
 from rlhf_img import Sampling, load_policy
 from rlhf_img.policy import CFG_MODES
@@ -24,12 +25,6 @@ def policy(request, tiny_checkpoint, tiny_llama_checkpoint):
 
 def float64_model(policy):
     return copy.deepcopy(policy.model).double()
-
-
-def assert_close_scaled(ours, reference, relative=1e-4):
-    """|ours - reference| <= relative * max|reference| elementwise: float32 error relative to the values' scale."""
-    scale = reference.abs().max().item()
-    torch.testing.assert_close(ours.double(), reference, rtol=0, atol=relative * max(scale, 1e-12))
 
 
 def direct_logprobs(policy, prompts, codes, sampling, detach_uncond=False, model=None):
@@ -121,7 +116,7 @@ def test_sampler_and_scorer_drift(policy, cfg_mode, truncation):
     if cfg_mode == "sample_only":
         assert drift > 1e-2
     else:
-        assert drift < 1e-5
+        assert drift < 1e-5 * scored.abs().max().item()  # float32 rounding (measured ~1e-6 on log-probs ~4-6)
 
 
 def test_sampling_is_reproducible_with_a_generator(policy):

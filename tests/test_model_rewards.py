@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from numerics import assert_close_scaled
 from PIL import Image
 
 from rlhf_img.rewards import RewardConfigError, build_rewards, score_rewards
@@ -137,7 +138,7 @@ def test_clip_score_cosine_matches_open_clip_pil_pipeline(tiny_open_clip, clip_s
     scores = scores_of(entry, images)
     expected = reference_clip_cosine(tiny_open_clip, images, [f"A photo of {p}" for p in PROMPTS])
     assert expected.std() > 1e-3
-    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+    assert_close_scaled(scores, expected, relative=1e-4)
 
 
 def test_clip_score_formulas_and_resized_inputs(tiny_open_clip):
@@ -148,8 +149,8 @@ def test_clip_score_formulas_and_resized_inputs(tiny_open_clip):
     torch.testing.assert_close(cosine, expected, rtol=0, atol=0.1 * expected.std().item())
     hundred = scores_of({"name": "clip_score", "kwargs": {**base, "formula": "100cos"}}, images)
     clipscore = scores_of({"name": "clip_score", "kwargs": {**base, "formula": "clipscore"}}, images)
-    torch.testing.assert_close(hundred, 100 * cosine, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(clipscore, 2.5 * cosine.clamp(min=0), rtol=1e-5, atol=1e-6)
+    assert_close_scaled(hundred, 100 * cosine, relative=1e-6)
+    assert_close_scaled(clipscore, 2.5 * cosine.clamp(min=0), relative=1e-6)
 
 
 def test_clip_score_bad_kwargs_are_one_line_errors(tmp_path):
@@ -185,7 +186,7 @@ def test_aesthetic_matches_open_clip_preprocessing_and_the_laion_mlp(tiny_open_c
     scores = scores_of(entry, images)
     expected = reference_aesthetic(tiny_open_clip, aesthetic_head["state_dict"], images)
     assert expected.std() > 1e-2  # the images are told apart, so agreement means something
-    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+    assert_close_scaled(scores, expected, relative=1e-4)
 
 
 def test_aesthetic_from_safetensors_at_another_image_size(tiny_open_clip, aesthetic_head, tmp_path):
@@ -267,7 +268,7 @@ def test_hpsv2_matches_its_letterbox_transform_and_cosine(tiny_open_clip, tmp_pa
     scores = scores_of(entry, images)
     expected = reference_hpsv2(tiny_open_clip, images)
     assert expected.std() > 1e-3
-    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+    assert_close_scaled(scores, expected, relative=1e-4)
     # the score pairs each image with its own prompt: swapping prompts changes it
     assert not torch.allclose(scores_of(entry, images, prompts=PROMPTS[::-1]), scores)
 
@@ -279,7 +280,7 @@ def test_hpsv2_letterboxes_non_square_images_like_hpsv2(tiny_open_clip, tmp_path
     images = quantised_images(48, 40, seed=6)  # -> 32 x 27, padded 2 left / 3 right
     scores = scores_of(entry, images)
     expected = reference_hpsv2(tiny_open_clip, images)
-    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-4)  # both resize the float tensor: tight
+    assert_close_scaled(scores, expected, relative=1e-4)  # both resize the float tensor: tight
 
 
 def test_hpsv2_missing_or_mismatched_weights_are_one_line_errors(tiny_open_clip, tmp_path):
@@ -317,7 +318,7 @@ def test_pickscore_matches_transformers_processor_and_clip_logits(tiny_pickscore
     scores = scores_of(entry, images)
     expected = reference_pickscore(tiny_pickscore, images)
     assert expected.std() > 1e-2
-    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
+    assert_close_scaled(scores, expected, relative=1e-4)
     assert not torch.allclose(scores_of(entry, images, prompts=PROMPTS[::-1]), scores)
 
 
@@ -343,8 +344,7 @@ def test_pickscore_with_a_separate_processor_that_crops_inside_the_resize(tiny_p
     images = quantised_images(48, 40, seed=9)  # shorter side already 40: only the 32 x 32 centre crop differs
     entry = {"name": "pickscore", "kwargs": {"model": tiny_pickscore, "processor": str(processor), "device": "cpu"}}
     scores = scores_of(entry, images)
-    torch.testing.assert_close(scores, reference_pickscore(tiny_pickscore, images, processor=str(processor)),
-                               rtol=1e-4, atol=1e-4)
+    assert_close_scaled(scores, reference_pickscore(tiny_pickscore, images, processor=str(processor)), relative=1e-4)
 
 
 def test_pickscore_missing_local_model_folder_is_a_one_line_error(tmp_path):
