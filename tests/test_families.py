@@ -114,3 +114,46 @@ def test_a_simplear_run_reloads_as_simplear_and_samples_the_same_images(tiny_sim
                             generator=torch.Generator().manual_seed(3)).actions
     assert torch.equal(expected, again)
     assert torch.equal(policy.decode(expected), reloaded.decode(again))
+
+
+def test_every_family_policy_satisfies_the_protocol(tiny_checkpoint, tiny_simplear, tiny_infinity):
+    from rlhf_img import Policy, load_policy
+    from rlhf_img.families.infinity.tiny import tiny_infinity_family_config
+
+    lm, cosmos = tiny_simplear
+    policies = [
+        load_policy(tiny_checkpoint),
+        load_policy(lm, visual_tokenizer=cosmos, dtype="float32", family_config={"resolution": 32}),
+        load_policy(tiny_infinity, dtype="float32", family_config=tiny_infinity_family_config(tiny_infinity)),
+    ]
+    assert [type(p).__name__ for p in policies] == ["CausalVQPolicy", "SimpleARPolicy", "InfinityPolicy"]
+    assert all(isinstance(p, Policy) for p in policies)
+
+
+def test_a_new_family_is_one_registration(tmp_path, tiny_checkpoint):
+    """What a family package does: register `load` with a detector; load_policy and detection pick it up."""
+    from rlhf_img import detect_family, load_policy, register_family
+    from rlhf_img.families import FAMILIES, detect_family as detect_again
+    from rlhf_img.families.registry import CONFIG_MATCH, NO_MATCH
+
+    calls = []
+
+    def detect(checkpoint, revision=None):
+        return CONFIG_MATCH if os.path.exists(os.path.join(checkpoint, "toy.json")) else NO_MATCH
+
+    @register_family("toy", detect=detect, looks_for="toy.json", help="a test family")
+    def load(checkpoint, **kwargs):
+        calls.append((checkpoint, kwargs))
+        return load_policy(tiny_checkpoint, "causal_vq")
+
+    try:
+        folder = tmp_path / "toy"
+        folder.mkdir()
+        (folder / "toy.json").write_text("{}")
+        assert detect_family(str(folder)) == detect_again(str(folder)) == "toy"
+        assert load_policy(str(folder), dtype="float32").num_actions == 16
+        assert calls[0][0] == str(folder) and calls[0][1]["dtype"] == "float32"
+        with pytest.raises(ValueError, match="already registered"):
+            register_family("toy", detect=detect, looks_for="toy.json", help="again")(load)
+    finally:
+        FAMILIES.pop("toy", None)
