@@ -17,7 +17,7 @@ from ..checkpoints import CheckpointError, is_local
 from ..policy import Policy
 from .registry import CONFIG_MATCH, FAMILIES, NO_MATCH, Family, load_visual_tokenizer, register_family, register_visual_tokenizer
 
-from . import causal_vq, infinity, simplear  # noqa: E402,F401  (registers the built-in families)
+from . import causal_vq, infinity, janus, llamagen, simplear  # noqa: E402,F401  (registers the built-in families)
 
 
 def detect_family(checkpoint: str, revision: str | None = None) -> str:

@@ -1,0 +1,185 @@
+"""The `llamagen` policy: LlamaGen's GPT (trainable), a frozen Flan-T5 encoder and the frozen VQ-16 decoder.
+
+Actions are the image codes of a `grid x grid` token grid (16x16 at 256 px, 32x32 at 512 px), raster order.
+The family config (`LlamaGenFamilyConfig`, saved as `llamagen.json`) says how the policy is assembled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from transformers import JanusVQVAE
+
+from ...checkpoints import CheckpointError
+from ...policy import PromptBatch, Rollout, Sampling
+from ...sampling import unwrap_causal_lm
+from ...sampling.guidance import guide, sample_actions, scored_logprobs
+from .gpt import LlamaGenGPT
+from .vq import set_grid
+
+FAMILY_CONFIG_NAME = "llamagen.json"
+
+
+@dataclass
+class LlamaGenFamilyConfig:
+    """How to assemble and run a policy. File names are relative to the checkpoint (folder or hub repo) unless
+    absolute; `text_encoder` is a hub id or folder of a transformers T5 encoder + tokenizer."""
+
+    gpt: str = "model.safetensors"  # a released .pt (weights under "model"), or this project's transformers folder
+    vq: str = "vq"  # a folder saved by this project, or a released .pt (weights under "model")
+    size: str | None = None  # GPT-B ... GPT-7B (the reference's names); None: read off the state dict's shapes
+    num_heads: int | None = None  # for a released file whose width and depth match no named size
+    text_encoder: str = "google/flan-t5-xl"
+    text_encoder_dtype: str = "float32"
+    image_size: int | None = None  # 256 (stage 1) or 512 (stage 2); None: from the .pt name (`..._256.pt`), else 256
+    lowercase_prompts: bool = True  # LlamaGen's caption cleaning lower-cases and strips (the rest is not applied)
+    base_checkpoint: str | None = None  # for a saved LoRA adapter: where the base GPT lives
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str) -> "LlamaGenFamilyConfig":
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise CheckpointError(f"{source}: unknown llamagen config key(s) {sorted(unknown)}")
+        return cls(**data)
+
+    def save(self, directory: str) -> None:
+        with open(os.path.join(directory, FAMILY_CONFIG_NAME), "w") as f:
+            json.dump(asdict(self), f, indent=2)
+
+
+def vq_stride(vq: JanusVQVAE) -> int:
+    return 2 ** (len(vq.config.channel_multiplier) - 1)
+
+
+class LlamaGenPolicy:
+    """The `llamagen` implementation of the policy interface (`rlhf_img/policy.py`).
+
+    Prompt ids are T5 ids padded on the right to the caption length (120), as LlamaGen's T5 embedder
+    tokenises; `text_features` moves the valid features to the end (left padding) as its sampler does.
+    """
+
+    def __init__(self, model: LlamaGenGPT, tokenizer, text_encoder: nn.Module, vq: JanusVQVAE, config: LlamaGenFamilyConfig) -> None:
+        self.model, self.processing_class, self.text_encoder, self.vq, self.config = model, tokenizer, text_encoder, vq, config
+        gpt = unwrap_causal_lm(model).config
+        stride = vq_stride(vq)
+        if config.image_size is None or config.image_size % stride:
+            raise CheckpointError(f"llamagen: image_size {config.image_size} is not a multiple of the VQ stride {stride}")
+        self.grid_size = config.image_size // stride
+        set_grid(vq, self.grid_size)
+        self.num_actions = self.grid_size**2
+        self.caption_length = gpt.cls_token_num
+        if gpt.vocab_size != vq.config.num_embeddings:
+            raise CheckpointError(f"llamagen: the GPT predicts {gpt.vocab_size} codes, the VQ has {vq.config.num_embeddings}")
+        if gpt.uncond_token_num != gpt.cls_token_num:
+            raise CheckpointError(f"llamagen: null caption of {gpt.uncond_token_num} tokens != cls_token_num {gpt.cls_token_num}")
+        width = getattr(text_encoder.config, "d_model", None)
+        if width is not None and width != gpt.caption_dim:
+            raise CheckpointError(f"llamagen: T5 width {width} != GPT caption_dim {gpt.caption_dim}")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.config.image_size, self.config.image_size
+
+    def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> PromptBatch:
+        texts = [p.lower().strip() if self.config.lowercase_prompts else p for p in prompts]
+        encoded = self.processing_class(
+            texts, padding="max_length", truncation=True, max_length=self.caption_length,
+            padding_side="right", return_tensors="pt",
+        )
+        return PromptBatch(encoded.input_ids.to(device), encoded.attention_mask.to(device))
+
+    @torch.no_grad()
+    def text_features(self, prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen T5 features `(B, P, Ccap)` float32, left-padded and zero on padding, and their bool mask `(B, P)`.
+
+        As LlamaGen's sampler: features of the right-padded ids, rotated so the valid tokens come last, the
+        mask flipped, the features multiplied by it."""
+        mask = prompts.attention_mask.bool()
+        features = self.text_encoder(input_ids=prompts.input_ids, attention_mask=mask.long()).last_hidden_state.float()
+        length = mask.size(1)
+        valid = mask.sum(1, keepdim=True)  # (B, 1)
+        index = (torch.arange(length, device=mask.device).unsqueeze(0) + valid) % length  # (B, P)
+        features = features.gather(1, index.unsqueeze(-1).expand(-1, -1, features.size(-1)))
+        mask = mask.flip(-1)
+        return features * mask.unsqueeze(-1), mask
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, prompts: PromptBatch, sampling: Sampling, generator: torch.Generator | None = None) -> Rollout:
+        """KV-cached sampling of `grid²` codes; with guidance the null-caption rows (same mask) ride in the same
+        forward as the conditional rows (batch 2B, conditional first, as the reference batches them)."""
+        gpt = unwrap_causal_lm(model)
+        features, mask = self.text_features(prompts)
+        batch = features.size(0)
+        with_uncond = sampling.uses_uncond_when_sampling
+        if with_uncond:
+            features = torch.cat([features, gpt.unconditional_captions(batch).to(features.dtype)])
+            mask = torch.cat([mask, mask])
+        cache = gpt.new_cache(self.num_actions)
+        logits = gpt.prefill(features, mask, cache, self.grid_size)  # (R, V)
+        codes = torch.empty(batch, self.num_actions, dtype=torch.long, device=features.device)
+        logprobs = torch.empty(batch, self.num_actions, dtype=torch.float32, device=features.device)
+        for step in range(self.num_actions):
+            cond, uncond = (logits[:batch], logits[batch:]) if with_uncond else (logits, None)
+            guided = guide(cond, uncond, sampling.cfg_scale)
+            code = sample_actions(guided, sampling, generator)  # (B,)
+            logprobs[:, step] = scored_logprobs(guided, code, sampling)[0]
+            codes[:, step] = code
+            if step == self.num_actions - 1:
+                break
+            logits = gpt.decode_step(torch.cat([code, code]) if with_uncond else code, step, mask, cache, self.grid_size)
+        return Rollout(actions=codes, logprobs=logprobs)
+
+    def logprobs(self, model: nn.Module, prompts: PromptBatch, actions: torch.Tensor, sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced log-probs and entropies `(B, T)` of `actions` under `sampling.cfg_mode`, in one forward
+        (two for `guided_detached_uncond`). `model` is called (peft / DDP hooks fire)."""
+        gpt = unwrap_causal_lm(model)
+        features, mask = self.text_features(prompts)
+        batch = features.size(0)
+        inputs = actions[:, :-1]
+
+        def forward(feature_rows, mask_rows, input_rows):
+            return model(input_ids=input_rows, caption_features=feature_rows, caption_mask=mask_rows, grid_size=self.grid_size)
+
+        if not sampling.uses_uncond_when_scoring:
+            logits = forward(features, mask, inputs)
+        elif sampling.cfg_mode == "guided_detached_uncond":
+            cond = forward(features, mask, inputs)
+            with torch.no_grad():  # detached branch: no activations kept for backward
+                uncond = forward(gpt.unconditional_captions(batch).to(features.dtype), mask, inputs)
+            logits = guide(cond.float(), uncond.float(), sampling.cfg_scale)
+        else:  # guided: both branches in one forward, gradients through both
+            both = forward(
+                torch.cat([features, gpt.unconditional_captions(batch).to(features.dtype)]),
+                torch.cat([mask, mask]),
+                torch.cat([inputs, inputs]),
+            )
+            logits = guide(both[:batch].float(), both[batch:].float(), sampling.cfg_scale)
+        return scored_logprobs(logits, actions, sampling)
+
+    @torch.no_grad()
+    def decode(self, actions: torch.Tensor) -> torch.Tensor:
+        """Codes `(B, grid²)` -> pixels `(B, 3, H, W)` in [0, 1] (the VQ decodes to about [-1, 1])."""
+        device = next(self.vq.parameters()).device
+        pixels = self.vq.decode(actions.to(device).long()).float()
+        return ((pixels + 1) / 2).clamp(0, 1)
+
+    def to(self, device: torch.device | str) -> "LlamaGenPolicy":
+        self.text_encoder.to(device)
+        self.vq.to(device)
+        return self
+
+    def save_pretrained(self, output_dir: str) -> None:
+        """Write `llamagen.json` and `vq/` next to a saved GPT (full) or adapter (LoRA)."""
+        os.makedirs(output_dir, exist_ok=True)
+        config = LlamaGenFamilyConfig(**asdict(self.config))
+        config.vq = "vq"
+        if hasattr(self.model, "peft_config"):  # LoRA: the adapter is saved; the base stays where it was
+            config.base_checkpoint = config.base_checkpoint or self.model.get_base_model().config._name_or_path
+        else:
+            config.gpt, config.size, config.num_heads, config.base_checkpoint = "model.safetensors", None, None, None
+        config.save(output_dir)
+        self.vq.save_pretrained(os.path.join(output_dir, "vq"))
