@@ -1,0 +1,40 @@
+"""`janus`: Janus-Pro (DeepSeek) through transformers' `JanusForConditionalGeneration`, no remote code.
+
+`policy.py` (family config, policy: prompts, frozen parts, decode), `sampler.py` (KV-cached CFG-batched sampling
+and teacher-forced scoring through generation embeddings -> aligner -> language model -> generation head),
+`loading.py` (folders, hub ids, LoRA outputs), `tiny.py` (random stand-ins in the released format).
+"""
+
+from __future__ import annotations
+
+import json
+
+from ...checkpoints import has_file, resolve_subpath
+from ..registry import CONFIG_MATCH, LAYOUT_MATCH, NO_MATCH, register_family
+from . import loading
+from .policy import CONFIG_NAME, JanusFamilyConfig, JanusPolicy
+
+
+def detect(checkpoint: str, revision: str | None = None) -> int:
+    """`janus.json` (a folder this project wrote), else a transformers config.json with model_type "janus"."""
+    if has_file(checkpoint, CONFIG_NAME, revision):
+        return CONFIG_MATCH
+    path = resolve_subpath(checkpoint, "config.json", revision=revision, required=False)
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                if json.load(f).get("model_type") == "janus":
+                    return LAYOUT_MATCH
+        except (OSError, ValueError, AttributeError):
+            pass
+    return NO_MATCH
+
+
+load = register_family(
+    "janus",
+    detect=detect,
+    looks_for=f'{CONFIG_NAME}, or a config.json with model_type "janus"',
+    help="Janus-Pro: transformers' JanusForConditionalGeneration (deepseek-community/Janus-Pro-1B, -7B)",
+)(loading.load)
+
+__all__ = ["CONFIG_NAME", "JanusFamilyConfig", "JanusPolicy", "load"]

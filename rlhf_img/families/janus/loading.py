@@ -1,0 +1,66 @@
+"""Loading a `janus` checkpoint: a transformers Janus folder or hub repo (`deepseek-community/Janus-Pro-1B`,
+`-7B`), this project's training output (the same, plus `janus.json`), or a LoRA adapter folder over one."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import AutoProcessor, JanusForConditionalGeneration
+
+from ...checkpoints import CheckpointError, is_local, read_json_file, resolve_subpath
+from .policy import CONFIG_NAME, JanusFamilyConfig, JanusPolicy
+
+ORIGINAL_LAYOUT = "multi_modality"  # deepseek-ai/Janus-Pro-*: DeepSeek's remote-code layout
+
+
+def _check_transformers_layout(checkpoint: str, revision: str | None) -> None:
+    path = resolve_subpath(checkpoint, "config.json", revision=revision)
+    model_type = read_json_file(path).get("model_type")
+    if model_type == ORIGINAL_LAYOUT:
+        raise CheckpointError(
+            f"janus: {checkpoint} is DeepSeek's original (remote-code) layout; use transformers' conversion, "
+            "deepseek-community/Janus-Pro-1B or -7B"
+        )
+    if model_type != "janus":
+        raise CheckpointError(f"janus: {path} has model_type {model_type!r}, not 'janus'")
+
+
+def load(
+    checkpoint: str,
+    *,
+    visual_tokenizer: str | None = None,
+    dtype: str | torch.dtype = "bfloat16",
+    family_config: dict | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> JanusPolicy:
+    """A Janus policy from a local folder or hub id (no remote code: transformers' own Janus classes).
+
+    `family_config` overrides `janus.json` (`prompt_template`). The VQ is part of the checkpoint, so
+    `visual_tokenizer` is refused rather than ignored."""
+    if visual_tokenizer:
+        raise CheckpointError("janus: the VQ decoder is part of the checkpoint; visual_tokenizer does not apply")
+    if is_local(checkpoint) and not os.path.isdir(checkpoint):
+        raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    config_file = resolve_subpath(checkpoint, CONFIG_NAME, revision=revision, required=False)
+    data = read_json_file(config_file) if config_file else {}
+    data.update(family_config or {})
+    config = JanusFamilyConfig.from_dict(data, source=config_file or "family_config")
+
+    adapter_config = resolve_subpath(checkpoint, "adapter_config.json", revision=revision, required=False)
+    if adapter_config is None:
+        _check_transformers_layout(checkpoint, revision)
+        model = JanusForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype, revision=revision)
+        processor_source, processor_revision = checkpoint, revision
+    else:  # a LoRA run's output: merge the adapter into its base
+        from peft import PeftModel
+
+        base = read_json_file(adapter_config)["base_model_name_or_path"]
+        _check_transformers_layout(base, None)
+        model = JanusForConditionalGeneration.from_pretrained(base, dtype=dtype)
+        model = PeftModel.from_pretrained(model, checkpoint, revision=revision).merge_and_unload()
+        has_processor = resolve_subpath(checkpoint, "processor_config.json", revision=revision, required=False)
+        processor_source, processor_revision = (checkpoint, revision) if has_processor else (base, None)
+    processor = AutoProcessor.from_pretrained(processor_source, revision=processor_revision)
+    return JanusPolicy(model, processor, config)

@@ -1,0 +1,144 @@
+"""The `janus` policy: Janus-Pro through transformers' own `JanusForConditionalGeneration`.
+
+Prompts are Janus' chat format plus `<begin_of_image>` (what `JanusProcessor(..., generation_mode="image")`
+builds), left-padded; the unconditional prompt is derived per row (see `sampler.py`). The trainable `model` is
+the whole `JanusForConditionalGeneration` with only its language model trainable: the understanding tower
+(`vision_model`, `aligner`), the VQ and the image-generation embeddings, aligner and head stay frozen, as in
+T2I-R1. LoRA adapters must sit in the language model (`lora_target_modules`: see README, `janus`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from ...checkpoints import CheckpointError
+from ...policy import PromptBatch, Rollout, Sampling
+from ...sampling import unwrap_causal_lm
+from .sampler import sample_image_tokens, score_image_tokens, unconditional_ids
+
+CONFIG_NAME = "janus.json"
+
+
+@dataclass
+class JanusFamilyConfig:
+    """`janus.json`, written next to every trained model. `prompt_template`: None builds prompts with the
+    processor's chat template (Janus-Pro: `<|User|>: {prompt}\\n\\n<|Assistant|>:`); a string with `{prompt}`
+    replaces it (e.g. T2I-R1's `User: {prompt}\\n\\nAssistant:`). `<begin_of_image>` is appended either way."""
+
+    prompt_template: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str) -> "JanusFamilyConfig":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise CheckpointError(f"{source}: unknown janus config key(s) {unknown}")
+        template = data.get("prompt_template")
+        if template is not None and "{prompt}" not in template:
+            raise CheckpointError(f"{source}: prompt_template must contain '{{prompt}}'")
+        return cls(**data)
+
+    def save(self, directory: str) -> str:
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, CONFIG_NAME)
+        with open(path, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+        return path
+
+
+def lora_outside_language_model(model: nn.Module) -> list[str]:
+    """Names of the modules carrying a peft adapter outside `model.language_model` (should be none)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [name for name, module in model.named_modules()
+            if isinstance(module, BaseTunerLayer) and ".language_model." not in f".{name}."]
+
+
+class JanusPolicy:
+    """The `janus` implementation of the policy interface (see `rlhf_img/policy.py`)."""
+
+    def __init__(self, model: nn.Module, processor, config: JanusFamilyConfig) -> None:
+        tokenizer = processor.tokenizer
+        self.processing_class, self.config = processor, config
+        self.bos_id = tokenizer.bos_token_id
+        self.boi_id = tokenizer.convert_tokens_to_ids(tokenizer.boi_token)
+        # generate() pads the unconditional prompt with the generation config's pad token (Janus-Pro: <｜▁pad▁｜>)
+        pad = model.generation_config.pad_token_id
+        self.pad_id = pad if pad is not None else tokenizer.pad_token_id
+        if self.bos_id is None or self.pad_id is None:
+            raise CheckpointError("janus: the tokenizer defines no BOS or pad token (needed for the unconditional prompt)")
+        vq = model.config.vq_config
+        self.grid = vq.num_patches
+        self.num_actions = vq.num_patches**2
+        self.code_count = vq.num_embeddings
+        tokens = model.config.vision_config.num_image_tokens
+        if tokens != self.num_actions:
+            raise CheckpointError(f"janus: vision_config.num_image_tokens {tokens} != {self.grid}x{self.grid}, the VQ grid")
+        # only the language model trains (T2I-R1 froze vision_model, aligner and every gen_* module)
+        model.requires_grad_(False)
+        model.model.language_model.requires_grad_(True)
+        self.model = model
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    @model.setter
+    def model(self, model: nn.Module) -> None:
+        """The trainer sets the peft-wrapped model here: adapters outside the language model are refused."""
+        if hasattr(model, "peft_config"):
+            outside = lora_outside_language_model(model)
+            if outside:
+                raise ValueError(
+                    f"janus: LoRA adapters on {len(outside)} module(s) outside the language model ({outside[:3]} ...); "
+                    "the understanding tower and image head stay frozen: list the language model's layers in "
+                    "lora_target_modules (see README, `janus`), not all-linear"
+                )
+        self._model = model
+
+    def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> PromptBatch:
+        if self.config.prompt_template is None:
+            texts = [self.processing_class.apply_chat_template(
+                [{"role": "user", "content": [{"type": "text", "text": prompt}]}], add_generation_prompt=True)
+                for prompt in prompts]
+        else:
+            texts = [self.config.prompt_template.format(prompt=prompt) for prompt in prompts]
+        encoded = self.processing_class(text=texts, generation_mode="image", padding=True, padding_side="left",
+                                        return_tensors="pt")
+        return PromptBatch(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
+
+    def unconditional_ids(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+        return unconditional_ids(prompt_ids, self.bos_id, self.boi_id, self.pad_id)
+
+    def sample(
+        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling, generator: torch.Generator | None = None
+    ) -> Rollout:
+        return sample_image_tokens(unwrap_causal_lm(model), prompts.input_ids, prompts.attention_mask,
+                                   self.unconditional_ids(prompts.input_ids), num_tokens=self.num_actions,
+                                   sampling=sampling, generator=generator)
+
+    def logprobs(
+        self, model: nn.Module, prompts: PromptBatch, actions: torch.Tensor, sampling: Sampling
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return score_image_tokens(model, unwrap_causal_lm(model), prompts.input_ids, prompts.attention_mask,
+                                  self.unconditional_ids(prompts.input_ids), actions, sampling)
+
+    @torch.no_grad()
+    def decode(self, actions: torch.Tensor) -> torch.Tensor:
+        """Codes `(B, T)` -> pixels `(B, 3, H, W)` in [0, 1] through the model's VQ (Janus: `(x + 1) / 2`, clipped)."""
+        janus = unwrap_causal_lm(self.model)
+        device = janus.model.generation_embeddings.weight.device
+        pixels = janus.decode_image_tokens(actions.to(device))  # (B, H, W, 3), about [-1, 1]
+        return ((pixels.float().permute(0, 3, 1, 2) + 1) / 2).clamp(0, 1)
+
+    def to(self, device: torch.device | str) -> "JanusPolicy":
+        """Nothing to move: the VQ lives inside `model`, which its owner places."""
+        return self
+
+    def save_pretrained(self, output_dir: str) -> None:
+        """Write `janus.json` (the trainer has saved the model or adapter and the processor)."""
+        self.config.save(output_dir)
