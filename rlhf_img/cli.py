@@ -210,19 +210,23 @@ def cmd_convert(argv: Sequence[str]) -> int:
         "only their state dicts are kept; their forward is never called. `infinity`: a folder or hub repo with "
         "Infinity's .pth files (e.g. FoundationVision/Infinity) -> OUT loadable with model_family infinity and no "
         "family_config (transformer as a transformers model, vae/, infinity.json, T5 tokenizer); the .pth files "
-        "are read with torch.load(weights_only=True), which refuses anything but tensors and plain containers.",
+        "are read with torch.load(weights_only=True), which refuses anything but tensors and plain containers. "
+        "`llamagen`: a folder with LlamaGen's t2i_*.pt and vq_*.pt (or the hub repo peizesun/llamagen_t2i) -> OUT "
+        "loadable with model_family llamagen (GPT as a transformers model, vq/, llamagen.json, T5 tokenizer); "
+        "read the same way.",
     )
-    parser.add_argument("kind", choices=["cosmos", "infinity"], help="what to convert")
+    parser.add_argument("kind", choices=["cosmos", "infinity", "llamagen"], help="what to convert")
     parser.add_argument("source", help="cosmos: folder or hub id holding encoder.jit and decoder.jit; "
-                        "infinity: folder or hub id holding the .pth files")
+                        "infinity: folder or hub id holding the .pth files; llamagen: folder or hub id with the .pt files")
     parser.add_argument("output_dir", help="where the safetensors files go")
     parser.add_argument("--config", default=None,
                         help="cosmos: a Cosmos config.json for non-default architectures (default: DV8x16x16)")
     parser.add_argument("--family_config", default=None,
                         help="infinity: the released files as YAML/JSON, default "
                         "'{size: 2b, transformer: infinity_2b_reg.pth, vae: infinity_vae_d32reg.pth, "
-                        "text_encoder: google/flan-t5-xl}'")
-    parser.add_argument("--dtype", default="bfloat16", help="infinity: dtype of the written transformer")
+                        "text_encoder: google/flan-t5-xl}'; llamagen: see LlamaGenFamilyConfig (default: the folder's "
+                        "t2i_*.pt / vq_*.pt; for a hub repo the 256 px stage-1 files)")
+    parser.add_argument("--dtype", default="bfloat16", help="infinity, llamagen: dtype of the written transformer / GPT")
     options = parser.parse_args(argv)
     from .checkpoints import CheckpointError, read_json_file
     from .config import parse_structured
@@ -234,6 +238,15 @@ def cmd_convert(argv: Sequence[str]) -> int:
             family = parse_structured(options.family_config, "--family_config") if options.family_config else RELEASED_2B_FILES
             out = convert_released(options.source, options.output_dir, family, dtype=options.dtype)
             print(f"rlhf-img: wrote {out} (config.json, model.safetensors, infinity.json, vae/, tokenizer)")
+            return 0
+        if options.kind == "llamagen":  # released t2i_*.pt + vq_*.pt (torch.load weights_only=True) -> safetensors
+            from .families.llamagen.loading import RELEASED_STAGE1_FILES, convert_released
+
+            family = parse_structured(options.family_config, "--family_config") if options.family_config else None
+            if family is None and not os.path.isdir(options.source):
+                family = RELEASED_STAGE1_FILES  # a hub repo (peizesun/llamagen_t2i): the 256 px stage-1 files
+            out = convert_released(options.source, options.output_dir, family, dtype=options.dtype)
+            print(f"rlhf-img: wrote {out} (config.json, model.safetensors, llamagen.json, vq/, tokenizer)")
             return 0
         from .families.simplear.cosmos import CosmosConfig, convert_jit_to_safetensors
 
@@ -341,7 +354,7 @@ COMMANDS = {
     "sft": (cmd_sft, "Upstream: SFT a world's causal LM (recipes/shapes-sft.yaml) or a family's model (simplear)."),
     "eval": (cmd_eval, "GenEval's rules on a checkpoint or an image folder: rlhf-img eval CHECKPOINT [--prompts ...]"),
     "quickstart": (cmd_quickstart, "The main job: eval -> GRPO -> eval on the shapes world."),
-    "convert": (cmd_convert, "Convert released weights (Cosmos .jit, Infinity .pth) to safetensors."),
+    "convert": (cmd_convert, "Convert released weights (Cosmos .jit, Infinity .pth, LlamaGen .pt) to safetensors."),
     "rewards": (cmd_rewards, "List the built-in rewards."),
     "families": (cmd_families, "List the model families and how each is detected."),
     "serve-reward": (cmd_serve_reward, "Serve rewards over HTTP for the `remote` reward: rlhf-img serve-reward X.yaml"),
