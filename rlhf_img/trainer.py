@@ -9,6 +9,7 @@ checkpointing, scalar logging -- is TRL's.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from typing import Any, Sequence
@@ -20,6 +21,7 @@ from trl.models import unwrap_model_for_generation
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import nanstd, use_adapter
 
+from .advantages import group_advantages, reward_metrics
 from .config import ImageGRPOConfig
 from .dashboards import log_image
 from .images import captioned_grid
@@ -27,47 +29,7 @@ from .policy import Policy, PromptBatch
 from .rewards.compose import RewardFunction, build_rewards, score_rewards
 from .rollout_records import save_rollouts
 
-
-def group_advantages(
-    rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int, scale_rewards: str, aggregation: str,
-    normalize: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Advantages `(N,)` from rewards `(N, R)` (NaN = no score) for consecutive groups of `num_generations`.
-
-    Same rules as TRL's GRPO: `sum_then_normalize` weights then normalises per group (scale_rewards
-    'group' | 'batch' | 'none'); `normalize_then_sum` z-scores each reward per group first. `normalize`
-    `(R,)` bool: those rewards are first z-scored over the whole batch (a reward's own `normalize: true`),
-    so a reward on a large scale (PickScore ~20) cannot drown one on a small scale (CLIP cosine ~0.3).
-    Returns (advantages, weighted rewards, per-row flag "its group's rewards have zero std").
-    """
-    unscorable = torch.isnan(rewards_per_func).all(dim=1)
-    if normalize is not None and bool(normalize.any()):
-        columns = rewards_per_func[:, normalize]
-        columns = (columns - torch.nanmean(columns, dim=0)) / (nanstd(columns, dim=0) + 1e-4)
-        rewards_per_func = rewards_per_func.clone()
-        rewards_per_func[:, normalize] = columns
-    if aggregation == "sum_then_normalize":
-        rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
-        rewards[unscorable] = torch.nan
-        grouped = rewards.view(-1, num_generations)
-        mean = torch.nanmean(grouped, dim=1).repeat_interleave(num_generations)
-        group_std = nanstd(grouped, dim=1).repeat_interleave(num_generations)
-        std = nanstd(rewards).expand_as(rewards) if scale_rewards == "batch" else group_std
-        advantages = rewards - mean
-        if scale_rewards != "none":
-            advantages = advantages / (std + 1e-4)
-    elif aggregation == "normalize_then_sum":
-        grouped = rewards_per_func.view(-1, num_generations, rewards_per_func.size(1))
-        z = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (nanstd(grouped, dim=1, keepdim=True) + 1e-4)
-        rewards = (z.view(-1, rewards_per_func.size(1)) * weights.unsqueeze(0)).nansum(dim=1)
-        rewards[unscorable] = torch.nan
-        advantages = (rewards - torch.nanmean(rewards)) / (nanstd(rewards) + 1e-4)
-        weighted = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
-        group_std = nanstd(weighted.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
-    else:
-        raise ValueError("multi_objective_aggregation must be 'sum_then_normalize' or 'normalize_then_sum'")
-    is_std_zero = torch.nan_to_num(group_std, nan=0.0) < 1e-8
-    return torch.nan_to_num(advantages, nan=0.0), rewards, is_std_zero
+logger = logging.getLogger(__name__)
 
 
 class ImageGRPOTrainer(GRPOTrainer):
@@ -104,6 +66,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         self.sampling = args.sampling
         self._last_policy_logps: torch.Tensor | None = None
         self._last_logged_image_step = -1
+        self._warned_no_score = False
         super().__init__(
             model=policy.model,
             reward_funcs=list(rewards),
@@ -172,7 +135,7 @@ class ImageGRPOTrainer(GRPOTrainer):
                         )[0]
 
         rewards_per_func = gather(rewards_local)  # (N_global, R): groups may span ranks
-        advantages, total_rewards, is_std_zero = group_advantages(
+        result = group_advantages(
             rewards_per_func,
             self.reward_weights.to(device),
             num_generations,
@@ -180,24 +143,25 @@ class ImageGRPOTrainer(GRPOTrainer):
             self.multi_objective_aggregation,
             self.reward_normalize.to(device),
         )
+        if bool(torch.isnan(rewards_per_func).all()):
+            self._warn_no_score(rewards_per_func.size(0))
         process_slice = slice(
             self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)
         )
-        local_advantages = advantages[process_slice]
+        local_advantages = result.advantages[process_slice]
 
         metrics = self._metrics[mode]
         for index, reward in enumerate(self.image_rewards):
             metrics[f"rewards/{reward.name}/mean"].append(torch.nanmean(rewards_per_func[:, index]).item())
             metrics[f"rewards/{reward.name}/std"].append(nanstd(rewards_per_func[:, index]).item())
-        metrics["reward"].append(torch.nanmean(total_rewards).item())
-        metrics["reward_std"].append(nanstd(total_rewards).item())
-        metrics["frac_reward_zero_std"].append(is_std_zero.float().mean().item())
+        for key, value in reward_metrics(result).items():  # `reward`: the weighted raw rewards, as TRL logs it
+            metrics[key].append(value)
         for name, seconds in (("sample", sampled - start), ("decode", decoded - sampled), ("reward", scored - decoded)):
             metrics[f"timing/{name}_seconds"].append(seconds)
         metrics["rollout/images_per_second"].append(len(prompts) / max(sampled - start, 1e-9))
 
         local_rewards = {r.name: rewards_local[:, i].tolist() for i, r in enumerate(self.image_rewards)}
-        local_totals = total_rewards[process_slice].tolist()
+        local_totals = result.rewards[process_slice].tolist()
         self._record_rollouts(images, prompts, local_rewards, local_totals, local_advantages.tolist())
 
         output = {
@@ -214,6 +178,19 @@ class ImageGRPOTrainer(GRPOTrainer):
         if ref_per_token_logps is not None:
             output["ref_per_token_logps"] = ref_per_token_logps
         return output
+
+    def _warn_no_score(self, count: int) -> None:
+        """Once per run: a batch where no reward scored any image teaches nothing (every advantage is 0)."""
+        if self._warned_no_score:
+            return
+        self._warned_no_score = True
+        if self.accelerator.is_main_process:
+            names = ", ".join(repr(r.name) for r in self.image_rewards)
+            logger.warning(
+                "step %d: no image was scored by any reward (%s returned NaN/None for all %d images): every advantage "
+                "is 0, so nothing is learned from these images; check the rewards",
+                self.state.global_step, names, count,
+            )
 
     def _no_checkpointing(self):
         """Gradient checkpointing off for no-grad passes (TRL's helper), a no-op when it is not on."""

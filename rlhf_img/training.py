@@ -11,18 +11,28 @@ from .trainer import ImageGRPOTrainer
 
 
 def reward_summary(log_history: list[dict]) -> str:
-    """The first and last logged mean reward, or what went wrong when no step scored an image."""
+    """The first and last logged mean reward, or what went wrong when no step scored an image.
+
+    A step where no reward scored any image logs `reward: None` (TRL's `log` turns the NaN mean into None for
+    the JSON loggers); NaN, a missing `reward` or a non-number count as not scored too."""
     logged = [entry for entry in log_history if "reward" in entry]
-    scored = [entry for entry in logged if isinstance(entry["reward"], (int, float)) and math.isfinite(entry["reward"])]
+    scored = [entry for entry in logged if _is_number(entry["reward"])]
     if not logged:
         return "no reward was logged"
     if not scored:
-        return (f"no image was scored in any of the {len(logged)} logged steps (every reward returned NaN/None): "
-                "nothing was learned; check the rewards")
+        names = sorted({key[len("rewards/"):-len("/mean")] for entry in logged for key in entry
+                        if key.startswith("rewards/") and key.endswith("/mean")})
+        which = f" ({', '.join(map(repr, names))})" if names else ""
+        return (f"no image was scored in any of the {len(logged)} logged steps (every reward{which} returned "
+                "NaN/None): nothing was learned; check the rewards")
     first, last = scored[0], scored[-1]
     unscored = len(logged) - len(scored)
     note = f"; {unscored} logged step(s) had no scored image" if unscored else ""
     return f"reward {first['reward']:.4g} (step {first['step']}) -> {last['reward']:.4g} (step {last['step']}){note}"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def train(args, model_args, rewards, dataset, policy, peft_config) -> int:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlhf_img.rewards import RewardConfigError, RewardSpec, build_rewards
-from rlhf_img.trainer import group_advantages
+from rlhf_img.advantages import group_advantages
 
 
 def _advantages(rewards, normalize=None, weights=(1.0, 1.0)):
