@@ -37,7 +37,8 @@ def test_wandb_offline_run_has_per_reward_scalars_and_images(tmp_path, tiny_chec
     monkeypatch.setenv("WANDB_PROJECT", "rlhf-img-tests")
     train(tmp_path, tiny_checkpoint, "wandb")
     wandb.finish()
-    history = history_keys(str(tmp_path))
+    history = history_keys(str(tmp_path), until=lambda h: len(h.get("train/rewards/brightness/mean", [])) == 3
+                           and "rollouts/grid/_type" in h)
     for key in ("train/rewards/brightness/mean", "train/rewards/darkness/std", "train/reward", "train/frac_reward_zero_std",
                 "train/sampling/sampling_logp_difference/mean", "train/clip_ratio/region_mean"):
         assert key in history, sorted(history)

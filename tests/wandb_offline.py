@@ -11,6 +11,8 @@ import glob
 import json
 import os
 import struct
+import time
+from typing import Callable
 
 BLOCK = 32768
 HEADER = 7
@@ -43,8 +45,21 @@ def read_records(path: str) -> list[bytes]:
     return records
 
 
-def history_keys(run_dir: str) -> dict[str, list]:
-    """{history key: [values]} of the single offline run under `run_dir` (a WANDB_DIR)."""
+def history_keys(run_dir: str, until: Callable[[dict], bool] | None = None, timeout: float = 60.0) -> dict[str, list]:
+    """{history key: [values]} of the single offline run under `run_dir` (a WANDB_DIR).
+
+    wandb's service process writes the run file on its own schedule and may still be flushing after
+    `wandb.finish()` returns on a loaded machine: with `until`, re-read until it holds (or `timeout` passes).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        history = _read_history(run_dir)
+        if until is None or until(history) or time.monotonic() > deadline:
+            return history
+        time.sleep(0.5)
+
+
+def _read_history(run_dir: str) -> dict[str, list]:
     from wandb.proto import wandb_internal_pb2 as pb
 
     (run_file,) = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb"))
