@@ -70,6 +70,16 @@ def test_a_prompt_template_from_family_config_is_kept_in_janus_json(tiny_janus, 
     assert json.loads((tmp_path / "janus.json").read_text()) == {"prompt_template": "User: {prompt}\n\nAssistant:"}
 
 
+def test_deepseeks_remote_code_layout_is_refused_with_a_pointer_to_the_converted_repos(tmp_path):
+    from rlhf_img.checkpoints import CheckpointError
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "multi_modality"}))
+    with pytest.raises(CheckpointError, match="deepseek-community/Janus-Pro-1B"):
+        load_policy(str(tmp_path), "janus")
+    with pytest.raises(CheckpointError, match="set model_family"):
+        detect_family(str(tmp_path))
+
+
 @pytest.mark.parametrize("cfg_mode", CFG_MODES)
 def test_sampling_under_each_cfg_mode_and_logprobs_match_the_sampler(policy, cfg_mode):
     sampling = Sampling(cfg_mode=cfg_mode, cfg_scale=3.0, temperature=0.9, top_k=32)
