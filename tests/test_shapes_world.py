@@ -115,3 +115,18 @@ def test_shipped_tokenizer_reconstructions_score_at_least_095():
         results += [(row["tag"], judge(image, row).correct) for image in recon]
     table = summarize(results)
     assert table["overall"] >= 0.95, table
+
+
+def test_geneval_ranks_equally_confident_shapes_detections_in_scan_order():
+    """The detector's confidences tie; GenEval's argsort ranking must then give palette/scan order (the order
+    the world's rewards and published scores were computed with), not its reverse."""
+    from rlhf_img.geneval_rules import select_detections
+    from rlhf_img.worlds.shapes_detector import PALETTE_NAMES
+
+    objects = [shapes.ShapeObject("circle", color, x, 16, 5) for color, x in (("red", 8), ("blue", 24))]
+    image = shapes.render(objects)
+    found = detect(image)
+    ranked = select_detections(found, "colors")["circle"]
+    scan_order = sorted(found["circle"], key=lambda d: PALETTE_NAMES.index(d.color))
+    assert [d.color for d in ranked] == [d.color for d in scan_order] and len(ranked) == 2
+    assert judge(image, {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": ranked[0].color}]}).correct

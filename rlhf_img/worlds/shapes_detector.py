@@ -65,7 +65,8 @@ def shape_of(mask: np.ndarray) -> tuple[str, float]:
 
 
 def detect(image: np.ndarray) -> dict[str, list[Detection]]:
-    """GenEval-style detections `{class: [Detection(box, score, color)]}` of one `(H, W, 3)` uint8 image."""
+    """GenEval-style detections `{class: [Detection(box, score, color)]}` of one `(H, W, 3)` uint8 image, each
+    class's list in reverse scan order (see the end)."""
     labels = classify_pixels(image)
     found: dict[str, list[Detection]] = {}
     for color_index in range(1, len(PALETTE)):
@@ -81,7 +82,10 @@ def detect(image: np.ndarray) -> dict[str, list[Detection]]:
             ys, xs = np.nonzero(mask)
             box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
             found.setdefault(shape, []).append(Detection(box, confidence, PALETTE_NAMES[color_index]))
-    return found
+    # Every detection has the same confidence, so GenEval's ranking (`np.argsort(scores)[::-1]`) puts the
+    # last-listed first among them. List them last-found first, so that its ranking is scan order: palette
+    # colour, then connected-component label -- the order the world's rewards and published scores used.
+    return {shape: items[::-1] for shape, items in found.items()}
 
 
 def judge(image: np.ndarray, metadata: dict, mode: str = "strict") -> Judgement:
