@@ -133,7 +133,8 @@ class ImageModelConfig(trl.ModelConfig):
 
     model_family: str | None = field(
         default=None,
-        metadata={"help": "Model family: 'causal_vq', 'simplear' or 'infinity' (see README, 'Model families'); "
+        metadata={"help": "Model family: 'causal_vq', 'simplear', 'infinity', 'janus' or 'llamagen' (`rlhf-img families`; "
+                  "README, 'Model families'); "
                   "default: found from the checkpoint's files."},
     )
     visual_tokenizer: str | None = field(
