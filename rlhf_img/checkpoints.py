@@ -74,3 +74,19 @@ def check_state_dict(expected: dict, given: dict, source: str) -> None:
 def has_file(location: str, filename: str, revision: str | None = None) -> bool:
     """Whether a checkpoint folder or hub repo holds `filename` (for small files: a hub file is fetched to tell)."""
     return resolve_subpath(location, filename, revision=revision, required=False) is not None
+
+
+def resolve_subfolder(location: str, subfolder: str, revision: str | None = None, what: str = "folder") -> str:
+    """Local path of `subfolder` of a checkpoint folder or hub repo (only that subfolder is downloaded), or of
+    `subfolder` itself when it is an absolute path; `CheckpointError` naming `what` when it is not there."""
+    if os.path.isabs(subfolder):
+        folder = subfolder
+    elif is_local(location):
+        folder = os.path.join(location, subfolder)
+    else:
+        from huggingface_hub import snapshot_download
+
+        folder = os.path.join(snapshot_download(location, revision=revision, allow_patterns=[f"{subfolder}/*"]), subfolder)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"{what} not found: {folder}")
+    return folder

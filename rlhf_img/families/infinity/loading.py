@@ -27,7 +27,7 @@ from dataclasses import asdict
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, T5EncoderModel
 
-from ...checkpoints import CheckpointError, check_state_dict, is_local, read_json_file, resolve_subpath
+from ...checkpoints import CheckpointError, check_state_dict, is_local, read_json_file, resolve_subfolder, resolve_subpath
 from .bsq_vae import BSQVAE, BSQVAEConfig, load_vae_state_dict
 from .policy import FAMILY_CONFIG_NAME, SIZE_NAMES, InfinityFamilyConfig, InfinityPolicy
 from .transformer import InfinityConfig, InfinityTransformer
@@ -156,13 +156,7 @@ def _load_vae(location: str, checkpoint: str, size: str | None, revision: str | 
         vae = BSQVAE(vae_config)
         load_vae_state_dict(vae, state, path)
         return vae
-    folder = location if os.path.isabs(location) or not is_local(checkpoint) else os.path.join(checkpoint, location)
-    if not is_local(checkpoint) and not os.path.isabs(location):
-        from huggingface_hub import snapshot_download
-
-        folder = os.path.join(snapshot_download(checkpoint, revision=revision, allow_patterns=[f"{location}/*"]), location)
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"infinity: VAE folder not found: {folder}")
+    folder = resolve_subfolder(checkpoint, location, revision, "infinity: VAE folder")
     try:
         return BSQVAE.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as error:

@@ -27,7 +27,7 @@ from dataclasses import asdict
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, JanusVQVAE, T5EncoderModel
 
-from ...checkpoints import CheckpointError, check_state_dict, is_local, read_json_file, resolve_subpath
+from ...checkpoints import CheckpointError, check_state_dict, is_local, read_json_file, resolve_subfolder, resolve_subpath
 from .gpt import LlamaGenConfig, LlamaGenGPT
 from .policy import FAMILY_CONFIG_NAME, LlamaGenFamilyConfig, LlamaGenPolicy
 from .vq import infer_vq_config, is_llamagen_layout, load_vq_state
@@ -170,13 +170,7 @@ def _load_vq(location: str, checkpoint: str, revision: str | None) -> JanusVQVAE
         vq = JanusVQVAE(infer_vq_config(state, grid_size=16))
         load_vq_state(vq, state, path)
         return vq
-    folder = location if os.path.isabs(location) or not is_local(checkpoint) else os.path.join(checkpoint, location)
-    if not is_local(checkpoint) and not os.path.isabs(location):
-        from huggingface_hub import snapshot_download
-
-        folder = os.path.join(snapshot_download(checkpoint, revision=revision, allow_patterns=[f"{location}/*"]), location)
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"llamagen: VQ folder not found: {folder}")
+    folder = resolve_subfolder(checkpoint, location, revision, "llamagen: VQ folder")
     try:
         return JanusVQVAE.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as error:
