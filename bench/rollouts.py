@@ -1,13 +1,22 @@
-"""Rollout throughput: rlhf-img's sampler vs transformers `generate` with a CFG logits processor.
+"""Rollout throughput: rlhf-img's samplers vs transformers `generate` + CFG and a peer-style hand loop.
 
-Same random `causal_vq` model, same prompts, batch, group size, CFG scale and temperature. The baseline is
-how peers sample with transformers: `generate(..., guidance_scale=s, negative_prompt_ids=...)` (the
-`UnbatchedClassifierFreeGuidanceLogitsProcessor`, a second forward per step for the unconditional
-branch) plus a logits processor that keeps only image-code ids, so both produce exactly h*w image codes.
-Ours batches the unconditional rows with the conditional ones in one KV-cached forward and computes
-logits only for the image-code rows of the LM head.
+Same random `causal_vq` model, same prompts, batch, group size, CFG scale and temperature. Baselines:
+  - transformers `generate(..., guidance_scale=s, negative_prompt_ids=...)` (the
+    `UnbatchedClassifierFreeGuidanceLogitsProcessor`: a second forward per step for the unconditional branch)
+    plus a logits processor keeping only image-code ids, so it produces exactly h*w image codes;
+  - the peer-style loop, as T2I-R1 and AR-GRPO sample: conditional and unconditional rows in one batch, a
+    `DynamicCache`, the LM head over the whole vocabulary each step, then the image codes sliced out, CFG,
+    softmax, multinomial (every row prefilled, no log-probs kept).
+Ours (`--samplers`, `Sampling.sampler`) also batches CFG rows in one KV-cached forward, computes logits only for
+the image-code rows of the LM head, prefills each distinct prompt once (a group shares it), and with
+`static` / `compiled` decodes on a static cache (compiled: `torch.compile`, CUDA graphs on GPU).
+
+Each decode step must read every weight once plus the KV cache so far; the benchmark prints those bytes per
+step (the bandwidth bound of a decode step) and the bandwidth each sampler achieved; with `--hbm_gbps` (e.g.
+4800 for an H200) also the fraction of that bound reached.
 
     python bench/rollouts.py [--batch 32] [--json out.json]
+    python bench/rollouts.py --device cuda --dtype bfloat16 --grid 32 --hbm_gbps 4800   # 1,024-token grid
 """
 
 from __future__ import annotations
@@ -20,12 +29,15 @@ import tempfile
 import time
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 from transformers.utils import logging
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from rlhf_img import Sampling, load_policy  # noqa: E402
 from rlhf_img.families.causal_vq.tiny import save_tiny_causal_vq  # noqa: E402
+from rlhf_img.policy import SAMPLERS  # noqa: E402
+from rlhf_img.sampling.kv_cache import resolve_sampler  # noqa: E402
+from rlhf_img.sampling.next_token import left_pad_stack  # noqa: E402
 
 
 class KeepImageCodes(LogitsProcessor):
@@ -66,30 +78,87 @@ def build_model(args: argparse.Namespace, directory: str):
     return policy
 
 
-def time_it(fn, repeats: int, num_tokens: int) -> float:
-    fn(min(4, num_tokens))  # short warm-up: allocator, kernels, lazy imports
+@torch.no_grad()
+def peer_style_sample(model, ids, mask, uncond_ids, uncond_mask, num_tokens: int, cfg_scale: float, code_offset: int,
+                      code_count: int, pad_id: int, temperature: float = 1.0) -> torch.Tensor:
+    """Image codes `(B, T)` sampled as T2I-R1 / AR-GRPO do: cond + uncond rows `(2B, L)` in one batch, a
+    `DynamicCache`, full-vocabulary logits each step, then the image codes sliced out, CFG, softmax, multinomial."""
+    batch = ids.size(0)
+    rows, rows_mask = left_pad_stack([ids, uncond_ids.expand(batch, -1)], [mask, uncond_mask.expand(batch, -1)], pad_id)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=rows, attention_mask=rows_mask, cache=cache, use_cache=True, logits_to_keep=1)
+    codes = []
+    for t in range(num_tokens):
+        logits = out.logits[:, -1, code_offset : code_offset + code_count].float()  # (2B, K) of (2B, V) computed
+        guided = logits[batch:] + cfg_scale * (logits[:batch] - logits[batch:])
+        code = torch.multinomial(torch.softmax(guided / temperature, dim=-1), 1)  # (B, 1)
+        codes.append(code)
+        if t == num_tokens - 1:
+            break
+        rows_mask = torch.cat([rows_mask, rows_mask.new_ones(2 * batch, 1)], dim=1)
+        out = model(input_ids=torch.cat([code, code]) + code_offset, attention_mask=rows_mask, cache=cache,
+                    use_cache=True, logits_to_keep=1)
+    return torch.cat(codes, dim=1)
+
+
+def decode_step_bytes(model, rows: int, prefix_length: int, num_tokens: int, code_count: int) -> dict[str, float]:
+    """Bytes a decode step must read at least, averaged over the T - 1 decode steps: every decoder weight once,
+    the image-code rows of the LM head (the input embedding only for the fed tokens: negligible), and the keys
+    and values of every layer for all `rows` over the positions so far (the left-padded prompt included)."""
+    config = model.config
+    decoder = model.get_decoder()
+    embedding = model.get_input_embeddings().weight
+    decoder_bytes = sum(p.numel() * p.element_size() for p in decoder.parameters())
+    decoder_bytes -= embedding.numel() * embedding.element_size()  # only the fed tokens' rows are read
+    head = model.get_output_embeddings().weight
+    head_bytes = code_count * head.size(1) * head.element_size()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_per_position = 2 * config.num_hidden_layers * rows * config.num_key_value_heads * head_dim * head.element_size()
+    steps = max(num_tokens - 1, 1)
+    mean_positions = prefix_length + (steps + 1) / 2  # step t (1..T-1) attends over prefix + t positions
+    kv_bytes = kv_per_position * mean_positions
+    return {"weight_bytes": decoder_bytes + head_bytes, "kv_bytes_per_step": kv_bytes,
+            "bytes_per_step": decoder_bytes + head_bytes + kv_bytes, "decode_steps": steps}
+
+
+def time_it(fn, repeats: int, num_tokens: int, device: str, warmup_tokens: int) -> float:
+    def run(n: int) -> None:
+        fn(n)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    run(warmup_tokens)  # warm-up: allocator, kernels, lazy imports (and, for `compiled`, the compile)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        fn(num_tokens)
+        run(num_tokens)
         best = min(best, time.perf_counter() - start)
     return best
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32, help="images per rollout batch")
     parser.add_argument("--group", type=int, default=8, help="images per prompt (num_generations)")
-    parser.add_argument("--grid", type=int, default=16, help="image tokens per side (16 -> 256 tokens)")
+    parser.add_argument("--grid", type=int, default=16, help="image tokens per side (16 -> 256 tokens, 32 -> 1,024)")
     parser.add_argument("--codebook_size", type=int, default=4096)
     parser.add_argument("--text_vocab", type=int, default=151665, help="text ids before the image codes")
     parser.add_argument("--hidden_size", type=int, default=256)
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--num_heads", type=int, default=8)
     parser.add_argument("--cfg_scale", type=float, default=4.0)
+    parser.add_argument("--samplers", default="auto,static",
+                        help=f"comma-separated `Sampling.sampler` values to time, from {SAMPLERS}; the first is 'ours' "
+                        "in the JSON (auto: compiled on CUDA, shared elsewhere)")
+    parser.add_argument("--baselines", default="generate,peer_loop", help="comma-separated baselines to time: "
+                        "generate (transformers generate + CFG), peer_loop (T2I-R1 / AR-GRPO style loop)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per method (best is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    parser.add_argument("--hbm_gbps", type=float, default=None,
+                        help="peak memory bandwidth in GB/s (H200: 4800): report the fraction of the decode-step bound")
     parser.add_argument("--json", default=None, help="write the figures to this path")
     args = parser.parse_args()
     logging.set_verbosity_error()
@@ -97,24 +166,41 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.batch % args.group:
         parser.error("--batch must be a multiple of --group")
+    samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
+    unknown = [name for name in samplers if name not in SAMPLERS]
+    if unknown or not samplers:
+        parser.error(f"--samplers: {unknown or 'none given'}; choose from {SAMPLERS}")
+    baselines = [name.strip() for name in args.baselines.split(",") if name.strip()]
+    if set(baselines) - {"generate", "peer_loop"}:
+        parser.error(f"--baselines: unknown {sorted(set(baselines) - {'generate', 'peer_loop'})}; "
+                     "choose from generate, peer_loop")
+    dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    dtype = getattr(torch, dtype_name, None)
+    if not isinstance(dtype, torch.dtype):
+        parser.error(f"--dtype: {dtype_name!r} is not a torch dtype")
 
     with tempfile.TemporaryDirectory() as directory:
         policy = build_model(args, directory)
-    model = policy.model.to(args.device).eval()
+    model = policy.model.to(args.device, dtype).eval()
     policy.to(args.device)
     prompts = [f"prompt number {i // args.group}" for i in range(args.batch)]
     batch = policy.encode_prompts(prompts, args.device)
     uncond_ids = policy._uncond.input_ids.to(args.device)
+    uncond_mask = policy._uncond.attention_mask.to(args.device)
     num_tokens = policy.num_actions
-    sampling = Sampling(cfg_mode="guided", cfg_scale=args.cfg_scale, temperature=1.0)
     cfg = policy.config
 
-    def ours(n: int) -> None:
-        policy.num_actions = n
-        with torch.inference_mode():
-            rollout = policy.sample(model, batch, sampling)
-        policy.num_actions = num_tokens
-        assert rollout.actions.shape == (args.batch, n)
+    def ours(sampler: str):
+        sampling = Sampling(cfg_mode="guided", cfg_scale=args.cfg_scale, temperature=1.0, sampler=sampler)
+
+        def run(n: int) -> None:
+            policy.num_actions = n
+            with torch.inference_mode():
+                rollout = policy.sample(model, batch, sampling)
+            policy.num_actions = num_tokens
+            assert rollout.actions.shape == (args.batch, n)
+
+        return run
 
     def hf_generate(n: int) -> None:
         with torch.inference_mode():
@@ -128,20 +214,51 @@ def main() -> None:
                 min_new_tokens=n,
                 guidance_scale=args.cfg_scale,
                 negative_prompt_ids=uncond_ids.expand(args.batch, -1),
-                negative_prompt_attention_mask=torch.ones_like(uncond_ids).expand(args.batch, -1),
+                negative_prompt_attention_mask=uncond_mask.expand(args.batch, -1),
                 logits_processor=LogitsProcessorList([KeepImageCodes(cfg.image_code_offset, cfg.image_code_count)]),
                 pad_token_id=policy.pad_token_id,
                 eos_token_id=None,
             )
         assert out.shape[1] - batch.input_ids.shape[1] == n
 
+    def peer_loop(n: int) -> None:
+        with torch.inference_mode():
+            codes = peer_style_sample(model, batch.input_ids, batch.attention_mask, uncond_ids, uncond_mask, n,
+                                      args.cfg_scale, cfg.image_code_offset, cfg.image_code_count, policy.pad_token_id)
+        assert codes.shape == (args.batch, n)
+
     tokens = args.batch * num_tokens
-    ours_s = time_it(ours, args.repeats, num_tokens)
-    hf_s = time_it(hf_generate, args.repeats, num_tokens)
+    short = min(4, num_tokens)
+    seconds: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    if "generate" in baselines:
+        seconds["hf_generate"] = time_it(hf_generate, args.repeats, num_tokens, args.device, short)
+        labels["hf_generate"] = "transformers generate + CFG proc."
+    if "peer_loop" in baselines:
+        seconds["peer_loop"] = time_it(peer_loop, args.repeats, num_tokens, args.device, short)
+        labels["peer_loop"] = "peer-style loop (batched CFG, full V)"
+    resolved = {}
+    for sampler in samplers:
+        name = resolve_sampler(sampler, model, torch.device(args.device))
+        if name in resolved.values():
+            continue  # 'auto' resolved to a sampler already listed
+        resolved[sampler] = name
+        # a compiled step is warmed at full length: a longer static cache would be a new shape (a recompile)
+        warmup = num_tokens if name == "compiled" else short
+        seconds[f"ours_{name}"] = time_it(ours(sampler), args.repeats, num_tokens, args.device, warmup)
+        labels[f"ours_{name}"] = f"rlhf-img, sampler={name}" + (" (auto)" if sampler == "auto" else "")
+
+    prefix_length = max(batch.input_ids.size(1), uncond_ids.size(1))
+    bound = decode_step_bytes(model, 2 * args.batch, prefix_length, num_tokens, cfg.image_code_count)
+    first_ours = f"ours_{next(iter(resolved.values()))}"
     result = {
-        "ours_tok_s": tokens / ours_s,
-        "hf_generate_tok_s": tokens / hf_s,
-        "ratio": hf_s / ours_s,
+        "ours_sampler": first_ours.removeprefix("ours_"),
+        "ours_tok_s": tokens / seconds[first_ours],
+        "methods": {key: {"label": labels[key], "seconds": value, "tok_s": tokens / value,
+                          "achieved_gb_s": bound["bytes_per_step"] * bound["decode_steps"] / value / 1e9}
+                    for key, value in seconds.items()},
+        **bound,
+        "hbm_gbps": args.hbm_gbps,
         "batch": args.batch,
         "group": args.group,
         "image_tokens": num_tokens,
@@ -149,13 +266,37 @@ def main() -> None:
         "vocab": model.get_output_embeddings().weight.shape[0],
         "image_codes": cfg.image_code_count,
         "device": args.device,
+        "dtype": dtype_name,
         "threads": torch.get_num_threads(),
     }
+    if "hf_generate" in seconds:
+        result["hf_generate_tok_s"] = tokens / seconds["hf_generate"]
+        result["ratio"] = seconds["hf_generate"] / seconds[first_ours]
+    if "peer_loop" in seconds:
+        result["peer_loop_tok_s"] = tokens / seconds["peer_loop"]
+        result["ratio_vs_peer_loop"] = seconds["peer_loop"] / seconds[first_ours]
+    if args.hbm_gbps:
+        for figures in result["methods"].values():
+            figures["hbm_fraction"] = figures["achieved_gb_s"] / args.hbm_gbps
+
     print(f"rollouts: batch {args.batch} (group {args.group}), {num_tokens} image tokens each, CFG {args.cfg_scale}, "
-          f"vocab {result['vocab']} ({cfg.image_code_count} image codes), {args.device}, {result['threads']} threads")
-    print(f"{'sampler':<34}{'seconds':>10}{'image tok/s':>14}{'vs HF':>8}")
-    print(f"{'transformers generate + CFG proc.':<34}{hf_s:>10.2f}{result['hf_generate_tok_s']:>14.0f}{1.0:>8.2f}")
-    print(f"{'rlhf-img (batched CFG, KV cache)':<34}{ours_s:>10.2f}{result['ours_tok_s']:>14.0f}{result['ratio']:>8.2f}")
+          f"vocab {result['vocab']} ({cfg.image_code_count} image codes), {args.device} {dtype_name}, "
+          f"{result['threads']} threads")
+    print(f"decode-step bound: {bound['bytes_per_step'] / 1e6:.2f} MB read per step (weights "
+          f"{bound['weight_bytes'] / 1e6:.2f} MB + KV cache {bound['kv_bytes_per_step'] / 1e6:.2f} MB on average over "
+          f"{bound['decode_steps']} steps, {2 * args.batch} rows)")
+    header = f"{'sampler':<40}{'seconds':>9}{'image tok/s':>13}{'vs generate':>13}{'vs peer loop':>14}{'GB/s':>9}"
+    if args.hbm_gbps:
+        header += f"{'of HBM bound':>14}"
+    print(header)
+    for key, figures in result["methods"].items():
+        versus = [f"{seconds[base] / seconds[key]:>{width}.2f}" if base in seconds else f"{'-':>{width}}"
+                  for base, width in (("hf_generate", 13), ("peer_loop", 14))]
+        line = (f"{figures['label']:<40}{figures['seconds']:>9.2f}{figures['tok_s']:>13.0f}{''.join(versus)}"
+                f"{figures['achieved_gb_s']:>9.2f}")
+        if args.hbm_gbps:
+            line += f"{figures['hbm_fraction']:>14.1%}"
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 CFG_MODES = ("none", "sample_only", "guided", "guided_detached_uncond")
+SAMPLERS = ("auto", "plain", "shared", "static", "compiled")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,13 @@ class Sampling:
     Guidance is applied on logits: `uncond + cfg_scale * (cond - uncond)`, then temperature, then
     top-k / top-p. Log-probs are always those of the temperature-scaled, top-k/top-p-truncated
     distribution over the scored logits (the taken action is always kept in the support).
+    `logprob_chunk_size`: teacher-forced scoring computes logits for this many positions at a time (with
+    per-chunk activation checkpointing), so its memory grows with the chunk, not with T; 0: all at once.
+    `sampler`: how next-token families run their KV-cached loop (README, "Fast sampling"); every choice draws
+    the same tokens for a seed: `plain` (the reference: one prefill per row, growing cache), `shared` (each
+    distinct prompt prefilled once, its cache shared by the group), `static` (shared + a preallocated static
+    cache), `compiled` (static + a `torch.compile`d decode step, CUDA graphs on GPU; eager if compile fails),
+    `auto` (`compiled` on CUDA, `shared` elsewhere).
     """
 
     cfg_mode: str = "none"
@@ -35,6 +43,8 @@ class Sampling:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    logprob_chunk_size: int = 512
+    sampler: str = "auto"
 
     def __post_init__(self) -> None:
         if self.cfg_mode not in CFG_MODES:
@@ -43,6 +53,10 @@ class Sampling:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.logprob_chunk_size < 0:
+            raise ValueError(f"logprob_chunk_size must be >= 0 (0: unchunked), got {self.logprob_chunk_size}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
 
     @property
     def uses_uncond_when_sampling(self) -> bool:
@@ -92,7 +106,9 @@ class Policy(Protocol):
     ) -> Rollout:
         """Draw one image's actions per prompt row with a KV cache (CFG rows batched with the conditional rows).
 
-        All randomness comes from `generator` (on the prompts' device) when given, so a seed fixes the images."""
+        All randomness comes from `generator` (on the prompts' device) when given, so a seed fixes the images: a
+        `torch.Generator`, or `rlhf_img.sampling.SampleGenerators` (one stream per row; the trainer passes these, so
+        an image does not depend on its batch). Pass it to `sample_actions` with rows grouped by sample."""
         ...
 
     def logprobs(

@@ -16,7 +16,34 @@ def test_rollout_benchmark_writes_json(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())
-    assert set(figures) >= {"ours_tok_s", "hf_generate_tok_s", "ratio"}
-    assert figures["ours_tok_s"] > 0 and figures["hf_generate_tok_s"] > 0
-    assert abs(figures["ratio"] - figures["ours_tok_s"] / figures["hf_generate_tok_s"]) < 1e-6
-    assert "rlhf-img (batched CFG, KV cache)" in result.stdout
+    assert set(figures) >= {"ours_tok_s", "hf_generate_tok_s", "ratio", "peer_loop_tok_s", "ratio_vs_peer_loop",
+                            "bytes_per_step", "weight_bytes", "kv_bytes_per_step"}
+    assert figures["ours_tok_s"] > 0 and figures["hf_generate_tok_s"] > 0 and figures["peer_loop_tok_s"] > 0
+    assert abs(figures["ratio"] - figures["ours_tok_s"] / figures["hf_generate_tok_s"]) < 1e-6 * figures["ratio"]
+    versus_peer = figures["ours_tok_s"] / figures["peer_loop_tok_s"]
+    assert abs(figures["ratio_vs_peer_loop"] - versus_peer) < 1e-6 * versus_peer
+    # the default samplers on CPU: 'auto' (= shared) and the static cache, each a row beside the two baselines
+    assert set(figures["methods"]) == {"hf_generate", "peer_loop", "ours_shared", "ours_static"}
+    assert figures["ours_sampler"] == "shared"
+    # decode-step bound of the 1-layer, 32-wide Qwen2 (2 heads, 1 KV head of 16, MLP 64, float32), counted by hand:
+    # q 32x32+32, k and v 32x16+16, o 32x32, MLP 3 x 32x64, 3 norms of 32 -> 9,376 weights; + 64 head rows x 32
+    assert figures["weight_bytes"] == (9376 + 64 * 32) * 4
+    # K and V of 1 layer, 8 rows (4 images + their CFG rows), 1 head of 16 floats: 1,024 bytes per position;
+    # the 3 decode steps attend over the prompt plus 1, 2, 3 positions (mean prompt + 2)
+    prompt_positions = figures["kv_bytes_per_step"] / 1024 - 2
+    assert prompt_positions == int(prompt_positions) >= 1 and figures["decode_steps"] == 3
+    assert figures["bytes_per_step"] == figures["weight_bytes"] + figures["kv_bytes_per_step"]
+    for label in ("transformers generate + CFG", "peer-style loop", "rlhf-img, sampler=shared",
+                  "rlhf-img, sampler=static", "decode-step bound"):
+        assert label in result.stdout
+
+
+def test_rollout_benchmark_rejects_an_unknown_sampler(monkeypatch, capsys):
+    import runpy
+
+    import pytest
+
+    monkeypatch.setattr(sys, "argv", ["rollouts.py", "--samplers", "fastest"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(os.path.join(REPO, "bench", "rollouts.py"), run_name="__main__")
+    assert exit_info.value.code == 2 and "--samplers: ['fastest']" in capsys.readouterr().err

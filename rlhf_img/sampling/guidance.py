@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..policy import Sampling
+from .generators import SampleGenerators
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -64,11 +65,19 @@ def scored_logprobs(
     return logp, entropy
 
 
-def sample_actions(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw one action per row from temperature + top-k/top-p of `logits` `(N, V)`."""
+def sample_actions(
+    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | SampleGenerators | None = None
+) -> torch.Tensor:
+    """Draw one action per row from temperature + top-k/top-p of `logits` `(N, V)`.
+
+    `generator`: None (torch's global stream), one `torch.Generator` for the whole matrix (one multinomial,
+    as reference `generate` loops draw), or `SampleGenerators` (rows grouped by sample, batch-major; each
+    sample's rows drawn from its own stream, so a sample's image does not depend on the rest of its batch)."""
     scaled = logits.float() / sampling.temperature
     keep = truncation_mask(scaled, sampling.top_k, sampling.top_p)
     if keep is not None:
         scaled = scaled.masked_fill(~keep, float("-inf"))
     probs = scaled.softmax(-1)
+    if isinstance(generator, SampleGenerators):
+        return generator.draw(probs)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

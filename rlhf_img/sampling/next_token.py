@@ -1,9 +1,10 @@
-"""KV-cached, CFG-batched sampling and teacher-forced scoring for causal LMs with an image-code block.
+"""Teacher-forced scoring, and the helpers the sampler shares, for causal LMs with an image-code block.
 
 Used by every next-token family (`causal_vq`, SimpleAR, LlamaGen-style checkpoints): the LM's vocabulary
 holds `code_count` image codes starting at id `code_offset`. Logits are computed only for those rows of
 the LM head, so a rollout always has exactly `num_tokens` valid image codes (no early EOS, no text token
-in the grid) and the softmax is over image codes only, in sampling and in scoring alike.
+in the grid) and the softmax is over image codes only, in sampling and in scoring alike. The KV-cached,
+CFG-batched sampler is `image_code_sampler.sample_image_codes`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache
 
-from ..policy import Rollout, Sampling
-from .guidance import guide, sample_actions, scored_logprobs
+from ..policy import Sampling
+from .guidance import guide, scored_logprobs
+from .chunked_logprobs import chunked_scored_logprobs
 
 
 def unwrap_causal_lm(model: nn.Module) -> nn.Module:
@@ -56,66 +57,6 @@ def left_pad_stack(
     return torch.cat(out_ids), torch.cat(out_masks)
 
 
-@torch.no_grad()
-def sample_image_codes(
-    lm: nn.Module,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    uncond_ids: torch.Tensor,
-    uncond_mask: torch.Tensor,
-    *,
-    num_tokens: int,
-    code_offset: int,
-    code_count: int,
-    pad_id: int,
-    sampling: Sampling,
-    generator: torch.Generator | None = None,
-) -> Rollout:
-    """Sample `num_tokens` image codes per row of `prompt_ids` `(B, L)`.
-
-    With guidance the unconditional rows ride in the same forward as the conditional rows (batch 2B) and
-    share one KV cache. `uncond_ids` is `(1, Lu)`, broadcast to the batch. Returns codes `(B, T)` in
-    `[0, code_count)` and their log-probs under the distribution they were drawn from (guided when CFG is
-    on), so `|sampling logp - scored logp|` shows both numerical drift and `sample_only`'s off-policy gap.
-    """
-    batch = prompt_ids.size(0)
-    with_uncond = sampling.uses_uncond_when_sampling
-    if with_uncond:
-        ids, mask = left_pad_stack(
-            [prompt_ids, uncond_ids.expand(batch, -1)], [prompt_mask, uncond_mask.expand(batch, -1)], pad_id
-        )
-    else:
-        ids, mask = prompt_ids, prompt_mask
-    decoder = lm.get_decoder()
-    cache = DynamicCache(config=lm.config)
-    positions = position_ids_from_mask(mask)
-    hidden = decoder(
-        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-    ).last_hidden_state[:, -1]  # (R, C)
-    next_position = positions[:, -1:] + 1  # (R, 1)
-
-    codes = torch.empty(batch, num_tokens, dtype=torch.long, device=ids.device)
-    logprobs = torch.empty(batch, num_tokens, dtype=torch.float32, device=ids.device)
-    for t in range(num_tokens):
-        logits = image_code_logits(lm, hidden, code_offset, code_count).float()  # (R, K)
-        cond, uncond = (logits[:batch], logits[batch:]) if with_uncond else (logits, None)
-        guided = guide(cond, uncond, sampling.cfg_scale)
-        code = sample_actions(guided, sampling, generator)  # (B,)
-        logprobs[:, t] = scored_logprobs(guided, code, sampling)[0]
-        codes[:, t] = code
-        if t == num_tokens - 1:
-            break
-        token = (code + code_offset).unsqueeze(1)  # (B, 1)
-        if with_uncond:
-            token = torch.cat([token, token])
-        mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
-        hidden = decoder(
-            input_ids=token, attention_mask=mask, position_ids=next_position, past_key_values=cache, use_cache=True
-        ).last_hidden_state[:, -1]
-        next_position = next_position + 1
-    return Rollout(actions=codes, logprobs=logprobs)
-
-
 def _action_hidden_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """Final-layer hidden states `(B, T, C)` at the positions that predict the last `num_tokens` tokens.
 
@@ -155,18 +96,19 @@ def score_image_codes(
     unc_ids = torch.cat([uncond_ids.expand(batch, -1), tokens], 1)
     unc_mask = torch.cat([uncond_mask.expand(batch, -1), ones], 1)
 
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        return image_code_logits(lm, hidden, code_offset, code_count)
+
+    # logits are built a chunk of positions at a time (`sampling.logprob_chunk_size`), never (B, T, K) at once
     if not sampling.uses_uncond_when_scoring:
         hidden = _action_hidden_states(model, cond_ids, cond_mask, num_tokens)
-        logits = image_code_logits(lm, hidden, code_offset, code_count)
-    elif sampling.cfg_mode == "guided_detached_uncond":
-        cond = image_code_logits(lm, _action_hidden_states(model, cond_ids, cond_mask, num_tokens), code_offset, code_count)
+        return chunked_scored_logprobs(head, hidden, codes, sampling)
+    if sampling.cfg_mode == "guided_detached_uncond":
+        cond = _action_hidden_states(model, cond_ids, cond_mask, num_tokens)
         with torch.no_grad():  # detached branch: no activations kept for backward
-            uncond = image_code_logits(
-                lm, _action_hidden_states(model, unc_ids, unc_mask, num_tokens), code_offset, code_count
-            )
-        logits = guide(cond.float(), uncond.float(), sampling.cfg_scale)
-    else:  # guided: both branches in one forward, gradients through both
-        ids, mask = left_pad_stack([cond_ids, unc_ids], [cond_mask, unc_mask], pad_id)
-        both = image_code_logits(lm, _action_hidden_states(model, ids, mask, num_tokens), code_offset, code_count)
-        logits = guide(both[:batch].float(), both[batch:].float(), sampling.cfg_scale)
-    return scored_logprobs(logits, codes, sampling)
+            uncond = _action_hidden_states(model, unc_ids, unc_mask, num_tokens)
+        return chunked_scored_logprobs(head, cond, codes, sampling, uncond, detach_uncond=True)
+    # guided: both branches in one forward, gradients through both
+    ids, mask = left_pad_stack([cond_ids, unc_ids], [cond_mask, unc_mask], pad_id)
+    both = _action_hidden_states(model, ids, mask, num_tokens)  # (2B, T, C)
+    return chunked_scored_logprobs(head, both[:batch], codes, sampling, both[batch:])

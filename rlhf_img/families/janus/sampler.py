@@ -17,6 +17,8 @@ from transformers import DynamicCache
 
 from ...policy import Rollout, Sampling
 from ...sampling import guide, sample_actions, scored_logprobs
+from ...sampling.chunked_logprobs import chunked_scored_logprobs
+from ...sampling.kv_cache import unique_blocks
 
 
 def unconditional_ids(prompt_ids: torch.Tensor, bos_id: int, boi_id: int, pad_id: int) -> torch.Tensor:
@@ -50,19 +52,28 @@ def sample_image_tokens(
 
     `janus`: a transformers `JanusForConditionalGeneration` (LoRA layers, if any, stay injected). With guidance
     the unconditional rows `uncond_ids` `(B, L)` ride in the same forward (batch 2B, cond rows first) and share
-    the cache. Returns codes `(B, T)` and their log-probs under the distribution they were drawn from."""
+    the cache. Unless `sampling.sampler` is 'plain', each distinct prompt row (and unconditional row) is prefilled
+    once and its cache rows are copied to the samples that use it; decoding always runs on a `DynamicCache` (the
+    static / compiled loops are the shared next-token sampler's). Returns codes `(B, T)` and their log-probs under
+    the distribution they were drawn from."""
     batch = prompt_ids.size(0)
     with_uncond = sampling.uses_uncond_when_sampling
-    ids = torch.cat([prompt_ids, uncond_ids]) if with_uncond else prompt_ids
-    mask = torch.cat([prompt_mask, prompt_mask]) if with_uncond else prompt_mask
+    blocks = [(prompt_ids, prompt_mask), (uncond_ids, prompt_mask)] if with_uncond else [(prompt_ids, prompt_mask)]
+    index = None  # row i of the decode batch reads prefill row index[i] (None: the prefill is the decode batch)
+    if sampling.sampler != "plain":
+        blocks, index = unique_blocks(blocks)  # a group's prompt prefilled once (all blocks are (., L) wide)
+    ids, mask = torch.cat([b[0] for b in blocks]), torch.cat([b[1] for b in blocks])
     language_model, head = janus.model.language_model, janus.model.generation_head
     cache = DynamicCache(config=language_model.config)
     positions = positions_from_mask(mask)
     hidden = language_model(
         inputs_embeds=janus.get_input_embeddings()(ids), attention_mask=mask, position_ids=positions, cache=cache,
         use_cache=True,
-    ).last_hidden_state[:, -1]  # (R, C)
-    next_position = positions[:, -1:] + 1  # (R, 1)
+    ).last_hidden_state[:, -1]  # (prefill rows, C)
+    next_position = positions[:, -1:] + 1  # (prefill rows, 1)
+    if index is not None:
+        hidden, next_position, mask = hidden[index], next_position[index], mask[index]  # (R, ...)
+        cache.reorder_cache(index)  # index_select on the batch dim of every layer
 
     codes = torch.empty(batch, num_tokens, dtype=torch.long, device=ids.device)
     logprobs = torch.empty(batch, num_tokens, dtype=torch.float32, device=ids.device)
@@ -114,17 +125,17 @@ def score_image_tokens(
     """Teacher-forced log-probs and entropies `(B, T)` of `codes` under `sampling.cfg_mode`.
 
     `model` is what the trainer holds (possibly wrapped); `janus` the `JanusForConditionalGeneration` inside it."""
-    head = janus.model.generation_head
+    head = janus.model.generation_head  # logits a chunk of positions at a time (`sampling.logprob_chunk_size`)
     if not sampling.uses_uncond_when_scoring:
-        logits = head(_code_hidden_states(model, janus, prompt_ids, prompt_mask, codes))
-    elif sampling.cfg_mode == "guided_detached_uncond":
-        cond = head(_code_hidden_states(model, janus, prompt_ids, prompt_mask, codes))
+        hidden = _code_hidden_states(model, janus, prompt_ids, prompt_mask, codes)
+        return chunked_scored_logprobs(head, hidden, codes, sampling)
+    if sampling.cfg_mode == "guided_detached_uncond":
+        cond = _code_hidden_states(model, janus, prompt_ids, prompt_mask, codes)
         with torch.no_grad():  # detached branch: no activations kept for backward
-            uncond = head(_code_hidden_states(model, janus, uncond_ids, prompt_mask, codes))
-        logits = guide(cond.float(), uncond.float(), sampling.cfg_scale)
-    else:  # guided: both branches in one forward, gradients through both
-        batch = codes.size(0)
-        both = head(_code_hidden_states(model, janus, torch.cat([prompt_ids, uncond_ids]),
-                                        torch.cat([prompt_mask, prompt_mask]), torch.cat([codes, codes])))
-        logits = guide(both[:batch].float(), both[batch:].float(), sampling.cfg_scale)
-    return scored_logprobs(logits, codes, sampling)
+            uncond = _code_hidden_states(model, janus, uncond_ids, prompt_mask, codes)
+        return chunked_scored_logprobs(head, cond, codes, sampling, uncond, detach_uncond=True)
+    # guided: both branches in one forward, gradients through both
+    batch = codes.size(0)
+    both = _code_hidden_states(model, janus, torch.cat([prompt_ids, uncond_ids]), torch.cat([prompt_mask, prompt_mask]),
+                               torch.cat([codes, codes]))  # (2B, T, C)
+    return chunked_scored_logprobs(head, both[:batch], codes, sampling, both[batch:])

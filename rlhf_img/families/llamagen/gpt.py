@@ -214,6 +214,12 @@ class KVCache:
         self.values[layer][:, :, start:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep rows `index` `(R,)` of every buffer; a repeated index copies a row (a prompt prefilled once, then
+        shared by every sample of its group)."""
+        self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
+        self.values = [None if v is None else v.index_select(0, index) for v in self.values]
+
 
 # ---------------------------------------------------------------------------------------------- model
 def _no_text_generation(*args, **kwargs):
@@ -297,10 +303,13 @@ class LlamaGenGPT(PreTrainedModel):
         caption_features: torch.Tensor,
         caption_mask: torch.Tensor,
         grid_size: int | None = None,
+        return_hidden_states: bool = False,
         **causal_lm_kwargs,
     ) -> torch.Tensor:
         """Teacher-forced logits `(B, n + 1, V)` float32 for image tokens 0..n given image codes `input_ids`
         `(B, n)` (the first n codes) and left-padded caption features `(B, P, Ccap)` with their mask `(B, P)`.
+        `return_hidden_states`: the final normed hidden states `(B, n + 1, D)` the output layer would read
+        instead, for a scorer that applies the head a chunk at a time.
 
         `causal_lm_kwargs`: peft's causal-LM wrapper (TRL's default LoRA task type) passes `attention_mask=None`,
         `labels=None`, ...; they must all be None here."""
@@ -309,8 +318,8 @@ class LlamaGenGPT(PreTrainedModel):
             raise TypeError(f"LlamaGenGPT.forward got unsupported arguments {given}")
         prefix_length = self.config.cls_token_num
         x = torch.cat([self.prefix(caption_features), self.tok_embeddings(input_ids)], dim=1)  # (B, P + n, D)
-        hidden = self._blocks(x, caption_mask.bool(), grid_size or self.config.grid_size, 0)
-        return self.output(hidden[:, prefix_length - 1 :]).float()
+        hidden = self._blocks(x, caption_mask.bool(), grid_size or self.config.grid_size, 0)[:, prefix_length - 1 :]
+        return hidden if return_hidden_states else self.output(hidden).float()
 
     def prefill(self, caption_features, caption_mask, cache: KVCache, grid_size: int) -> torch.Tensor:
         """Run the caption prefix into `cache`; logits `(R, V)` of the first image token."""

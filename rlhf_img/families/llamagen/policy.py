@@ -18,6 +18,8 @@ from ...checkpoints import CheckpointError
 from ...policy import PromptBatch, Rollout, Sampling
 from ...sampling import unwrap_causal_lm
 from ...sampling.guidance import guide, sample_actions, scored_logprobs
+from ...sampling.chunked_logprobs import chunked_scored_logprobs
+from ...sampling.kv_cache import unique_rows
 from .gpt import LlamaGenGPT
 from .vq import set_grid
 
@@ -110,18 +112,29 @@ class LlamaGenPolicy:
     @torch.no_grad()
     def sample(self, model: nn.Module, prompts: PromptBatch, sampling: Sampling, generator: torch.Generator | None = None) -> Rollout:
         """KV-cached sampling of `grid²` codes; with guidance the null-caption rows (same mask) ride in the same
-        forward as the conditional rows (batch 2B, conditional first, as the reference batches them)."""
+        forward as the conditional rows (batch 2B, conditional first, as the reference batches them). Unless
+        `sampling.sampler` is 'plain', each distinct prompt goes through T5 and the prefill once and its cache rows
+        are copied to the samples that use it (decoding runs on this family's own static buffers, uncompiled)."""
         gpt = unwrap_causal_lm(model)
-        features, mask = self.text_features(prompts)
-        batch = features.size(0)
+        batch = prompts.input_ids.size(0)
+        index = None  # row i of the decode batch reads prefill row index[i] (None: the prefill is the decode batch)
+        if sampling.sampler != "plain":
+            unique_ids, unique_mask, index = unique_rows(prompts.input_ids, prompts.attention_mask)  # (U, P), (B,)
+            prompts = PromptBatch(unique_ids, unique_mask)
+        features, mask = self.text_features(prompts)  # (U or B, P, Ccap), (U or B, P)
         with_uncond = sampling.uses_uncond_when_sampling
         if with_uncond:
-            features = torch.cat([features, gpt.unconditional_captions(batch).to(features.dtype)])
+            prefilled = features.size(0)
+            features = torch.cat([features, gpt.unconditional_captions(prefilled).to(features.dtype)])
             mask = torch.cat([mask, mask])
+            index = None if index is None else torch.cat([index, index + prefilled])  # (2B,)
         cache = gpt.new_cache(self.num_actions)
-        logits = gpt.prefill(features, mask, cache, self.grid_size)  # (R, V)
-        codes = torch.empty(batch, self.num_actions, dtype=torch.long, device=features.device)
-        logprobs = torch.empty(batch, self.num_actions, dtype=torch.float32, device=features.device)
+        logits = gpt.prefill(features, mask, cache, self.grid_size)  # (prefill rows, V)
+        if index is not None:
+            logits, mask = logits[index], mask[index]  # (R, ...)
+            cache.select_rows(index)
+        codes = torch.empty(batch, self.num_actions, dtype=torch.long, device=logits.device)
+        logprobs = torch.empty(batch, self.num_actions, dtype=torch.float32, device=logits.device)
         for step in range(self.num_actions):
             cond, uncond = (logits[:batch], logits[batch:]) if with_uncond else (logits, None)
             guided = guide(cond, uncond, sampling.cfg_scale)
@@ -141,24 +154,25 @@ class LlamaGenPolicy:
         batch = features.size(0)
         inputs = actions[:, :-1]
 
-        def forward(feature_rows, mask_rows, input_rows):
-            return model(input_ids=input_rows, caption_features=feature_rows, caption_mask=mask_rows, grid_size=self.grid_size)
+        def forward(feature_rows, mask_rows, input_rows):  # final hidden states (R, T, D); the head runs chunked
+            return model(input_ids=input_rows, caption_features=feature_rows, caption_mask=mask_rows,
+                         grid_size=self.grid_size, return_hidden_states=True)
 
+        head = gpt.get_output_embeddings()  # logits a chunk of positions at a time (`sampling.logprob_chunk_size`)
         if not sampling.uses_uncond_when_scoring:
-            logits = forward(features, mask, inputs)
-        elif sampling.cfg_mode == "guided_detached_uncond":
+            return chunked_scored_logprobs(head, forward(features, mask, inputs), actions, sampling)
+        if sampling.cfg_mode == "guided_detached_uncond":
             cond = forward(features, mask, inputs)
             with torch.no_grad():  # detached branch: no activations kept for backward
                 uncond = forward(gpt.unconditional_captions(batch).to(features.dtype), mask, inputs)
-            logits = guide(cond.float(), uncond.float(), sampling.cfg_scale)
-        else:  # guided: both branches in one forward, gradients through both
-            both = forward(
-                torch.cat([features, gpt.unconditional_captions(batch).to(features.dtype)]),
-                torch.cat([mask, mask]),
-                torch.cat([inputs, inputs]),
-            )
-            logits = guide(both[:batch].float(), both[batch:].float(), sampling.cfg_scale)
-        return scored_logprobs(logits, actions, sampling)
+            return chunked_scored_logprobs(head, cond, actions, sampling, uncond, detach_uncond=True)
+        # guided: both branches in one forward, gradients through both
+        both = forward(
+            torch.cat([features, gpt.unconditional_captions(batch).to(features.dtype)]),
+            torch.cat([mask, mask]),
+            torch.cat([inputs, inputs]),
+        )
+        return chunked_scored_logprobs(head, both[:batch], actions, sampling, both[batch:])
 
     @torch.no_grad()
     def decode(self, actions: torch.Tensor) -> torch.Tensor:
