@@ -18,8 +18,13 @@ from .recipes import UsageError, parse_recipe, prepare_training, recipe_parser
 from .yaml_files import YamlFileError, read_yaml_mapping
 
 
+def one_line(message: str) -> str:
+    """`message` on one line whatever it quotes: line breaks and other control characters are escaped."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(message))
+
+
 def fail(message: str) -> NoReturn:
-    print(f"rlhf-img: error: {message}", file=sys.stderr)
+    print(f"rlhf-img: error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -195,7 +200,8 @@ def cmd_quickstart(argv: Sequence[str]) -> int:
                        options.seed, overrides)
     except UsageError as error:
         fail(str(error))
-    print(f"rlhf-img: wrote {options.output_dir}/summary.json, reward_curve.png, samples_before.png, samples_after.png")
+    print(f"rlhf-img: wrote {options.output_dir}/summary.json, reward_curve.png, dashboard.png, eval_progress.png, "
+          "samples_before.png, samples_after.png")
     return 0
 
 
@@ -306,14 +312,18 @@ def cmd_serve_reward(argv: Sequence[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (printed on start)")
     parser.add_argument("--verbose", action="store_true", help="log one line per request to stderr")
+    parser.add_argument("--max_request_mb", type=float, default=1024.0,
+                        help="refuse /score bodies above this many MB with HTTP 413 (default 1024: ~240 images at 1024²)")
     options = parser.parse_args(argv)
     if not 0 <= options.port <= 65535:
         fail(f"--port must be in 0..65535, got {options.port}")
+    if not 0 < options.max_request_mb < float("inf"):
+        fail(f"--max_request_mb must be a positive number, got {options.max_request_mb}")
     from .rewards import RewardConfigError
     from .rewards.server import serve
 
     try:
-        serve(options.config, options.host, options.port, verbose=options.verbose)
+        serve(options.config, options.host, options.port, verbose=options.verbose, max_request_mb=options.max_request_mb)
     except RewardConfigError as error:
         fail(str(error))
     except OSError as error:  # the port is taken, or the host is not an address of this machine

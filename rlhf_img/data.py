@@ -9,6 +9,10 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+def _not_utf8(error: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); save it as UTF-8"
+
+
 def load_prompt_dataset(
     source: str,
     *,
@@ -23,11 +27,24 @@ def load_prompt_dataset(
         if not os.path.isfile(source):
             raise FileNotFoundError(f"prompt file not found: {source}")
     if extension == ".txt":
-        with open(source, encoding="utf-8") as f:
-            prompts = [line.strip() for line in f if line.strip()]
+        try:
+            with open(source, encoding="utf-8") as f:
+                prompts = [line.strip() for line in f if line.strip()]
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{source}: {_not_utf8(error)}") from None
+        except OSError as error:
+            raise ValueError(f"{source}: cannot read ({error.strerror or error})") from None
         dataset = Dataset.from_dict({"prompt": prompts})
     elif extension in TABLE_FORMATS:
-        dataset = load_dataset(TABLE_FORMATS[extension], data_files=source, split="train")
+        try:
+            dataset = load_dataset(TABLE_FORMATS[extension], data_files=source, split="train")
+        except Exception as error:  # noqa: BLE001 - datasets wraps the parser's error; one line naming the file
+            cause = error.__cause__ or error.__context__ or error
+            if isinstance(cause, UnicodeDecodeError) or isinstance(error, UnicodeDecodeError):
+                detail = _not_utf8(cause if isinstance(cause, UnicodeDecodeError) else error)
+            else:
+                detail = f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}"
+            raise ValueError(f"{source}: cannot read it as {TABLE_FORMATS[extension]} ({detail})") from None
     elif os.path.isdir(source) and (
         os.path.exists(os.path.join(source, "state.json")) or os.path.exists(os.path.join(source, "dataset_dict.json"))
     ):  # a `save_to_disk` folder
@@ -50,4 +67,13 @@ def load_prompt_dataset(
         raise ValueError(f"{source}: no prompts")
     if max_prompts is not None:
         dataset = dataset.select(range(min(max_prompts, len(dataset))))
+    prompt_type = getattr(dataset.features.get("prompt"), "dtype", None)
+    if prompt_type not in ("string", "large_string"):
+        raise ValueError(f"{source}: column {prompt_column!r} must hold text, got {dataset.features['prompt']}")
+    if extension in TABLE_FORMATS:
+        try:  # pyarrow reads JSON strings without checking UTF-8; decoding them here catches that before training
+            dataset[:]
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{source}: holds text that is not UTF-8 (byte 0x{error.object[error.start]:02x}); "
+                             "save it as UTF-8") from None
     return dataset

@@ -13,6 +13,8 @@ from typing import Any, NoReturn, Sequence
 
 from .checkpoints import CheckpointError, resolve_subpath
 from .config import ImageGRPOConfig, ImageModelConfig, PromptDataConfig
+from .recipe_paths import RecipePathError, resolve_recipe_paths
+from .resume import resolve_resume
 from .yaml_files import YamlFileError, read_yaml_mapping
 
 DESCRIPTION = "rlhf-img: post-train autoregressive text-to-image models with GRPO on TRL."
@@ -66,13 +68,21 @@ def check_recipe_types(parser, recipe: dict[str, Any], path: str, dataclass_type
     actions = {action.dest: action for action in parser._actions}
     for key, value in recipe.items():
         action = actions.get(key)
-        if action is None or value is None:
+        if action is None:
+            continue
+        if value is None:
+            if "None" not in types[key] and "Optional" not in types[key]:
+                raise UsageError(f"recipe key {key!r} in {path} needs a value ({types[key]}), got null")
             continue
         structured = key in STRUCTURED_KEYS or "dict" in types[key] or "list" in types[key] or action.nargs in ("+", "*")
         if isinstance(value, (list, dict)):
             if not structured:
                 raise UsageError(f"recipe key {key!r} in {path} must be a single value, got a {type(value).__name__}")
+            if isinstance(value, list) and "dict" in types[key] and "list" not in types[key] and action.nargs is None:
+                raise UsageError(f"recipe key {key!r} in {path} must be a mapping or a file path, got a list")
             continue
+        if "dict" in types[key] and not isinstance(value, str):  # a mapping, or a JSON file path: never a number
+            raise UsageError(f"recipe key {key!r} in {path} must be a mapping or a file path, got {value!r}")
         converter = action.type
         if converter in (int, float) and isinstance(value, bool):
             raise UsageError(f"recipe key {key!r} in {path} must be a {converter.__name__}, got {value!r}")
@@ -88,20 +98,52 @@ def check_recipe_types(parser, recipe: dict[str, Any], path: str, dataclass_type
                 raise UsageError(f"recipe key {key!r} in {path} must be one of {list(action.choices)}, got {value!r}")
 
 
+def _parse(parser, recipe: dict[str, Any], overrides: Sequence[str]):
+    """What `TrlParser.parse_args_and_config` does with a config file (set `env`, the recipe's values as defaults,
+    then the command line), from the already checked mapping: a number under a text key (`output_dir: 1`)
+    becomes text, as it would on the command line, instead of reaching the configs as an int."""
+    import os
+
+    env = recipe.get("env") or {}
+    if not isinstance(env, dict):
+        raise UsageError("recipe key 'env' must be a mapping of environment variable: value")
+    for name, value in env.items():
+        os.environ[str(name)] = str(value)
+    actions = {action.dest: action for action in parser._actions}
+    values = {}
+    for key, value in recipe.items():
+        if key == "env":
+            continue
+        action = actions.get(key)
+        if action is not None and action.type is str and isinstance(value, (int, float)) and action.nargs is None:
+            value = str(value)
+        values[key] = value
+    parser.set_defaults_with_config(**values)
+    return parser.parse_args_into_dataclasses(args=list(overrides))
+
+
 def parse_recipe(recipe_path: str, overrides: Sequence[str], dataclass_types=TRAIN_DATACLASSES, command="train"):
     """The dataclasses of `dataclass_types` from a recipe plus `--key value` overrides (UsageError on bad input)."""
     parser = recipe_parser(dataclass_types, command)
     recipe = load_recipe(recipe_path, dataclass_types)
     check_recipe_types(parser, recipe, recipe_path, dataclass_types)
     try:
-        return parser.parse_args_and_config(["--config", recipe_path, *overrides])
+        configs = _parse(parser, recipe, overrides)
     except UsageError:
         raise
     except ValueError as error:
-        message = str(error).splitlines()[0]
+        message = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
         if "not used by the HfArgumentParser" in message:
             message = f"unknown option(s) {message.split(':', 1)[1].strip()}"
         raise UsageError(message) from None
+    except Exception as error:  # noqa: BLE001 - the configs' own checks (transformers, TRL) on user values
+        message = " ".join(str(error).split()) or "no detail"
+        raise UsageError(f"invalid recipe/options ({type(error).__name__}: {message[:300]})") from None
+    try:  # inputs the recipe names relative to itself work from any folder (recipe_paths.py)
+        resolve_recipe_paths(configs, recipe, recipe_path, overrides)
+    except RecipePathError as error:
+        raise UsageError(str(error)) from None
+    return configs
 
 
 def prepare_training(recipe_path: str, overrides: Sequence[str]):
@@ -113,6 +155,10 @@ def prepare_training(recipe_path: str, overrides: Sequence[str]):
     from .rewards import RewardConfigError, build_rewards
 
     args, model_args, data_args = parse_recipe(recipe_path, overrides)
+    try:  # `true` -> the latest complete checkpoint-N in output_dir; a path must be a complete checkpoint
+        args.resume_from_checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if not model_args.model_name_or_path:
         raise UsageError("recipe key 'model_name_or_path' is required (a local checkpoint folder or a hub id)")
     if not data_args.dataset:
@@ -120,6 +166,10 @@ def prepare_training(recipe_path: str, overrides: Sequence[str]):
     if not args.reward_specs:
         raise UsageError("recipe key 'rewards' is required (a list of rewards, e.g. [{name: jpeg_compressibility}])")
     try:
+        if args.eval_every > 0:  # a bad in-loop eval prompt set fails here, not at the first eval
+            from .in_loop_eval import load_eval_prompts
+
+            load_eval_prompts(args.eval_prompts, args.eval_max_prompts)
         rewards = build_rewards(args.reward_specs)
         dataset = load_prompt_dataset(
             data_args.dataset,

@@ -28,13 +28,14 @@ def test_eval_command_passes_device_dtype_family_config_and_sampling(tiny_checkp
     monkeypatch.setattr(run, "evaluate_policy", capture)
     assert main(["eval", tiny_checkpoint, "--device", "meta", "--dtype", "bfloat16", "--family_config", "{grid: [2, 2]}",
                  "--cfg_mode", "guided", "--cfg_scale", "6", "--top_p", "0.9", "--seed", "7", "--images_per_prompt", "3",
-                 "--prompts", "shapes-train"]) == 0
+                 "--prompts", "shapes-train", "--sampler", "static"]) == 0
     policy = seen["policy"]
     assert next(policy.model.parameters()).device.type == "meta"
     assert next(policy.model.parameters()).dtype == torch.bfloat16
     assert next(policy.visual_tokenizer.parameters()).device.type == "meta"
     assert policy.config.grid == (2, 2)
     assert (seen["sampling"].cfg_mode, seen["sampling"].cfg_scale, seen["sampling"].top_p) == ("guided", 6.0, 0.9)
+    assert seen["sampling"].sampler == "static"
     assert (seen["seed"], seen["images_per_prompt"]) == (7, 3) and len(seen["rows"]) > 100
 
 

@@ -161,7 +161,8 @@ def post_raw(url: str, body: bytes) -> tuple[int, dict]:
 
 def test_health_lists_the_server_rewards_and_weights(reward_server):
     with urllib.request.urlopen(reward_server + "/health", timeout=10) as response:
-        assert json.loads(response.read()) == {"status": "ok", "rewards": ["brightness", "judge"], "weights": [1.0, 0.5]}
+        assert json.loads(response.read()) == {"status": "ok", "rewards": ["brightness", "judge"], "weights": [1.0, 0.5],
+                                          "max_request_bytes": 1024 * 2**20}
 
 
 def test_remote_reward_matches_the_reward_called_on_uint8_quantised_images(reward_server):

@@ -39,9 +39,11 @@ def load_for_eval(
 
 @torch.no_grad()
 def sample_chunks(policy: Policy, rows: Sequence[dict], images_per_prompt: int, sampling: Sampling, seed: int,
-                  batch_prompts: int = 16, progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (index of the chunk's first prompt, images `(n * images_per_prompt, 3, H, W)` on the CPU) per chunk."""
-    model = policy.model
+                  batch_prompts: int = 16, progress: bool = True,
+                  model: torch.nn.Module | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (index of the chunk's first prompt, images `(n * images_per_prompt, 3, H, W)` on the CPU) per chunk.
+    `model`: the module to sample with, default `policy.model` (the trainer passes its unwrapped model)."""
+    model = model if model is not None else policy.model
     device = next(model.parameters()).device
     for start in tqdm(range(0, len(rows), batch_prompts), desc="eval: sampling", disable=not progress,
                       dynamic_ncols=True):
@@ -52,10 +54,11 @@ def sample_chunks(policy: Policy, rows: Sequence[dict], images_per_prompt: int, 
 
 
 def generate_images(policy: Policy, rows: Sequence[dict], images_per_prompt: int, sampling: Sampling, seed: int,
-                    batch_prompts: int = 16, progress: bool = True) -> torch.Tensor:
+                    batch_prompts: int = 16, progress: bool = True,
+                    model: torch.nn.Module | None = None) -> torch.Tensor:
     """All images `(len(rows) * images_per_prompt, 3, H, W)` of `sample_chunks`, concatenated."""
     return torch.cat([images for _, images in sample_chunks(policy, rows, images_per_prompt, sampling, seed,
-                                                             batch_prompts, progress)])
+                                                             batch_prompts, progress, model)])
 
 
 def evaluate_policy(
@@ -70,6 +73,7 @@ def evaluate_policy(
     image_dir: str | None = None,
     keep_images: bool = False,
     progress: bool = True,
+    model: torch.nn.Module | None = None,
 ) -> tuple[dict[str, float], list[dict], torch.Tensor | None]:
     """(table, GenEval results records, images if `keep_images`) of `policy` on `rows` (GenEval metadata rows).
 
@@ -79,7 +83,8 @@ def evaluate_policy(
     scorer = scorer or build_scorer("shapes")
     sampling = sampling or Sampling()
     records, kept = [], []
-    for start, images in sample_chunks(policy, rows, images_per_prompt, sampling, seed, batch_prompts, progress):
+    for start, images in sample_chunks(policy, rows, images_per_prompt, sampling, seed, batch_prompts, progress,
+                                       model):
         chunk_rows = list(rows[start : start + batch_prompts])
         if image_dir is not None:
             names = save_image_folder(images, chunk_rows, image_dir, images_per_prompt, first_prompt_index=start)

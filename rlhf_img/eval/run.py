@@ -20,7 +20,7 @@ def run_evaluation(options: argparse.Namespace) -> tuple[dict[str, float], str, 
     if bool(checkpoint) == bool(options.images):
         raise ValueError("give a checkpoint to sample from, or --images DIR to score, not both")
     sampling = SamplingOptions(cfg_mode=options.cfg_mode, cfg_scale=options.cfg_scale, temperature=options.temperature,
-                               top_k=options.top_k, top_p=options.top_p).sampling
+                               top_k=options.top_k, top_p=options.top_p, sampler=options.sampler).sampling
     device = options.device or default_device()
     if checkpoint:
         if not options.prompts:

@@ -10,6 +10,7 @@ interpolation, centre crop, normalise with the model's mean/std.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -83,7 +84,15 @@ class OpenClip:
         for start in range(0, len(images), batch_size):
             pixels = preprocess(images[start : start + batch_size].to(self.device))
             chunks.append(F.normalize(self.model.encode_image(pixels.to(dtype)).float(), dim=-1))
-        return torch.cat(chunks)
+        features = torch.cat(chunks)
+        self._last = (weakref.ref(images), features)  # for `cached_image_features`; no image is kept alive
+        return features
+
+    def cached_image_features(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The embeddings the last `image_features` call computed, if it was given this very tensor (the
+        trainer's diversity monitor reuses a reward's embeddings instead of running CLIP again), else None."""
+        last = getattr(self, "_last", None)
+        return last[1] if last is not None and last[0]() is images else None
 
     @torch.no_grad()
     def text_features(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 The contract (TRL's, with images in place of completions): a reward is called as
 `reward(prompts=list[str], images=Tensor(B, 3, H, W) in [0, 1], **dataset_columns)` and returns B floats
-(None = no score for that sample). It may be `async`.
+(None, NaN or inf = no score for that sample). It may be `async`. A reward with a `timeout` that has not
+returned after that many seconds stops the run with a `RewardError` naming it instead of hanging it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import math
+import threading
 from typing import Any, Callable, Sequence
 
 import torch
@@ -25,16 +27,21 @@ class RewardError(RuntimeError):
 class RewardFunction:
     """A resolved reward with its display name and weight."""
 
-    def __init__(self, fn: Callable, name: str, weight: float = 1.0, normalize: bool = False) -> None:
+    def __init__(self, fn: Callable, name: str, weight: float = 1.0, normalize: bool = False,
+                 timeout: float | None = None) -> None:
         self.fn, self.name, self.weight, self.normalize = fn, name, float(weight), bool(normalize)
+        self.timeout = None if timeout is None else float(timeout)  # seconds per call; None: no limit
         self.__name__ = name  # TRL names reward columns after `__name__`
 
     @classmethod
     def from_spec(cls, spec: RewardSpec) -> "RewardFunction":
-        return cls(resolve_reward(spec), name=spec.display_name, weight=spec.weight, normalize=spec.normalize)
+        fn = resolve_reward(spec)
+        # a reward that bounds its own time (the `remote` client: per request, with retries) is not cut short
+        timeout = None if getattr(fn, "handles_timeout", False) else spec.timeout
+        return cls(fn, name=spec.display_name, weight=spec.weight, normalize=spec.normalize, timeout=timeout)
 
     def check(self, values: Any, batch: int) -> list[float]:
-        """Contract check; None becomes NaN (TRL's convention for 'no score')."""
+        """Contract check; None, NaN and +-inf become NaN (TRL's convention for 'no score')."""
         if isinstance(values, torch.Tensor):
             values = values.detach().float().cpu().flatten().tolist()
         try:
@@ -49,9 +56,10 @@ class RewardFunction:
                 out.append(math.nan)
                 continue
             try:
-                out.append(float(value))
+                value = float(value)
             except (TypeError, ValueError):
                 raise RewardError(f"reward {self.name!r} returned a non-number: {value!r}") from None
+            out.append(value if math.isfinite(value) else math.nan)  # inf would turn every advantage into NaN
         return out
 
     def __call__(self, prompts: list[str], images: torch.Tensor, **columns: Any) -> Any:
@@ -74,10 +82,59 @@ def build_rewards(specs: Sequence[RewardSpec | str | dict | Callable]) -> list[R
     return rewards
 
 
-def _run_coroutines(coroutines: list) -> list:
-    async def gather() -> list:
-        return await asyncio.gather(*coroutines, return_exceptions=True)
+def _timeout_error(names: Sequence[str], seconds: float) -> RewardError:
+    which = ", ".join(repr(name) for name in names)
+    return RewardError(f"reward {which} did not return within its timeout of {seconds:g}s (hung, or slower than "
+                       "that: raise `timeout` in its rewards entry if it is just slow); stopping the run")
 
+
+def _call_with_timeout(call: Callable[[], Any], seconds: float, names: Sequence[str], grace: float = 0.0) -> Any:
+    """`call()` in a daemon thread, waited for `seconds`: a hung reward raises RewardError here. The thread
+    cannot be killed; being a daemon, it does not keep the process alive once the run stops. It gets the
+    caller's grad mode and CUDA device (both are per thread in torch). `grace`: extra seconds waited, not reported."""
+    grad_enabled = torch.is_grad_enabled()
+    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            if device is not None:
+                torch.cuda.set_device(device)
+            with torch.set_grad_enabled(grad_enabled):
+                outcome["value"] = call()
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name=f"reward {', '.join(names)}", daemon=True)
+    thread.start()
+    thread.join(seconds + grace)
+    if thread.is_alive():
+        raise _timeout_error(names, seconds)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _run_coroutines(coroutines: list, timeouts: Sequence[float | None] = (), names: Sequence[str] = ()) -> list:
+    """Awaits the coroutines together; each with a timeout gives a RewardError naming it when it runs over. When
+    all have one, the event loop itself is also bounded (a coroutine that blocks the loop cannot hang the run)."""
+    timeouts = list(timeouts) or [None] * len(coroutines)
+    names = list(names) or [""] * len(coroutines)
+
+    async def bounded(coroutine, seconds: float | None, name: str):
+        if seconds is None:
+            return await coroutine
+        try:
+            return await asyncio.wait_for(coroutine, seconds)
+        except asyncio.TimeoutError:
+            raise _timeout_error([name], seconds) from None
+
+    async def gather() -> list:
+        return await asyncio.gather(*(bounded(c, t, n) for c, t, n in zip(coroutines, timeouts, names)),
+                                    return_exceptions=True)
+
+    if coroutines and all(seconds is not None for seconds in timeouts):  # the loop runs in a watched thread
+        return _call_with_timeout(lambda: asyncio.run(gather()), max(timeouts), names, grace=1.0)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -95,7 +152,10 @@ def score_rewards(
     pending: list[tuple[int, Any]] = []
     for index, reward in enumerate(rewards):
         try:
-            output = reward(prompts, images, **columns)
+            if reward.timeout is None:
+                output = reward(prompts, images, **columns)
+            else:
+                output = _call_with_timeout(lambda: reward(prompts, images, **columns), reward.timeout, [reward.name])
         except RewardError:
             raise
         except Exception as error:  # noqa: BLE001 - re-raised with the reward's name
@@ -105,8 +165,11 @@ def score_rewards(
         else:
             results[index] = reward.check(output, batch)
     if pending:
-        outputs = _run_coroutines([output for _, output in pending])
+        outputs = _run_coroutines([output for _, output in pending], [rewards[i].timeout for i, _ in pending],
+                                  [rewards[i].name for i, _ in pending])
         for (index, _), output in zip(pending, outputs):
+            if isinstance(output, RewardError):
+                raise output
             if isinstance(output, BaseException):
                 name = rewards[index].name
                 raise RewardError(f"reward {name!r} raised {type(output).__name__}: {output}") from output

@@ -5,6 +5,7 @@ User code is imported only from the file or module the user named.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -30,6 +31,7 @@ class RewardSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     label: str | None = None  # display/logging name; lets one reward appear twice with different kwargs
     normalize: bool = False  # z-score this reward over the batch before weighting (no reward dominates by scale)
+    timeout: float | None = None  # seconds a call may take before the run stops naming it (None: no limit)
 
     @property
     def display_name(self) -> str:
@@ -37,12 +39,13 @@ class RewardSpec:
 
     @classmethod
     def parse(cls, entry: Any) -> "RewardSpec":
-        """Accepts `"name"`, `{"name": ..., "weight": ..., "kwargs": {...}, "label": ..., "normalize": bool}`."""
+        """Accepts `"name"`, `{"name": ..., "weight": ..., "kwargs": {...}, "label": ..., "normalize": bool,
+        "timeout": seconds}`."""
         if isinstance(entry, str):
             return cls(name=entry)
         if not isinstance(entry, dict) or "name" not in entry:
             raise RewardConfigError(f"rewards: each entry needs a 'name' (got {entry!r})")
-        unknown = set(entry) - {"name", "weight", "kwargs", "label", "normalize"}
+        unknown = set(entry) - {"name", "weight", "kwargs", "label", "normalize", "timeout"}
         if unknown:
             raise RewardConfigError(f"rewards: unknown key(s) {sorted(unknown)} in entry {entry['name']!r}")
         kwargs = entry.get("kwargs") or {}
@@ -55,8 +58,14 @@ class RewardSpec:
         label, normalize = entry.get("label"), entry.get("normalize", False)
         if not isinstance(normalize, bool):
             raise RewardConfigError(f"rewards: 'normalize' of {entry['name']!r} must be true or false")
+        timeout = entry.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout < float("inf")):
+            raise RewardConfigError(f"rewards: 'timeout' of {entry['name']!r} must be a positive number of seconds, "
+                                    f"got {timeout!r}")
         return cls(name=str(entry["name"]), weight=weight, kwargs=dict(kwargs),
-                   label=None if label is None else str(label), normalize=normalize)
+                   label=None if label is None else str(label), normalize=normalize,
+                   timeout=None if timeout is None else float(timeout))
 
 
 def _import_from_file(path: str, attribute: str, spec_name: str) -> Any:
@@ -66,7 +75,16 @@ def _import_from_file(path: str, attribute: str, spec_name: str) -> Any:
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # lets pickling / dataclasses in the user file resolve their module
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as error:  # includes a file that is not UTF-8 text
+        del sys.modules[module_name]
+        where = f" line {error.lineno}" if error.lineno else ""
+        raise RewardConfigError(f"reward {spec_name!r}: {path}{where}: {error.msg}") from None
+    except Exception as error:  # noqa: BLE001 - the user's module failed at import: one line naming the file
+        del sys.modules[module_name]
+        message = (str(error).splitlines() or [""])[0]
+        raise RewardConfigError(f"reward {spec_name!r}: importing {path} raised {type(error).__name__}: {message}") from None
     if not hasattr(module, attribute):
         raise RewardConfigError(f"reward {spec_name!r}: {path} defines no {attribute!r}")
     return getattr(module, attribute)
@@ -85,6 +103,11 @@ def _import_from_module(module_name: str, attribute: str, spec_name: str) -> Any
 def resolve_reward(spec: RewardSpec) -> Callable:
     """The callable for `spec`: classes are instantiated with `kwargs`, functions get them bound."""
     name = spec.name
+    if name == "remote" and spec.timeout is not None:  # one `timeout` key for every reward: the client's own
+        if spec.kwargs.get("timeout", spec.timeout) != spec.timeout:
+            raise RewardConfigError(f"reward {spec.display_name!r}: 'timeout' is set twice ({spec.timeout:g} on the "
+                                    f"entry, {spec.kwargs['timeout']!r} in kwargs); keep the entry's")
+        spec = dataclasses.replace(spec, kwargs={**spec.kwargs, "timeout": spec.timeout})
     if ":" in name:
         location, attribute = name.rsplit(":", 1)
         if location.endswith(".py") or os.sep in location:

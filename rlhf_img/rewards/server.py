@@ -4,13 +4,14 @@ Heavy detectors and VLM judges can then run in their own process, on their own G
 dependencies, while the trainer sees one more reward. Standard library HTTP only, on loopback by default.
 
 Wire format (JSON both ways):
-    GET  /health -> {"status": "ok", "rewards": [names], "weights": [floats]}
+    GET  /health -> {"status": "ok", "rewards": [names], "weights": [floats], "max_request_bytes": int}
     POST /score  <- {"prompts": [B str],
                      "images": {"dtype": "uint8", "shape": [B, 3, H, W], "data": base64 of the raw bytes},
                      "columns": {name: JSON-able dataset column}}
                  -> {"scores": [B floats, the weighted sum, null where any reward gave no score],
                      "per_reward": {name: [B floats or null]}}
-Errors: {"error": "one line"} with 400 (malformed request) or 500 (a reward raised).
+Errors: {"error": "one line"} with 400 (malformed request), 413 (a body above the server's
+`--max_request_mb`) or 500 (a reward raised).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import binascii
 import http.client
 import json
 import math
+import os
 import signal
 import socket
 import socketserver
@@ -34,12 +36,16 @@ import numpy as np
 import torch
 
 from ..images import to_uint8
+from ..recipe_paths import RecipePathError, resolve_reward_spec
 from ..yaml_files import YamlFileError, read_yaml_mapping
 from .compose import RewardError, RewardFunction, score_rewards
 from .loading import RewardConfigError, RewardSpec
 from .registry import register_reward
 
 LISTENING_PREFIX = "rlhf-img reward server listening on "
+# A /score body is ~4/3 x B x 3 x H x W bytes (base64 of uint8): 1 GiB holds ~240 images at 1024², far above one
+# device's rollout batch, and refuses a bogus or runaway Content-Length before anything is allocated for it.
+DEFAULT_MAX_REQUEST_MB = 1024.0
 
 
 # ------------------------------------------------------------------------------------------ wire format
@@ -109,8 +115,12 @@ def load_server_rewards(config_path: str) -> list[RewardFunction]:
     if not isinstance(entries, list) or not entries:
         raise RewardConfigError(f"{config_path}: 'rewards' must be a non-empty list, e.g. [{{name: jpeg_compressibility}}]")
     rewards = []
+    config_dir = os.path.dirname(os.path.abspath(config_path))
     for entry in entries:
-        spec = RewardSpec.parse(entry)
+        try:  # `file.py:function` from the current folder, else from the config's folder (as in recipes)
+            spec = resolve_reward_spec(RewardSpec.parse(entry), config_dir, config_path)
+        except RecipePathError as error:
+            raise RewardConfigError(str(error)) from None
         if spec.normalize:  # the z-score is over the trainer's whole batch, which the server never sees
             raise RewardConfigError(f"{config_path}: 'normalize' of {spec.display_name!r} is applied by the trainer; "
                                     "set `normalize: true` on the recipe's `remote` entry instead")
@@ -130,9 +140,11 @@ class RewardHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True  # a stuck client never blocks shutdown
 
-    def __init__(self, address: tuple[str, int], rewards: list[RewardFunction], verbose: bool = False) -> None:
+    def __init__(self, address: tuple[str, int], rewards: list[RewardFunction], verbose: bool = False,
+                 max_request_bytes: int = int(DEFAULT_MAX_REQUEST_MB * 2**20)) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.rewards, self.verbose = rewards, verbose
+        self.max_request_bytes = int(max_request_bytes)
         self.weights = torch.tensor([reward.weight for reward in rewards], dtype=torch.float64)
         self.score_lock = threading.Lock()
         super().__init__(address, RewardRequestHandler)
@@ -179,7 +191,8 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": f"no endpoint GET {self.path}; try GET /health or POST /score"})
             return
         rewards = self.server.rewards
-        self._send_json(200, {"status": "ok", "rewards": [r.name for r in rewards], "weights": [r.weight for r in rewards]})
+        self._send_json(200, {"status": "ok", "rewards": [r.name for r in rewards], "weights": [r.weight for r in rewards],
+                              "max_request_bytes": self.server.max_request_bytes})
 
     def do_POST(self) -> None:  # noqa: N802
         if self.path.rstrip("/") != "/score":
@@ -188,6 +201,10 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length", "")
         if not length.isdigit():
             self._send_json(400, {"error": "malformed request: send a JSON body with a Content-Length header"})
+            return
+        limit = self.server.max_request_bytes
+        if int(length) > limit:
+            self._refuse_too_large(int(length), limit)
             return
         try:
             request = json.loads(self.rfile.read(int(length)))
@@ -207,6 +224,19 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             return
         self._send_json(200, response)
 
+    def _refuse_too_large(self, length: int, limit: int) -> None:
+        """413 with one line. The body is read and dropped in small chunks first (never held): a client still
+        sending would otherwise see a reset connection instead of the answer."""
+        message = (f"request body of {_size(length)} is above this server's limit of {_size(limit)}: "
+                   "send fewer images per request (smaller per_device_train_batch_size) or start the server with a "
+                   "larger --max_request_mb")
+        self.log_error("%s", message)
+        remaining = length
+        while remaining > 0 and (chunk := self.rfile.read(min(remaining, 1 << 20))):
+            remaining -= len(chunk)
+        self.close_connection = True
+        self._send_json(413, {"error": message})
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         if self.server.verbose:
             super().log_message(format, *args)
@@ -219,14 +249,15 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def serve(config_path: str, host: str = "127.0.0.1", port: int = 0, verbose: bool = False) -> None:
+def serve(config_path: str, host: str = "127.0.0.1", port: int = 0, verbose: bool = False,
+          max_request_mb: float = DEFAULT_MAX_REQUEST_MB) -> None:
     """Build the config's rewards, then serve them on `host:port` until Ctrl-C or SIGTERM (both stop it cleanly).
 
     Rewards are built before binding, so a bad config raises RewardConfigError and nothing is served. Prints one
     line, `rlhf-img reward server listening on http://HOST:PORT`, so a caller passing port 0 learns the port.
     """
     rewards = load_server_rewards(config_path)
-    server = RewardHTTPServer((host, port), rewards, verbose=verbose)
+    server = RewardHTTPServer((host, port), rewards, verbose=verbose, max_request_bytes=int(max_request_mb * 2**20))
     bound_host, bound_port = server.server_address[:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
@@ -256,8 +287,11 @@ class RemoteReward:
         timeout: seconds each request may take (connecting, waiting, reading the answer).
         retries: extra attempts after connection errors, timeouts and 5xx answers (0.5 s, 1 s, ... apart).
         health_check: GET /health once now, so a missing server fails before training starts.
-    Returns the server's weighted sum per image (None where any of its rewards gave no score).
+    Returns the server's weighted sum per image (None where any of its rewards gave no score). The rewards
+    entry's own `timeout` key sets `timeout` here (see `resolve_reward`).
     """
+
+    handles_timeout = True  # bounds each request itself: the trainer's per-call watchdog would cut retries short
 
     def __init__(self, url: str, timeout: float = 60.0, retries: int = 2, health_check: bool = True) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
@@ -268,6 +302,7 @@ class RemoteReward:
             raise RewardConfigError(f"remote reward: 'retries' must be an int >= 0, got {retries!r}")
         self.url, self.timeout, self.retries = url.rstrip("/"), float(timeout), retries
         self.server_rewards: list[str] | None = None  # what the server scores with, from /health
+        self.max_request_bytes: int | None = None  # the server's body limit, from /health
         if health_check:
             self.check_health()
 
@@ -282,6 +317,8 @@ class RemoteReward:
             raise RewardConfigError(f"remote reward: {self.url}/health did not answer like a reward server "
                                     f"(HTTP {status}: {_one_line(body)})")
         self.server_rewards = body.get("rewards")
+        limit = body.get("max_request_bytes")
+        self.max_request_bytes = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
         return body
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
@@ -316,6 +353,10 @@ class RemoteReward:
             "columns": {name: to_json_column(value, name) for name, value in columns.items()},
         }
         body = json.dumps(payload).encode()
+        if self.max_request_bytes is not None and len(body) > self.max_request_bytes:  # known from /health
+            raise RuntimeError(f"remote reward: the batch of {len(prompts)} images is {_size(len(body))}, above "
+                               f"the limit of {self.url} ({_size(self.max_request_bytes)}): use a smaller "
+                               "per_device_train_batch_size or start the server with a larger --max_request_mb")
         attempts = self.retries + 1
         last_error = ""
         for attempt in range(1, attempts + 1):
@@ -337,6 +378,10 @@ class RemoteReward:
 
     def __repr__(self) -> str:
         return f"RemoteReward({self.url!r}, timeout={self.timeout:g}, retries={self.retries})"
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MB" if count >= 2**20 else f"{count} bytes"
 
 
 def _one_line(answer: Any) -> str:
