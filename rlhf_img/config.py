@@ -6,6 +6,7 @@ image generation), `ImageModelConfig` (TRL's `ModelConfig` plus the family) and 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 import trl
 import yaml
 
-from .policy import CFG_MODES, Sampling
+from .policy import CFG_MODES, SAMPLERS, Sampling
 from .rewards.loading import RewardConfigError, RewardSpec
 
 
@@ -51,6 +52,17 @@ class SamplingOptions:
     top_p: float = field(
         default=1.0, metadata={"help": "Nucleus sampling over image codes (1.0: off). Log-probs use the same truncation."}
     )
+    sampler: str = field(
+        default="auto",
+        metadata={
+            "help": "KV-cached sampling loop of next-token families: 'plain' (reference: one prefill per row), "
+            "'shared' (each distinct prompt prefilled once, its KV cache shared by its group), 'static' (shared + "
+            "a preallocated static KV cache), 'compiled' (static + torch.compile'd decode step, CUDA graphs on GPU; "
+            "eager with one warning if compile fails), 'auto' ('compiled' on CUDA, 'shared' elsewhere). Same "
+            "distribution and, for a seed, the same tokens up to float rounding. See README, 'Fast sampling'.",
+            "choices": list(SAMPLERS),
+        },
+    )
 
     @property
     def sampling(self) -> Sampling:
@@ -60,6 +72,7 @@ class SamplingOptions:
             temperature=self.temperature,
             top_k=self.top_k or 0,
             top_p=self.top_p,
+            sampler=self.sampler,
         )
 
 
@@ -86,6 +99,54 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
         metadata={"help": "Write every rollout as PNG plus a JSONL line (prompt, rewards, advantage) under "
                   "output_dir/rollouts/step_XXXXXX/."},
     )
+    # in-loop evaluation on fixed prompts and seeds (rlhf_img/in_loop_eval.py)
+    eval_every: int = field(
+        default=0,
+        metadata={"help": "Evaluate on `eval_prompts` with fixed seeds before the first step and every N optimizer "
+                  "steps: each reward's mean (eval/rewards/<name>/mean), GenEval's per-tag table when the prompts "
+                  "carry GenEval metadata (eval/geneval/<tag>), and a grid of the same prompts and seeds each time "
+                  "(eval/grid, also saved to output_dir/eval/). 0: off."},
+    )
+    eval_prompts: str | None = field(
+        default=None,
+        metadata={"help": "In-loop eval prompts: 'shapes-held-out' / 'shapes-train', a GenEval metadata .jsonl, or a "
+                  "prompt file (.txt one a line, .jsonl/.csv/.parquet with a prompt column)."},
+    )
+    eval_max_prompts: int | None = field(
+        default=None,
+        metadata={"help": "Use N prompts of `eval_prompts`: with GenEval tags one of each tag in turn (so every tag "
+                  "is in the table), otherwise evenly spaced through the file; default: all."},
+    )
+    eval_images_per_prompt: int = field(
+        default=4, metadata={"help": "In-loop eval images per prompt (sampled `per_device_eval_batch_size` images "
+                             "at a time; the images depend on that chunking, not on the number of processes)."})
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the in-loop eval's own random generator (the "
+                                                        "training's random state is not touched)."})
+    logprob_chunk_size: int = field(
+        default=Sampling.logprob_chunk_size,
+        metadata={"help": "Score this many image tokens at a time in the log-prob pass (per-chunk activation "
+                  "checkpointing), so its memory grows with the chunk, not with the grid; 0: all at once."},
+    )
+    # guards against silent failures (README, "When things go wrong"); 0 turns a guard off
+    no_score_patience: int = field(
+        default=1,
+        metadata={"help": "Stop the run when no reward scored any image (NaN/None/inf for all) in this many "
+                  "consecutive rollout batches: every advantage is 0 (0: never stop, warn once)."},
+    )
+    zero_spread_patience: int = field(
+        default=5,
+        metadata={"help": "Warn once when every group had zero reward spread (frac_reward_zero_std = 1, all "
+                  "advantages 0) in this many consecutive rollout batches (0: never)."},
+    )
+    constant_reward_patience: int = field(
+        default=5,
+        metadata={"help": "Warn once when a reward gave the same value (or no score) to every image of this many "
+                  "consecutive rollout batches (0: never)."},
+    )
+    zero_grad_norm_patience: int = field(
+        default=3,
+        metadata={"help": "Warn once when grad_norm was exactly 0 at this many consecutive logged steps (0: never)."},
+    )
     # TRL defaults changed for image generation:
     disable_dropout: bool = field(
         default=True,
@@ -110,6 +171,15 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
         super().__post_init__()
         if self.cfg_mode not in CFG_MODES:
             raise ValueError(f"cfg_mode must be one of {list(CFG_MODES)}, got {self.cfg_mode!r}")
+        for key in ("no_score_patience", "zero_spread_patience", "constant_reward_patience", "zero_grad_norm_patience"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0 (0: off), got {getattr(self, key)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0: off), got {self.eval_every}")
+        if self.eval_every > 0 and not self.eval_prompts:
+            raise ValueError("eval_every > 0 needs eval_prompts (e.g. 'shapes-held-out' or a prompt file)")
+        if self.eval_images_per_prompt < 1 or (self.eval_max_prompts is not None and self.eval_max_prompts < 1):
+            raise ValueError("eval_images_per_prompt and eval_max_prompts must be >= 1")
         self.rewards = parse_structured(self.rewards, "rewards")
         if self.rewards is not None:
             if isinstance(self.rewards, (str, dict)):
@@ -123,7 +193,12 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
                 raise RewardConfigError(f"rewards: {repeated} appear more than once; give each a distinct `label`")
         else:
             self.reward_specs = []
-        self.sampling  # validates temperature / top_p
+        self.sampling  # validates temperature / top_p / logprob_chunk_size
+
+    @property
+    def sampling(self) -> Sampling:
+        """The recipe's sampling options plus the training-only chunk size of the log-prob pass."""
+        return dataclasses.replace(super().sampling, logprob_chunk_size=self.logprob_chunk_size)
 
 
 @dataclass

@@ -24,9 +24,15 @@ from trl.trainer.utils import nanstd, use_adapter
 from .advantages import group_advantages, reward_metrics
 from .config import ImageGRPOConfig
 from .dashboards import log_image
+from .fsdp import unsharded_root
+from .guards import TrainingGuards, unscored_counts
 from .images import captioned_grid
+from .in_loop_eval import InLoopEvaluation
+from .monitors import find_clip, rollout_monitors
 from .policy import Policy, PromptBatch
+from .resume import resolve_resume, save_marked_checkpoint
 from .rewards.compose import RewardFunction, build_rewards, score_rewards
+from .sampling.generators import SampleGenerators
 from .rollout_records import save_rollouts
 
 logger = logging.getLogger(__name__)
@@ -66,7 +72,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         self.sampling = args.sampling
         self._last_policy_logps: torch.Tensor | None = None
         self._last_logged_image_step = -1
-        self._warned_no_score = False
+        self._eval_generations = 0  # numbers eval rollout batches for their random streams
         super().__init__(
             model=policy.model,
             reward_funcs=list(rewards),
@@ -80,6 +86,13 @@ class ImageGRPOTrainer(GRPOTrainer):
         )
         self.policy.model = self.model
         self.policy.to(self.accelerator.device)
+        if args.eval_every > 0:  # fixed prompts and seeds every eval_every steps (in_loop_eval.py)
+            self.add_callback(InLoopEvaluation(self))
+        self.guards = TrainingGuards(  # silent-failure guards (guards.py); a callback so resume restores them
+            [r.name for r in rewards], args.no_score_patience, args.zero_spread_patience,
+            args.constant_reward_patience, args.zero_grad_norm_patience, self.accelerator.is_main_process,
+        )
+        self.add_callback(self.guards)
 
     # ----------------------------------------------------------------------------------------- rollouts
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -97,9 +110,11 @@ class ImageGRPOTrainer(GRPOTrainer):
             unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
             ) as unwrapped_model,
+            unsharded_root(unwrapped_model),  # FSDP2: the samplers bypass the root's forward (rlhf_img/fsdp.py)
             self.accelerator.autocast(),
         ):
-            rollout = self.policy.sample(unwrapped_model, batch, self.sampling)
+            generators = self._rollout_generators(mode, len(prompts), device)  # per-image streams: see method
+            rollout = self.policy.sample(unwrapped_model, batch, self.sampling, generators)
         sampled = time.perf_counter()
         images = self.policy.decode(rollout.actions)  # each rank decodes and scores its own rollouts
         decoded = time.perf_counter()
@@ -143,8 +158,12 @@ class ImageGRPOTrainer(GRPOTrainer):
             self.multi_objective_aggregation,
             self.reward_normalize.to(device),
         )
-        if bool(torch.isnan(rewards_per_func).all()):
-            self._warn_no_score(rewards_per_func.size(0))
+        if mode == "train":  # raises NoScoreError (a RewardError) when no reward scored any image
+            guard_metrics = self.guards.check_rollouts(rewards_per_func, result.is_std_zero, self.state.global_step)
+        else:
+            guard_metrics = unscored_counts(rewards_per_func, [r.name for r in self.image_rewards])
+        for key, value in guard_metrics.items():
+            self._metrics[mode][key].append(value)
         process_slice = slice(
             self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)
         )
@@ -159,6 +178,9 @@ class ImageGRPOTrainer(GRPOTrainer):
         for name, seconds in (("sample", sampled - start), ("decode", decoded - sampled), ("reward", scored - decoded)):
             metrics[f"timing/{name}_seconds"].append(seconds)
         metrics["rollout/images_per_second"].append(len(prompts) / max(sampled - start, 1e-9))
+        monitors = rollout_monitors(images, num_generations, self.accelerator.gather, find_clip(self.image_rewards))
+        for key, value in monitors.items():  # within-group diversity (README, "When things go wrong")
+            metrics[key].append(value)
 
         local_rewards = {r.name: rewards_local[:, i].tolist() for i, r in enumerate(self.image_rewards)}
         local_totals = result.rewards[process_slice].tolist()
@@ -179,18 +201,24 @@ class ImageGRPOTrainer(GRPOTrainer):
             output["ref_per_token_logps"] = ref_per_token_logps
         return output
 
-    def _warn_no_score(self, count: int) -> None:
-        """Once per run: a batch where no reward scored any image teaches nothing (every advantage is 0)."""
-        if self._warned_no_score:
-            return
-        self._warned_no_score = True
-        if self.accelerator.is_main_process:
-            names = ", ".join(repr(r.name) for r in self.image_rewards)
-            logger.warning(
-                "step %d: no image was scored by any reward (%s returned NaN/None for all %d images): every advantage "
-                "is 0, so nothing is learned from these images; check the rewards",
-                self.state.global_step, names, count,
-            )
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        logs.update(self.guards.check_log(logs, self.state.global_step))  # grad_norm == 0 streak (guards.py)
+        super().log(logs, start_time)
+
+    def _rollout_generators(self, mode: str, count: int, device: torch.device) -> SampleGenerators:
+        """One random stream per image, seeded from (seed, mode, generation, global sample index).
+
+        The global index of local row i is `process_index * count + i` (TRL's `RepeatSampler` batches sharded
+        by accelerate, the order `gather` uses), and a training generation is numbered by its micro-step
+        `global_step * gradient_accumulation_steps + _step % gradient_accumulation_steps`, which a resumed run
+        recomputes: so 1 process x batch 2B and 2 processes x batch B sample the same images."""
+        if mode == "train":
+            accumulation = self.args.gradient_accumulation_steps
+            generation = self.state.global_step * accumulation + self._step % accumulation
+        else:
+            generation, self._eval_generations = self._eval_generations, self._eval_generations + 1
+        first = self.accelerator.process_index * count
+        return SampleGenerators.for_samples(self.args.seed, mode, generation, range(first, first + count), device)
 
     def _no_checkpointing(self):
         """Gradient checkpointing off for no-grad passes (TRL's helper), a no-op when it is not on."""
@@ -275,3 +303,12 @@ class ImageGRPOTrainer(GRPOTrainer):
         super()._save(output_dir, state_dict)
         if self.args.should_save:
             self.policy.save_pretrained(output_dir or self.args.output_dir)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """TRL's checkpoint save, then a completion marker: resuming never picks a half-written folder."""
+        save_marked_checkpoint(self, super()._save_checkpoint, model, trial)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`resume_from_checkpoint`: a checkpoint folder, or True / 'true' for the latest complete one."""
+        return super().train(resume_from_checkpoint=resolve_resume(resume_from_checkpoint, self.args.output_dir),
+                             **kwargs)

@@ -35,14 +35,34 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _resume_hint(output_dir: str) -> str:
+    """Where a stopped run can go on from: the latest complete checkpoint (a reward fault stops the run between
+    saves, so the checkpoints already written are untouched)."""
+    from .resume import latest_complete
+
+    latest = latest_complete(output_dir)
+    if latest is None:
+        return "no checkpoint was saved (save_strategy: steps and save_steps: N keep one to resume from)"
+    return f"the last checkpoint, {latest}, is intact: fix the reward and resume with --resume_from_checkpoint {latest}"
+
+
+def _rank_tag(trainer) -> str:
+    """'' on the main process, ' on rank r' on the others. Errors print on every rank that hit them (a reward can
+    fail on one rank's images only, and the launcher then stops the other ranks before they report); the summary
+    prints on the main process only."""
+    accelerator = trainer.accelerator
+    return "" if accelerator.is_main_process else f" on rank {accelerator.process_index}"
+
+
 def train(args, model_args, rewards, dataset, policy, peft_config) -> int:
     """Train, save the model and `trainer_state.json` to `args.output_dir`; 1 if a reward broke mid-run."""
     trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
     start = time.time()
     try:
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    except RewardError as error:  # a user's reward broke mid-run: name it, skip the traceback
-        print(f"rlhf-img: error: {error}", file=sys.stderr)
+    except RewardError as error:  # a user's reward broke, hung or scored nothing: name it, skip the traceback
+        print(f"rlhf-img: error{_rank_tag(trainer)}: {' '.join(str(error).split())}; {_resume_hint(args.output_dir)}",
+              file=sys.stderr)
         return 1
     trainer.save_model(args.output_dir)
     trainer.save_state()  # trainer_state.json: the full log history next to the model

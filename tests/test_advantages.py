@@ -127,7 +127,8 @@ def test_advantages_and_logged_rewards_match_trl(tmp_path, tiny_checkpoint, aggr
         # the trainer's rollout step, on the same prescribed rewards: dashboard metrics and rollout records
         rewards = [RewardFunction(f, f.__name__, weight=w) for f, w in zip(_reward_functions(table, "ours"), WEIGHTS)]
         args = grpo_args(tmp_path / case, per_device_train_batch_size=len(table), num_generations=G,
-                         multi_objective_aggregation=aggregation, scale_rewards=scale, save_rollouts=True)
+                         multi_objective_aggregation=aggregation, scale_rewards=scale, save_rollouts=True,
+                         no_score_patience=0)  # the 'unscored' case is all-NaN on purpose: warn, don't stop
         dataset = Dataset.from_dict({"prompt": ["p"] * G, "row": list(range(G))})
         trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards)
         trainer.model.train()

@@ -206,7 +206,10 @@ def test_infinity_recipes_parse():
     from rlhf_img.recipes import parse_recipe
 
     for name in ("infinity-2b-grpo-clip.yaml", "infinity-2b-grpo-clip-full.yaml", "infinity-2b-grpo-geneval.yaml"):
-        args, model_args, _ = parse_recipe(os.path.join(REPO, "recipes", name), ["--bf16", "false", "--use_cpu", "true"])
+        overrides = ["--bf16", "false", "--use_cpu", "true"]
+        if "geneval" in name:  # its `dataset` is a placeholder the user replaces on the command line
+            overrides += ["--dataset", "my-geneval-prompts.jsonl"]
+        args, model_args, _ = parse_recipe(os.path.join(REPO, "recipes", name), overrides)
         assert model_args.model_family == "infinity" and args.reward_specs and args.cfg_mode == "guided"
 
 
