@@ -66,6 +66,8 @@ def setup(tmp_path_factory):
         cfg_mode="none", temperature=1.0, use_cpu=True, seed=0, logging_steps=1,
         report_to="none", save_strategy="steps", save_steps=1, save_rollouts=True, disable_tqdm=True,
         activation_checkpointing=False,
+        # in-loop eval: every process samples in lockstep, the main one scores; the same numbers on any count
+        eval_every=1, eval_prompts=str(root / "prompts.txt"), eval_max_prompts=2, eval_images_per_prompt=2,
     )
     output = _run([sys.executable, "-m", "rlhf_img", *_train(recipe, root / "one", GLOBAL_BATCH)], root)
     return {"root": root, "recipe": recipe, "brightness": brightness, "reference": root / "one", "output": output}
@@ -74,6 +76,11 @@ def setup(tmp_path_factory):
 def _history(output_dir) -> list[dict]:
     with open(os.path.join(output_dir, "trainer_state.json")) as f:
         return [entry for entry in json.load(f)["log_history"] if "reward" in entry]
+
+
+def _eval_history(output_dir) -> list[dict]:
+    with open(os.path.join(output_dir, "trainer_state.json")) as f:
+        return [entry for entry in json.load(f)["log_history"] if "eval_reward" in entry]
 
 
 def _rollouts(output_dir) -> dict[tuple[int, int], dict]:
@@ -119,6 +126,11 @@ def assert_same_run(actual_dir, expected_dir, brightness: str, steps=range(1, ST
         # the loss sums advantage-weighted ratios over a group (~0 at ratio 1): its scale is the advantages'
         assert_close_scaled(torch.tensor([a["loss"], advantages.abs().max()]),
                             torch.tensor([e["loss"], advantages.abs().max()]))
+    evals_a = {h["step"]: h["eval_reward"] for h in _eval_history(actual_dir)}
+    evals_e = {h["step"]: h["eval_reward"] for h in _eval_history(expected_dir)}
+    assert set(evals_a) >= {step for step in steps if step in evals_e} and evals_e
+    for step in evals_a:
+        assert_close_scaled(torch.tensor(evals_a[step]), torch.tensor(evals_e[step])), step
 
 
 @pytest.mark.timeout(300)
