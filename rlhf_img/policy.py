@@ -8,10 +8,13 @@ family: image-code indices for next-token families, bits for next-scale bitwise 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # sampling imports this module
+    from .sampling.generators import SampleGenerators
 
 CFG_MODES = ("none", "sample_only", "guided", "guided_detached_uncond")
 SAMPLERS = ("auto", "plain", "shared", "static", "compiled")
@@ -102,7 +105,8 @@ class Policy(Protocol):
         ...
 
     def sample(
-        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling, generator: torch.Generator | None = None
+        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling,
+        generator: torch.Generator | SampleGenerators | None = None,
     ) -> Rollout:
         """Draw one image's actions per prompt row with a KV cache (CFG rows batched with the conditional rows).
 

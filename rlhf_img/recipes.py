@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import Any, NoReturn, Sequence
 
 from .checkpoints import CheckpointError, resolve_subpath
@@ -102,8 +103,6 @@ def _parse(parser, recipe: dict[str, Any], overrides: Sequence[str]):
     """What `TrlParser.parse_args_and_config` does with a config file (set `env`, the recipe's values as defaults,
     then the command line), from the already checked mapping: a number under a text key (`output_dir: 1`)
     becomes text, as it would on the command line, instead of reaching the configs as an int."""
-    import os
-
     env = recipe.get("env") or {}
     if not isinstance(env, dict):
         raise UsageError("recipe key 'env' must be a mapping of environment variable: value")

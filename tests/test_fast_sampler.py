@@ -128,26 +128,26 @@ def test_unknown_sampler_is_rejected():
         Sampling(sampler="fastest")
 
 
-def test_janus_shared_prefill_draws_the_plain_loops_tokens(tmp_path):
+def _tiny_janus(tmp_path):
     from rlhf_img.families.janus.tiny import save_tiny_janus
 
-    janus = load_policy(save_tiny_janus(str(tmp_path / "janus"), seed=0), dtype="float32")
-    batch = janus.encode_prompts(PROMPTS)
-    for sampler in ("plain", "shared"):
-        sampling = Sampling(cfg_mode="guided", cfg_scale=3.0, temperature=0.9, sampler=sampler)
-        rollout = janus.sample(janus.model, batch, sampling, generator=torch.Generator().manual_seed(0))
-        reference = rollout if sampler == "plain" else reference
-    _assert_same_draws(rollout, reference)
+    return load_policy(save_tiny_janus(str(tmp_path / "janus"), seed=0), dtype="float32")
 
 
-def test_llamagen_shared_prefill_draws_the_plain_loops_tokens(tmp_path):
+def _tiny_llamagen(tmp_path):
     from rlhf_img.families.llamagen.tiny import save_tiny_llamagen, tiny_llamagen_family_config
 
     path = save_tiny_llamagen(str(tmp_path / "llamagen"), seed=0)
-    llamagen = load_policy(path, "llamagen", dtype="float32", family_config=tiny_llamagen_family_config(path))
-    batch = llamagen.encode_prompts(PROMPTS)
+    return load_policy(path, "llamagen", dtype="float32", family_config=tiny_llamagen_family_config(path))
+
+
+@pytest.mark.parametrize("load", [_tiny_janus, _tiny_llamagen], ids=["janus", "llamagen"])
+def test_family_shared_prefill_draws_the_plain_loops_tokens(tmp_path, load):
+    """Janus and LlamaGen run their own loops; their shared prefill must draw what their plain loop draws."""
+    policy = load(tmp_path)
+    batch = policy.encode_prompts(PROMPTS)
     for sampler in ("plain", "shared"):
         sampling = Sampling(cfg_mode="guided", cfg_scale=3.0, temperature=0.9, sampler=sampler)
-        rollout = llamagen.sample(llamagen.model, batch, sampling, generator=torch.Generator().manual_seed(0))
+        rollout = policy.sample(policy.model, batch, sampling, generator=torch.Generator().manual_seed(0))
         reference = rollout if sampler == "plain" else reference
     _assert_same_draws(rollout, reference)

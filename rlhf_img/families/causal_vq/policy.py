@@ -20,7 +20,7 @@ from torch import nn
 
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch, Rollout, Sampling
-from ...sampling import sample_image_codes, score_image_codes, unwrap_causal_lm
+from ...sampling import SampleGenerators, sample_image_codes, score_image_codes, unwrap_causal_lm
 
 CONFIG_NAME = "causal_vq.json"
 
@@ -128,7 +128,8 @@ class CausalVQPolicy:
         )
 
     def sample(
-        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling, generator: torch.Generator | None = None
+        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling,
+        generator: torch.Generator | SampleGenerators | None = None,
     ) -> Rollout:
         uncond_ids, uncond_mask = self._uncond_on(prompts.input_ids.device)
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch, Rollout, Sampling
-from ...sampling import unwrap_causal_lm
+from ...sampling import SampleGenerators, unwrap_causal_lm
 from .bsq_vae import BSQVAE
 from .codes import ScaleCodes
 from .sampler import sample_bits, score_bits
@@ -106,7 +106,10 @@ class InfinityPolicy:
         features = self.text_encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         return features.float(), mask
 
-    def sample(self, model: nn.Module, prompts: PromptBatch, sampling: Sampling, generator: torch.Generator | None = None) -> Rollout:
+    def sample(
+        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling,
+        generator: torch.Generator | SampleGenerators | None = None,
+    ) -> Rollout:
         text, mask = self.text_features(prompts)
         return sample_bits(unwrap_causal_lm(model), text, mask, self.codes, sampling, self.aspect_ratio, generator)
 

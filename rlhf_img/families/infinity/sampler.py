@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ...policy import Rollout, Sampling
+from ...sampling.generators import SampleGenerators
 from ...sampling.guidance import guide, sample_actions, scored_logprobs
 from .codes import ScaleCodes
 
@@ -24,7 +25,7 @@ def sample_bits(
     codes: ScaleCodes,
     sampling: Sampling,
     aspect_ratio: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | SampleGenerators | None = None,
 ) -> Rollout:
     """Sample every scale's bits for `text` `(B, Lt, Ct5)` -> actions `(B, T)` and their log-probs.
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch, Rollout, Sampling
-from ...sampling import unwrap_causal_lm
+from ...sampling import SampleGenerators, unwrap_causal_lm
 from .sampler import sample_image_tokens, score_image_tokens, unconditional_ids
 
 CONFIG_NAME = "janus.json"
@@ -115,7 +115,8 @@ class JanusPolicy:
         return unconditional_ids(prompt_ids, self.bos_id, self.boi_id, self.pad_id)
 
     def sample(
-        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling, generator: torch.Generator | None = None
+        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling,
+        generator: torch.Generator | SampleGenerators | None = None,
     ) -> Rollout:
         return sample_image_tokens(unwrap_causal_lm(model), prompts.input_ids, prompts.attention_mask,
                                    self.unconditional_ids(prompts.input_ids), num_tokens=self.num_actions,

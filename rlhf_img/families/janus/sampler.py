@@ -16,7 +16,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ...policy import Rollout, Sampling
-from ...sampling import guide, sample_actions, scored_logprobs
+from ...sampling import SampleGenerators, guide, sample_actions, scored_logprobs
 from ...sampling.chunked_logprobs import chunked_scored_logprobs
 from ...sampling.kv_cache import unique_blocks
 
@@ -46,7 +46,7 @@ def sample_image_tokens(
     *,
     num_tokens: int,
     sampling: Sampling,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | SampleGenerators | None = None,
 ) -> Rollout:
     """Sample `num_tokens` image codes per row of `prompt_ids` `(B, L)` with a KV cache.
 

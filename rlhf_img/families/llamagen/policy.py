@@ -16,7 +16,7 @@ from transformers import JanusVQVAE
 
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch, Rollout, Sampling
-from ...sampling import unwrap_causal_lm
+from ...sampling import SampleGenerators, unwrap_causal_lm
 from ...sampling.guidance import guide, sample_actions, scored_logprobs
 from ...sampling.chunked_logprobs import chunked_scored_logprobs
 from ...sampling.kv_cache import unique_rows
@@ -110,7 +110,10 @@ class LlamaGenPolicy:
         return features * mask.unsqueeze(-1), mask
 
     @torch.no_grad()
-    def sample(self, model: nn.Module, prompts: PromptBatch, sampling: Sampling, generator: torch.Generator | None = None) -> Rollout:
+    def sample(
+        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling,
+        generator: torch.Generator | SampleGenerators | None = None,
+    ) -> Rollout:
         """KV-cached sampling of `grid²` codes; with guidance the null-caption rows (same mask) ride in the same
         forward as the conditional rows (batch 2B, conditional first, as the reference batches them). Unless
         `sampling.sampler` is 'plain', each distinct prompt goes through T5 and the prefill once and its cache rows
