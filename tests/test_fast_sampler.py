@@ -15,7 +15,7 @@ from torch import nn
 
 from rlhf_img import Sampling, load_policy
 from rlhf_img.sampling import kv_cache
-from rlhf_img.sampling.kv_cache import resolve_sampler, unique_blocks, unique_rows
+from rlhf_img.sampling.kv_cache import resolve_sampler, unique_rows
 
 # repeated prompts, out of order, of different lengths (so rows are left-padded differently)
 PROMPTS = ["a red circle", "two blue squares left of a green triangle", "a red circle", "x",
@@ -49,15 +49,6 @@ def test_unique_rows_maps_every_row_to_its_distinct_row_and_keys_on_the_mask():
     assert unique_ids.size(0) == 3
     assert torch.equal(unique_ids[inverse], ids) and torch.equal(unique_mask[inverse], mask)
     assert inverse[0] == inverse[2] != inverse[3]
-
-
-def test_unique_blocks_indexes_the_distinct_rows_of_all_blocks_stacked():
-    cond = (torch.tensor([[1, 2], [3, 4], [1, 2]]), torch.ones(3, 2, dtype=torch.long))
-    uncond = (torch.tensor([[9, 9]]).expand(3, -1), torch.ones(3, 2, dtype=torch.long))
-    blocks, index = unique_blocks([cond, uncond])
-    assert [b[0].size(0) for b in blocks] == [2, 1]  # the unconditional prompt is prefilled once for the batch
-    stacked = torch.cat([b[0] for b in blocks])
-    assert torch.equal(stacked[index], torch.cat([cond[0], uncond[0]]))
 
 
 @pytest.mark.parametrize("cfg", sorted(SAMPLINGS))

@@ -32,7 +32,7 @@ def test_simplear_layout_prompt_template_and_restricted_sampling(tiny_simplear):
     assert policy.config.grid == (4, 4)
     ids = policy.encode_prompts(["a red apple"]).input_ids[0].tolist()
     assert tokenizer.decode(ids) == "<|t2i|>A photo of a red apple<|soi|>"
-    assert tokenizer.decode(policy._uncond.input_ids[0].tolist()) == "<|t2i|><|soi|>"
+    assert tokenizer.decode(list(policy.adapter.unconditional_ids)) == "<|t2i|><|soi|>"
     rollout = policy.sample(policy.model, policy.encode_prompts(["a cat", "a dog"]),
                             Sampling(cfg_mode="guided", cfg_scale=3.0), generator=torch.Generator().manual_seed(0))
     assert rollout.actions.shape == (2, 16)

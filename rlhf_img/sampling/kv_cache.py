@@ -19,7 +19,7 @@ from torch import nn
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
-# a decode step: (model, token (R, 1), position (R, 1), attention mask (R, S), cache) -> logits (R, K) float32.
+# a decode step: (model, codes (R,), position (R, 1), attention mask (R, S), cache) -> logits (R, K) float32.
 # The model is an argument, not a closure, so a kept compiled step never holds its model alive.
 DecodeStep = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, StaticCache], torch.Tensor]
 
@@ -37,28 +37,15 @@ def unique_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, to
     return unique[:, :length], unique[:, length:].to(mask.dtype), inverse
 
 
-def unique_blocks(
-    blocks: list[tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """The distinct rows of each `(ids, mask)` block (e.g. the conditional and the unconditional prompts) and
-    `index` `(sum B_i,)`: row j of the blocks stacked is row `index[j]` of the distinct blocks stacked."""
-    distinct, indices, offset = [], [], 0
-    for ids, mask in blocks:
-        unique_ids, unique_mask, inverse = unique_rows(ids, mask)
-        distinct.append((unique_ids, unique_mask))
-        indices.append(inverse + offset)
-        offset += unique_ids.size(0)
-    return distinct, torch.cat(indices)
-
-
-def resolve_sampler(name: str, model: nn.Module, device: torch.device) -> str:
-    """The sampler `name` ('auto' made concrete) for `model` on `device`.
+def resolve_sampler(name: str, model: nn.Module, device: torch.device, config=None) -> str:
+    """The sampler `name` ('auto' made concrete) for `model` on `device` (`config`: its cache config, default
+    `model.config`).
 
     'auto' compiles on CUDA only: on CPU the one-time compile (about a minute) outweighs what a short run
     saves. A static cache needs full attention in every layer (sliding-window and linear-attention layers keep
     their own state), and sharded weights (ZeRO-3's `ds_id`, FSDP2's `DTensor`) are gathered by module hooks
     that 'auto' does not hand to a compiled graph."""
-    layer_types = getattr(model.config, "layer_types", None) or ["full_attention"]
+    layer_types = getattr(config if config is not None else model.config, "layer_types", None) or ["full_attention"]
     static_ok = all(kind == "full_attention" for kind in layer_types)
     if name == "auto":
         sharded = any(_is_sharded(p) for p in model.parameters())
@@ -127,15 +114,15 @@ class StaticDecoder:
         mask[:, :prefix_length] = prefix_mask.index_select(0, index)
         return mask
 
-    def __call__(self, model: nn.Module, token: torch.Tensor, position: torch.Tensor, mask: torch.Tensor,
+    def __call__(self, model: nn.Module, codes: torch.Tensor, position: torch.Tensor, mask: torch.Tensor,
                  written: int) -> torch.Tensor:
-        """Logits `(R, K)` after feeding `token` `(R, 1)` at `position` `(R, 1)`; `written`: positions the cache
+        """Logits `(R, K)` after feeding `codes` `(R,)` at `position` `(R, 1)`; `written`: positions the cache
         held before this step (restored if the compiled step fails, so the eager retry writes the same slot)."""
         if self.compiled is not None:
             try:
                 if self.on_cuda:
                     torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are no longer read
-                return self.compiled(model, token, position, mask, self.cache).clone()  # graphs reuse output memory
+                return self.compiled(model, codes, position, mask, self.cache).clone()  # graphs reuse output memory
             except Exception as error:  # noqa: BLE001 -- compile fails in many ways (no compiler, unsupported op)
                 warnings.warn(f"rlhf-img: torch.compile of the decode step failed ({type(error).__name__}: "
                               f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); sampling "
@@ -143,7 +130,7 @@ class StaticDecoder:
                 self.compiled = None
                 for layer in self.cache.layers:
                     layer.cumulative_length.fill_(written)
-        return self.step(model, token, position, mask, self.cache)
+        return self.step(model, codes, position, mask, self.cache)
 
 
 _COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, StaticDecoder]]" = weakref.WeakKeyDictionary()

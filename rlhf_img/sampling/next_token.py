@@ -1,21 +1,23 @@
-"""Teacher-forced scoring, and the helpers the sampler shares, for causal LMs with an image-code block.
+"""The engine adapter of causal LMs whose vocabulary holds a block of image codes (`causal_vq`, SimpleAR).
 
-Used by every next-token family (`causal_vq`, SimpleAR, LlamaGen-style checkpoints): the LM's vocabulary
-holds `code_count` image codes starting at id `code_offset`. Logits are computed only for those rows of
-the LM head, so a rollout always has exactly `num_tokens` valid image codes (no early EOS, no text token
-in the grid) and the softmax is over image codes only, in sampling and in scoring alike. The KV-cached,
-CFG-batched sampler is `image_code_sampler.sample_image_codes`.
+Image code `c` is token id `code_offset + c`. Logits are computed only for the `code_count` image-code rows of the
+LM head, so a rollout always has exactly `num_tokens` valid image codes (no early EOS, no text token in the grid)
+and the softmax is over image codes only, in sampling and in scoring alike. The unconditional prompt is one
+constant row (the family's template filled with an empty caption), prefilled once per batch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PretrainedConfig
 
-from ..policy import Sampling
-from .guidance import guide, scored_logprobs
-from .chunked_logprobs import chunked_scored_logprobs
+from ..policy import PromptBatch
+from .prefix import PrefixRows
 
 
 def unwrap_causal_lm(model: nn.Module) -> nn.Module:
@@ -57,58 +59,60 @@ def left_pad_stack(
     return torch.cat(out_ids), torch.cat(out_masks)
 
 
-def _action_hidden_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Final-layer hidden states `(B, T, C)` at the positions that predict the last `num_tokens` tokens.
+@dataclass(frozen=True)
+class CausalLMAdapter:
+    """`NextTokenAdapter` (`rlhf_img/sampling/engine.py`) of a transformers causal LM with an image-code block.
 
-    Goes through `model` itself (peft / DDP / FSDP wrappers included) so training hooks fire; asks the
-    model for one position of full-vocabulary logits only.
-    """
-    outputs = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=position_ids_from_mask(mask),
-        output_hidden_states=True,
-        logits_to_keep=1,
-        use_cache=False,
-    )
-    return outputs.hidden_states[-1][:, -num_tokens - 1 : -1]
+    `unconditional_ids` / `unconditional_mask`: the one unconditional prompt row, as a tuple (hashable)."""
 
+    code_offset: int
+    code_count: int
+    pad_id: int
+    unconditional_ids: tuple[int, ...]
+    unconditional_mask: tuple[int, ...]
 
-def score_image_codes(
-    model: nn.Module,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    uncond_ids: torch.Tensor,
-    uncond_mask: torch.Tensor,
-    codes: torch.Tensor,
-    *,
-    code_offset: int,
-    code_count: int,
-    pad_id: int,
-    sampling: Sampling,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced log-probs and entropies `(B, T)` of `codes` under `sampling.cfg_mode`."""
-    batch, num_tokens = codes.shape
-    lm = unwrap_causal_lm(model)
-    tokens = codes + code_offset
-    ones = prompt_mask.new_ones(batch, num_tokens)
-    cond_ids, cond_mask = torch.cat([prompt_ids, tokens], 1), torch.cat([prompt_mask, ones], 1)
-    unc_ids = torch.cat([uncond_ids.expand(batch, -1), tokens], 1)
-    unc_mask = torch.cat([uncond_mask.expand(batch, -1), ones], 1)
+    def _unconditional(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.tensor([self.unconditional_ids], dtype=torch.long, device=device)
+        return ids, torch.tensor([self.unconditional_mask], dtype=torch.long, device=device)
 
-    def head(hidden: torch.Tensor) -> torch.Tensor:
-        return image_code_logits(lm, hidden, code_offset, code_count)
+    def prefix(self, network: nn.Module, prompts: PromptBatch, conditional: bool) -> PrefixRows:
+        if conditional:
+            ids, mask = prompts.input_ids, prompts.attention_mask
+        else:
+            ids, mask = self._unconditional(prompts.input_ids.device)  # one row, whatever the prompts
+        return PrefixRows(ids, mask, position_ids_from_mask(mask), pad_value=self.pad_id)
 
-    # logits are built a chunk of positions at a time (`sampling.logprob_chunk_size`), never (B, T, K) at once
-    if not sampling.uses_uncond_when_scoring:
-        hidden = _action_hidden_states(model, cond_ids, cond_mask, num_tokens)
-        return chunked_scored_logprobs(head, hidden, codes, sampling)
-    if sampling.cfg_mode == "guided_detached_uncond":
-        cond = _action_hidden_states(model, cond_ids, cond_mask, num_tokens)
-        with torch.no_grad():  # detached branch: no activations kept for backward
-            uncond = _action_hidden_states(model, unc_ids, unc_mask, num_tokens)
-        return chunked_scored_logprobs(head, cond, codes, sampling, uncond, detach_uncond=True)
-    # guided: both branches in one forward, gradients through both
-    ids, mask = left_pad_stack([cond_ids, unc_ids], [cond_mask, unc_mask], pad_id)
-    both = _action_hidden_states(model, ids, mask, num_tokens)  # (2B, T, C)
-    return chunked_scored_logprobs(head, both[:batch], codes, sampling, both[batch:])
+    def step_inputs(self, network: nn.Module, codes: torch.Tensor) -> torch.Tensor:
+        return (codes + self.code_offset).unsqueeze(1)  # (R, 1) token ids
+
+    def forward(self, network: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                cache) -> torch.Tensor:
+        return network.get_decoder()(
+            input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        ).last_hidden_state
+
+    def head(self, network: nn.Module):
+        return lambda hidden: image_code_logits(network, hidden, self.code_offset, self.code_count)
+
+    def cache_config(self, network: nn.Module) -> PretrainedConfig:
+        return network.config
+
+    def teacher_forced_hidden(self, model: nn.Module, network: nn.Module, prompts: PromptBatch, codes: torch.Tensor,
+                              branches: Sequence[bool]) -> torch.Tensor:
+        """Prompt rows (conditional, or the unconditional row per sample) + all codes as tokens, left-padded
+        together; one forward through `model`, asking for one position of full-vocabulary logits only."""
+        batch, num_tokens = codes.shape
+        tokens = codes + self.code_offset
+        ones = prompts.attention_mask.new_ones(batch, num_tokens)
+        ids, masks = [], []
+        for conditional in branches:
+            if conditional:
+                prompt_ids, prompt_mask = prompts.input_ids, prompts.attention_mask
+            else:
+                prompt_ids, prompt_mask = (x.expand(batch, -1) for x in self._unconditional(codes.device))
+            ids.append(torch.cat([prompt_ids, tokens], 1))
+            masks.append(torch.cat([prompt_mask, ones], 1))
+        ids, mask = left_pad_stack(ids, masks, self.pad_id)
+        outputs = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                        output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        return outputs.hidden_states[-1][:, -num_tokens - 1 : -1]

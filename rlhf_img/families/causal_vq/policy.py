@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ...checkpoints import CheckpointError
-from ...policy import PromptBatch, Rollout, Sampling
-from ...sampling import SampleGenerators, sample_image_codes, score_image_codes, unwrap_causal_lm
+from ...policy import PromptBatch
+from ...sampling import CausalLMAdapter, NextTokenPolicy
 
 CONFIG_NAME = "causal_vq.json"
 
@@ -70,17 +70,23 @@ class CausalVQConfig:
         return path
 
 
-class CausalVQPolicy:
-    """The `causal_vq` implementation of the policy interface (see `rlhf_img/policy.py`)."""
+class CausalVQPolicy(NextTokenPolicy):
+    """The `causal_vq` implementation of the policy interface (see `rlhf_img/policy.py`): prompts, decoding and
+    saving are its own; sampling and scoring are the engine's, through `CausalLMAdapter`."""
 
     def __init__(self, model: nn.Module, tokenizer, visual_tokenizer: nn.Module, config: CausalVQConfig) -> None:
         self.model, self.processing_class, self.visual_tokenizer, self.config = model, tokenizer, visual_tokenizer, config
         self.num_actions = config.num_tokens
         self._check()
         uncond = config.uncond_prompt if config.uncond_prompt is not None else config.prompt_template.format(prompt="")
-        self._uncond = self._tokenize([uncond])
-        if self._uncond.input_ids.numel() == 0:
+        uncond_row = self._tokenize([uncond])
+        if uncond_row.input_ids.numel() == 0:
             raise CheckpointError("causal_vq: the unconditional prompt tokenizes to nothing; set `uncond_prompt`")
+        self.adapter = CausalLMAdapter(
+            code_offset=config.image_code_offset, code_count=config.image_code_count, pad_id=self.pad_token_id,
+            unconditional_ids=tuple(uncond_row.input_ids[0].tolist()),
+            unconditional_mask=tuple(uncond_row.attention_mask[0].tolist()),
+        )
 
     def _check(self) -> None:
         cfg, tok = self.config, self.processing_class
@@ -118,47 +124,6 @@ class CausalVQPolicy:
     def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> PromptBatch:
         batch = self._tokenize([self.config.prompt_template.format(prompt=p) for p in prompts])
         return PromptBatch(batch.input_ids.to(device), batch.attention_mask.to(device))
-
-    def _uncond_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._uncond.input_ids.to(device), self._uncond.attention_mask.to(device)
-
-    def _code_kwargs(self) -> dict:
-        return dict(
-            code_offset=self.config.image_code_offset, code_count=self.config.image_code_count, pad_id=self.pad_token_id
-        )
-
-    def sample(
-        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling,
-        generator: torch.Generator | SampleGenerators | None = None,
-    ) -> Rollout:
-        uncond_ids, uncond_mask = self._uncond_on(prompts.input_ids.device)
-
-        return sample_image_codes(
-            unwrap_causal_lm(model),
-            prompts.input_ids,
-            prompts.attention_mask,
-            uncond_ids,
-            uncond_mask,
-            num_tokens=self.num_actions,
-            sampling=sampling,
-            generator=generator,
-            **self._code_kwargs(),
-        )
-
-    def logprobs(
-        self, model: nn.Module, prompts: PromptBatch, actions: torch.Tensor, sampling: Sampling
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        uncond_ids, uncond_mask = self._uncond_on(prompts.input_ids.device)
-        return score_image_codes(
-            model,
-            prompts.input_ids,
-            prompts.attention_mask,
-            uncond_ids,
-            uncond_mask,
-            actions,
-            sampling=sampling,
-            **self._code_kwargs(),
-        )
 
     @torch.no_grad()
     def decode(self, actions: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """KV-cached, CFG-batched next-scale sampling and teacher-forced scoring of bits (Infinity-style families).
 
 Each scale is one forward pass over all of its tokens; every token predicts `bits_per_token`
-independent two-way choices. Guidance, temperature and top-p act per bit through the same functions
-as the next-token sampler (`rlhf_img/sampling/guidance.py`), so sampling and scoring cannot disagree. Top-p on a
+independent two-way choices. The scale loop is this family's own; each scale draws with the engine's
+`guided_draw` and teacher-forced scoring is the engine's `score_guided` dispatch
+(`rlhf_img/sampling/engine.py`), so guidance, temperature, top-p and log-probs are the code every family runs. Top-p on a
 two-way choice keeps only the likelier bit when the other has probability <= 1 - top_p: such a bit is
 deterministic, its log-prob is 0 and it carries no gradient.
 """
@@ -12,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from ...policy import Rollout, Sampling
+from ...sampling.engine import guided_draw, score_guided
 from ...sampling.generators import SampleGenerators
-from ...sampling.guidance import guide, sample_actions, scored_logprobs
 from .codes import ScaleCodes
 
 
@@ -44,11 +45,9 @@ def sample_bits(
     for index, (h, w) in enumerate(codes.grids):
         logits = transformer.forward_scale(x, index, codes.grids, state, text_mask, caches, aspect_ratio)
         logits = logits.view(logits.size(0), h * w * codes.bits_per_token, 2)  # (R, tokens * bits, 2)
-        cond, uncond = (logits[:batch], logits[batch:]) if with_uncond else (logits, None)
-        guided = guide(cond, uncond, sampling.cfg_scale)
-        bits = sample_actions(guided.reshape(-1, 2), sampling, generator).view(batch, -1)
+        bits, bit_logprobs = guided_draw(logits, batch, with_uncond, sampling, generator)  # (B, tokens * bits)
         actions.append(bits)
-        logprobs.append(scored_logprobs(guided, bits, sampling)[0])
+        logprobs.append(bit_logprobs)
         if index == len(codes.grids) - 1:
             break
         summed = codes.accumulate(summed, bits.view(batch, h, w, codes.bits_per_token), index)
@@ -77,19 +76,10 @@ def score_bits(
     def forward(text_rows, mask_rows, input_rows):
         return model(text_features=text_rows, text_mask=mask_rows, scale_inputs=input_rows, schedule=codes.grids, aspect_ratio=aspect_ratio)
 
-    if not sampling.uses_uncond_when_scoring:
-        logits = forward(text, text_mask, inputs)
-    elif sampling.cfg_mode == "guided_detached_uncond":
-        cond = forward(text, text_mask, inputs)
-        with torch.no_grad():
-            uncond = forward(transformer.unconditional_text(text_mask), text_mask, inputs)
-        logits = guide(cond.float(), uncond.float(), sampling.cfg_scale)
-    else:  # guided: both branches in one forward, gradients through both (and into the learned null text)
-        both = forward(
-            torch.cat([text, transformer.unconditional_text(text_mask).to(text.dtype)]),
-            torch.cat([text_mask, text_mask]),
-            torch.cat([inputs, inputs]),
-        )
-        logits = guide(both[:batch].float(), both[batch:].float(), sampling.cfg_scale)
-    logits = logits.reshape(batch, -1, 2)  # (B, T, 2)
-    return scored_logprobs(logits, actions, sampling)
+    def branch_logits(branches) -> torch.Tensor:  # (nB, T, 2): the learned null text for unconditional rows
+        rows = [text if conditional else transformer.unconditional_text(text_mask).to(text.dtype) for conditional in branches]
+        logits = forward(torch.cat(rows), text_mask.repeat(len(branches), 1), inputs.repeat(len(branches), 1, 1))
+        return logits.reshape(len(branches) * batch, -1, 2)
+
+    # the forward already ends in the bit logits: an identity head, unchunked (two logits per action)
+    return score_guided(branch_logits, lambda logits: logits, actions, sampling, chunk_size=0)

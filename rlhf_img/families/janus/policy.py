@@ -1,7 +1,7 @@
 """The `janus` policy: Janus-Pro through transformers' own `JanusForConditionalGeneration`.
 
 Prompts are Janus' chat format plus `<begin_of_image>` (what `JanusProcessor(..., generation_mode="image")`
-builds), left-padded; the unconditional prompt is derived per row (see `sampler.py`). The trainable `model` is
+builds), left-padded; the unconditional prompt is derived per row (see `adapter.py`). The trainable `model` is
 the whole `JanusForConditionalGeneration` with only its language model trainable: the understanding tower
 (`vision_model`, `aligner`), the VQ and the image-generation embeddings, aligner and head stay frozen, as in
 T2I-R1. LoRA adapters must sit in the language model (`lora_target_modules`: see README, `janus`).
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from ...checkpoints import CheckpointError
-from ...policy import PromptBatch, Rollout, Sampling
-from ...sampling import SampleGenerators, unwrap_causal_lm
-from .sampler import sample_image_tokens, score_image_tokens, unconditional_ids
+from ...policy import PromptBatch
+from ...sampling import NextTokenPolicy, unwrap_causal_lm
+from .adapter import JanusAdapter, unconditional_ids
 
 CONFIG_NAME = "janus.json"
 
@@ -58,8 +58,9 @@ def lora_outside_language_model(model: nn.Module) -> list[str]:
             if isinstance(module, BaseTunerLayer) and ".language_model." not in f".{name}."]
 
 
-class JanusPolicy:
-    """The `janus` implementation of the policy interface (see `rlhf_img/policy.py`)."""
+class JanusPolicy(NextTokenPolicy):
+    """The `janus` implementation of the policy interface (see `rlhf_img/policy.py`): prompts, frozen parts and
+    decoding are its own; sampling and scoring are the engine's, through `JanusAdapter`."""
 
     def __init__(self, model: nn.Module, processor, config: JanusFamilyConfig) -> None:
         tokenizer = processor.tokenizer
@@ -71,6 +72,7 @@ class JanusPolicy:
         self.pad_id = pad if pad is not None else tokenizer.pad_token_id
         if self.bos_id is None or self.pad_id is None:
             raise CheckpointError("janus: the tokenizer defines no BOS or pad token (needed for the unconditional prompt)")
+        self.adapter = JanusAdapter(bos_id=self.bos_id, boi_id=self.boi_id, pad_id=self.pad_id)
         vq = model.config.vq_config
         self.grid = vq.num_patches
         self.num_actions = vq.num_patches**2
@@ -83,13 +85,9 @@ class JanusPolicy:
         model.model.language_model.requires_grad_(True)
         self.model = model
 
-    @property
-    def model(self) -> nn.Module:
-        return self._model
-
-    @model.setter
-    def model(self, model: nn.Module) -> None:
-        """The trainer sets the peft-wrapped model here: adapters outside the language model are refused."""
+    def check_trainable(self, model: nn.Module) -> None:
+        """The trainer's hook, given the module it will train (peft-wrapped under LoRA): adapters outside the
+        language model are refused."""
         if hasattr(model, "peft_config"):
             outside = lora_outside_language_model(model)
             if outside:
@@ -98,7 +96,6 @@ class JanusPolicy:
                     "the understanding tower and image head stay frozen: list the language model's layers in "
                     "lora_target_modules (see README, `janus`), not all-linear"
                 )
-        self._model = model
 
     def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> PromptBatch:
         if self.config.prompt_template is None:
@@ -112,21 +109,8 @@ class JanusPolicy:
         return PromptBatch(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
 
     def unconditional_ids(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """Janus' unconditional prompt for `prompt_ids` `(B, L)` (BOS and `<begin_of_image>` kept, the rest pad)."""
         return unconditional_ids(prompt_ids, self.bos_id, self.boi_id, self.pad_id)
-
-    def sample(
-        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling,
-        generator: torch.Generator | SampleGenerators | None = None,
-    ) -> Rollout:
-        return sample_image_tokens(unwrap_causal_lm(model), prompts.input_ids, prompts.attention_mask,
-                                   self.unconditional_ids(prompts.input_ids), num_tokens=self.num_actions,
-                                   sampling=sampling, generator=generator)
-
-    def logprobs(
-        self, model: nn.Module, prompts: PromptBatch, actions: torch.Tensor, sampling: Sampling
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return score_image_tokens(model, unwrap_causal_lm(model), prompts.input_ids, prompts.attention_mask,
-                                  self.unconditional_ids(prompts.input_ids), actions, sampling)
 
     @torch.no_grad()
     def decode(self, actions: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
+from transformers import DynamicCache, GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -36,6 +36,8 @@ class LlamaGenConfig(PretrainedConfig):
     1024 at 512 px); the weights do not depend on it, only the RoPE table does."""
 
     model_type = "rlhf_img_llamagen"
+    # the names transformers' DynamicCache / StaticCache read (layer count) map onto the reference's names
+    attribute_map = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "hidden_size": "dim"}
     auto_map = {}  # read by TRL and the auto classes when rebuilding a reference model; not remote code
 
     def __init__(
@@ -91,28 +93,28 @@ def rope_table(grid_size: int, head_dim: int, base: float, prefix_length: int) -
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the interleaved pairs of `x` `(B, L, H, c)` by `(L, c / 2)` angles, in float32, back to x's dtype."""
+    """Rotate the interleaved pairs of `x` `(B, L, H, c)` by `(L, c / 2)` angles (or `(B, L, c / 2)`: per row), in
+    float32, back to x's dtype."""
     pairs = x.float().unflatten(-1, (-1, 2))  # (B, L, H, c/2, 2)
     first, second = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    if cos.dim() == 2:
+        cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     rotated = torch.stack([first * cos - second * sin, second * cos + first * sin], dim=-1)
     return rotated.flatten(3).type_as(x)
 
 
-def attention_mask(caption_mask: torch.Tensor, query_start: int, query_length: int) -> torch.Tensor:
-    """Boolean `(R, 1, Lq, query_start + Lq)`: causal, padded caption columns hidden, each position sees itself.
+def slot_attention_mask(key_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Boolean `(R, 1, n, S)` for queries at `positions` `(R, n)` over the S slots `key_mask` `(R, S)` marks
+    attendable: causal, padded caption slots hidden, each position always sees itself (the reference's forced
+    diagonal: a padded caption row attends to itself, never to nothing).
 
-    `caption_mask` `(R, P)` bool marks the valid (left-padded: trailing) caption positions."""
-    rows, prefix = caption_mask.shape
-    total = query_start + query_length
-    device = caption_mask.device
-    query = torch.arange(query_start, total, device=device).view(-1, 1)
-    key = torch.arange(total, device=device).view(1, -1)
-    causal = key <= query  # (Lq, Lk)
-    key_valid = torch.ones(rows, total, dtype=torch.bool, device=device)
-    key_valid[:, : min(prefix, total)] = caption_mask[:, :total]
-    mask = causal.unsqueeze(0) & key_valid.unsqueeze(1)  # (R, Lq, Lk)
-    mask = mask | (key == query).unsqueeze(0)
+    A slot's index is its position (the caption fills slots 0..P-1, image token s sits at P + s), so this works on
+    a growing cache and on a static one whose unwritten slots are open in `key_mask` (the causal rule hides them).
+    Tensor ops only: one compiled decode step serves every step."""
+    key = torch.arange(key_mask.size(1), device=key_mask.device).view(1, 1, -1)  # (1, 1, S)
+    query = positions.unsqueeze(-1)  # (R, n, 1)
+    mask = (key_mask.bool().unsqueeze(1) & (key <= query)) | (key == query)  # (R, n, S)
     return mask.unsqueeze(1)
 
 
@@ -159,14 +161,14 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
         self.wo = nn.Linear(config.dim, config.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: "KVCache | None", layer: int, start: int) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask, cache, layer: int) -> torch.Tensor:
         batch, length, _ = x.shape
         q, k, v = self.wqkv(x).split(self.dim, dim=-1)
         q = apply_rope(q.view(batch, length, self.n_head, self.head_dim), cos, sin).transpose(1, 2)  # (B, H, L, c)
         k = apply_rope(k.view(batch, length, self.n_head, self.head_dim), cos, sin).transpose(1, 2)
         v = v.view(batch, length, self.n_head, self.head_dim).transpose(1, 2)
-        if cache is not None:
-            k, v = cache.update(layer, start, k, v)
+        if cache is not None:  # a transformers Cache (DynamicCache, StaticCache): keys of every slot so far
+            k, v = cache.update(k, v, layer)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(out.transpose(1, 2).reshape(batch, length, self.dim))
 
@@ -190,35 +192,9 @@ class TransformerBlock(GradientCheckpointingLayer):
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache=None, layer: int = 0, start: int = 0) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, layer, start)
+    def forward(self, x, cos, sin, mask, cache=None, layer: int = 0) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, layer)
         return h + self.feed_forward(self.ffn_norm(h))
-
-
-class KVCache:
-    """Static per-layer key/value buffers `(R, H, max_length, c)` for sampling (never part of a state dict),
-    allocated at the first write in the dtype of the keys (autocast may differ from the weights' dtype)."""
-
-    def __init__(self, num_layers: int, max_length: int) -> None:
-        self.max_length = max_length
-        self.keys: list[torch.Tensor | None] = [None] * num_layers
-        self.values: list[torch.Tensor | None] = [None] * num_layers
-
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys[layer] is None:
-            shape = (*k.shape[:2], self.max_length, k.size(-1))
-            self.keys[layer] = k.new_zeros(shape)
-            self.values[layer] = v.new_zeros(shape)
-        end = start + k.size(2)
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def select_rows(self, index: torch.Tensor) -> None:
-        """Keep rows `index` `(R,)` of every buffer; a repeated index copies a row (a prompt prefilled once, then
-        shared by every sample of its group)."""
-        self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
-        self.values = [None if v is None else v.index_select(0, index) for v in self.values]
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -227,8 +203,8 @@ def _no_text_generation(*args, **kwargs):
 
 
 class LlamaGenGPT(PreTrainedModel):
-    """The trainable part of a LlamaGen policy. `forward` is teacher-forced; `prefill` + `decode_step` run the
-    KV-cached sampling loop."""
+    """The trainable part of a LlamaGen policy. `forward` is teacher-forced; `forward_cached` is the KV-cached
+    forward the shared sampling engine runs (`rlhf_img/sampling/engine.py`, through the family's adapter)."""
 
     config_class = LlamaGenConfig
     base_model_prefix = "llamagen"
@@ -288,12 +264,9 @@ class LlamaGenGPT(PreTrainedModel):
         """Caption features `(R, >= P, Ccap)` -> the GPT's first P positions `(R, P, D)`."""
         return self.cls_embedding(caption_features)[:, : self.config.cls_token_num]
 
-    def _blocks(self, x, caption_mask, grid_size, start, cache=None) -> torch.Tensor:
-        cos, sin = self.rope(grid_size, x.device)
-        cos, sin = cos[start : start + x.size(1)], sin[start : start + x.size(1)]
-        mask = attention_mask(caption_mask, start, x.size(1))
+    def _blocks(self, x, cos, sin, mask, cache=None) -> torch.Tensor:
         for index, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, index, start)
+            x = layer(x, cos, sin, mask, cache, index)
         return self.norm(x)
 
     # ------------------------------------------------------------------------------------------ forward
@@ -318,20 +291,38 @@ class LlamaGenGPT(PreTrainedModel):
             raise TypeError(f"LlamaGenGPT.forward got unsupported arguments {given}")
         prefix_length = self.config.cls_token_num
         x = torch.cat([self.prefix(caption_features), self.tok_embeddings(input_ids)], dim=1)  # (B, P + n, D)
-        hidden = self._blocks(x, caption_mask.bool(), grid_size or self.config.grid_size, 0)[:, prefix_length - 1 :]
+        cos, sin = self.rope(grid_size or self.config.grid_size, x.device)
+        rows, length = x.shape[:2]
+        key_mask = torch.cat([caption_mask.bool(), caption_mask.new_ones(rows, length - prefix_length, dtype=torch.bool)], 1)
+        mask = slot_attention_mask(key_mask, torch.arange(length, device=x.device).expand(rows, -1))
+        hidden = self._blocks(x, cos[:length], sin[:length], mask)[:, prefix_length - 1 :]
         return hidden if return_hidden_states else self.output(hidden).float()
 
-    def prefill(self, caption_features, caption_mask, cache: KVCache, grid_size: int) -> torch.Tensor:
+    def forward_cached(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                       cache, grid_size: int) -> torch.Tensor:
+        """Final normed hidden states `(R, n, D)` of `inputs_embeds` `(R, n, D)` at `position_ids` `(R, n)`, writing
+        `cache` (a transformers `DynamicCache` or `StaticCache`); `attention_mask` `(R, S)` marks the attendable
+        cache slots after this write (caption padding 0, everything else 1)."""
+        table_cos, table_sin = self.rope(grid_size, inputs_embeds.device)
+        mask = slot_attention_mask(attention_mask, position_ids)
+        return self._blocks(inputs_embeds, table_cos[position_ids], table_sin[position_ids], mask, cache)
+
+    # the reference's loop pieces, on `forward_cached` (tools/parity/llamagen.py replays them against the reference)
+    def prefill(self, caption_features, caption_mask, cache, grid_size: int) -> torch.Tensor:
         """Run the caption prefix into `cache`; logits `(R, V)` of the first image token."""
-        hidden = self._blocks(self.prefix(caption_features), caption_mask.bool(), grid_size, 0, cache)
+        prefix = self.prefix(caption_features)
+        positions = torch.arange(prefix.size(1), device=prefix.device).expand(prefix.size(0), -1)
+        hidden = self.forward_cached(prefix, caption_mask, positions, cache, grid_size)
         return self.output(hidden[:, -1]).float()
 
-    def decode_step(self, codes: torch.Tensor, step: int, caption_mask, cache: KVCache, grid_size: int) -> torch.Tensor:
+    def decode_step(self, codes: torch.Tensor, step: int, caption_mask, cache, grid_size: int) -> torch.Tensor:
         """Feed image token `step` `(R,)` (at position P + step); logits `(R, V)` of token `step + 1`."""
-        x = self.tok_embeddings(codes.unsqueeze(1))
-        hidden = self._blocks(x, caption_mask.bool(), grid_size, self.config.cls_token_num + step, cache)
+        rows, position = codes.size(0), self.config.cls_token_num + step
+        mask = torch.cat([caption_mask.bool(), caption_mask.new_ones(rows, step + 1, dtype=torch.bool)], dim=1)
+        positions = torch.full((rows, 1), position, dtype=torch.long, device=codes.device)
+        hidden = self.forward_cached(self.tok_embeddings(codes.unsqueeze(1)), mask, positions, cache, grid_size)
         return self.output(hidden[:, -1]).float()
 
-    def new_cache(self, num_tokens: int) -> KVCache:
-        """A cache for the caption prefix and `num_tokens` image tokens."""
-        return KVCache(self.config.n_layer, self.config.cls_token_num + num_tokens)
+    def new_cache(self, num_tokens: int) -> DynamicCache:
+        """A cache for the caption prefix and `num_tokens` image tokens (a growing transformers cache)."""
+        return DynamicCache(config=self.config)

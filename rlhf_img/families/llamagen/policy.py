@@ -15,11 +15,9 @@ from torch import nn
 from transformers import JanusVQVAE
 
 from ...checkpoints import CheckpointError
-from ...policy import PromptBatch, Rollout, Sampling
-from ...sampling import SampleGenerators, unwrap_causal_lm
-from ...sampling.guidance import guide, sample_actions, scored_logprobs
-from ...sampling.chunked_logprobs import chunked_scored_logprobs
-from ...sampling.kv_cache import unique_rows
+from ...policy import PromptBatch
+from ...sampling import NextTokenPolicy, unwrap_causal_lm
+from .adapter import LlamaGenAdapter, caption_features
 from .gpt import LlamaGenGPT
 from .vq import set_grid
 
@@ -57,8 +55,9 @@ def vq_stride(vq: JanusVQVAE) -> int:
     return 2 ** (len(vq.config.channel_multiplier) - 1)
 
 
-class LlamaGenPolicy:
-    """The `llamagen` implementation of the policy interface (`rlhf_img/policy.py`).
+class LlamaGenPolicy(NextTokenPolicy):
+    """The `llamagen` implementation of the policy interface (`rlhf_img/policy.py`): prompts, T5 features and
+    decoding are its own; sampling and scoring are the engine's, through `LlamaGenAdapter`.
 
     Prompt ids are T5 ids padded on the right to the caption length (120), as LlamaGen's T5 embedder
     tokenises; `text_features` moves the valid features to the end (left padding) as its sampler does.
@@ -73,6 +72,7 @@ class LlamaGenPolicy:
         self.grid_size = config.image_size // stride
         set_grid(vq, self.grid_size)
         self.num_actions = self.grid_size**2
+        self.adapter = LlamaGenAdapter(grid_size=self.grid_size, text_encoder=text_encoder)
         self.caption_length = gpt.cls_token_num
         if gpt.vocab_size != vq.config.num_embeddings:
             raise CheckpointError(f"llamagen: the GPT predicts {gpt.vocab_size} codes, the VQ has {vq.config.num_embeddings}")
@@ -94,88 +94,9 @@ class LlamaGenPolicy:
         )
         return PromptBatch(encoded.input_ids.to(device), encoded.attention_mask.to(device))
 
-    @torch.no_grad()
     def text_features(self, prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen T5 features `(B, P, Ccap)` float32, left-padded and zero on padding, and their bool mask `(B, P)`.
-
-        As LlamaGen's sampler: features of the right-padded ids, rotated so the valid tokens come last, the
-        mask flipped, the features multiplied by it."""
-        mask = prompts.attention_mask.bool()
-        features = self.text_encoder(input_ids=prompts.input_ids, attention_mask=mask.long()).last_hidden_state.float()
-        length = mask.size(1)
-        valid = mask.sum(1, keepdim=True)  # (B, 1)
-        index = (torch.arange(length, device=mask.device).unsqueeze(0) + valid) % length  # (B, P)
-        features = features.gather(1, index.unsqueeze(-1).expand(-1, -1, features.size(-1)))
-        mask = mask.flip(-1)
-        return features * mask.unsqueeze(-1), mask
-
-    @torch.no_grad()
-    def sample(
-        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling,
-        generator: torch.Generator | SampleGenerators | None = None,
-    ) -> Rollout:
-        """KV-cached sampling of `grid²` codes; with guidance the null-caption rows (same mask) ride in the same
-        forward as the conditional rows (batch 2B, conditional first, as the reference batches them). Unless
-        `sampling.sampler` is 'plain', each distinct prompt goes through T5 and the prefill once and its cache rows
-        are copied to the samples that use it (decoding runs on this family's own static buffers, uncompiled)."""
-        gpt = unwrap_causal_lm(model)
-        batch = prompts.input_ids.size(0)
-        index = None  # row i of the decode batch reads prefill row index[i] (None: the prefill is the decode batch)
-        if sampling.sampler != "plain":
-            unique_ids, unique_mask, index = unique_rows(prompts.input_ids, prompts.attention_mask)  # (U, P), (B,)
-            prompts = PromptBatch(unique_ids, unique_mask)
-        features, mask = self.text_features(prompts)  # (U or B, P, Ccap), (U or B, P)
-        with_uncond = sampling.uses_uncond_when_sampling
-        if with_uncond:
-            prefilled = features.size(0)
-            features = torch.cat([features, gpt.unconditional_captions(prefilled).to(features.dtype)])
-            mask = torch.cat([mask, mask])
-            index = None if index is None else torch.cat([index, index + prefilled])  # (2B,)
-        cache = gpt.new_cache(self.num_actions)
-        logits = gpt.prefill(features, mask, cache, self.grid_size)  # (prefill rows, V)
-        if index is not None:
-            logits, mask = logits[index], mask[index]  # (R, ...)
-            cache.select_rows(index)
-        codes = torch.empty(batch, self.num_actions, dtype=torch.long, device=logits.device)
-        logprobs = torch.empty(batch, self.num_actions, dtype=torch.float32, device=logits.device)
-        for step in range(self.num_actions):
-            cond, uncond = (logits[:batch], logits[batch:]) if with_uncond else (logits, None)
-            guided = guide(cond, uncond, sampling.cfg_scale)
-            code = sample_actions(guided, sampling, generator)  # (B,)
-            logprobs[:, step] = scored_logprobs(guided, code, sampling)[0]
-            codes[:, step] = code
-            if step == self.num_actions - 1:
-                break
-            logits = gpt.decode_step(torch.cat([code, code]) if with_uncond else code, step, mask, cache, self.grid_size)
-        return Rollout(actions=codes, logprobs=logprobs)
-
-    def logprobs(self, model: nn.Module, prompts: PromptBatch, actions: torch.Tensor, sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced log-probs and entropies `(B, T)` of `actions` under `sampling.cfg_mode`, in one forward
-        (two for `guided_detached_uncond`). `model` is called (peft / DDP hooks fire)."""
-        gpt = unwrap_causal_lm(model)
-        features, mask = self.text_features(prompts)
-        batch = features.size(0)
-        inputs = actions[:, :-1]
-
-        def forward(feature_rows, mask_rows, input_rows):  # final hidden states (R, T, D); the head runs chunked
-            return model(input_ids=input_rows, caption_features=feature_rows, caption_mask=mask_rows,
-                         grid_size=self.grid_size, return_hidden_states=True)
-
-        head = gpt.get_output_embeddings()  # logits a chunk of positions at a time (`sampling.logprob_chunk_size`)
-        if not sampling.uses_uncond_when_scoring:
-            return chunked_scored_logprobs(head, forward(features, mask, inputs), actions, sampling)
-        if sampling.cfg_mode == "guided_detached_uncond":
-            cond = forward(features, mask, inputs)
-            with torch.no_grad():  # detached branch: no activations kept for backward
-                uncond = forward(gpt.unconditional_captions(batch).to(features.dtype), mask, inputs)
-            return chunked_scored_logprobs(head, cond, actions, sampling, uncond, detach_uncond=True)
-        # guided: both branches in one forward, gradients through both
-        both = forward(
-            torch.cat([features, gpt.unconditional_captions(batch).to(features.dtype)]),
-            torch.cat([mask, mask]),
-            torch.cat([inputs, inputs]),
-        )
-        return chunked_scored_logprobs(head, both[:batch], actions, sampling, both[batch:])
+        """Frozen T5 features `(B, P, Ccap)` float32, left-padded and zero on padding, and their bool mask `(B, P)`."""
+        return caption_features(self.text_encoder, prompts)
 
     @torch.no_grad()
     def decode(self, actions: torch.Tensor) -> torch.Tensor:
