@@ -3,8 +3,8 @@
     policy = load_policy("checkpoints/shapes-tiny")                      # family found from its files
     policy = load_policy("Daniel0724/SimpleAR-0.5B-RL", model_family="simplear", family_config={...})
 
-Each family is a package here (`causal_vq/`, `simplear/`, `infinity/`) that registers its `load` with
-`@register_family`; adding one is a new package plus one import line below.
+Each family is a package here (`causal_vq/`, `simplear/`, `infinity/`, `janus/`, `llamagen/`) that registers its
+`load` with `@register_family`; adding one is a new package plus one import line below.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 
 from ..checkpoints import CheckpointError, is_local
 from ..policy import Policy
-from .registry import CONFIG_MATCH, FAMILIES, NO_MATCH, Family, load_visual_tokenizer, register_family, register_visual_tokenizer
+from .registry import (CONFIG_MATCH, CONVERTERS, FAMILIES, NO_MATCH, Converter, Family, StandIn, load_visual_tokenizer,
+                       register_converter, register_family, register_visual_tokenizer)
 
 from . import causal_vq, infinity, janus, llamagen, simplear  # noqa: E402,F401  (registers the built-in families)
 
@@ -65,7 +66,11 @@ def load_policy(
 
 
 __all__ = [
+    "CONVERTERS",
     "FAMILIES",
+    "Converter",
+    "StandIn",
+    "register_converter",
     "CheckpointError",
     "Family",
     "detect_family",

@@ -1,7 +1,8 @@
 """Name -> model family, and name -> visual tokenizer class (open_clip-style registries).
 
-A family package registers itself with `@register_family(...)` on its `load` function; the trainer, the
-commands and evaluation only ever go through `load_policy` / `detect_family` (in `families/__init__.py`).
+A family package registers itself with `@register_family(...)` on its `load` function (with optional `sft` and
+`stand_in` hooks) and its converters of released files with `@register_converter(...)`; the trainer, the commands
+(`rlhf-img families`, `convert`, `sft`, the `model_family` help) and evaluation only ever read these registries.
 Visual tokenizers are registered the same way, so a family can decode with another family's tokenizer
 (`causal_vq` with the Cosmos tokenizer of `simplear`) without importing that package.
 """
@@ -9,8 +10,8 @@ Visual tokenizers are registered the same way, so a family can decode with anoth
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from torch import nn
 
@@ -32,6 +33,8 @@ class Family:
     (only small JSON/tokenizer files are read; weights are never downloaded to detect).
     `looks_for`: what `detect` looks for, in words, for the error when nothing matches.
     `sft`: optional `() -> (config dataclass, run(config) -> output folder)` for `rlhf-img sft`.
+    `stand_in`: optional `(folder) -> StandIn`: writes a tiny random-weight checkpoint in the family's real on-disk
+    format; the family contract suite (`tests/families/`) runs over every registered family that has one.
     """
 
     name: str
@@ -40,6 +43,20 @@ class Family:
     looks_for: str
     help: str
     sft: Callable[[], tuple[type, Callable]] | None = None
+    stand_in: Callable[[str], "StandIn"] | None = None
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """A tiny checkpoint of a family, as its `stand_in` hook wrote it: `load_policy(checkpoint, **load_kwargs)`
+    loads it; `lora_target_modules` are the modules a LoRA run on it adapts (what the family's recipes target).
+    `runs_in_float64`: False for a network that pins parts of its computation to float32 (as its reference does),
+    so a float64 copy of it is not a meaningful comparison."""
+
+    checkpoint: str
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+    lora_target_modules: list[str] | str = "all-linear"
+    runs_in_float64: bool = True
 
 
 FAMILIES: dict[str, Family] = {}
@@ -52,14 +69,43 @@ def register_family(
     looks_for: str,
     help: str,
     sft: Callable[[], tuple[type, Callable]] | None = None,
+    stand_in: Callable[[str], StandIn] | None = None,
 ) -> Callable[[Callable[..., Policy]], Callable[..., Policy]]:
     """Register a family's `load` function under `name` (see `Family` for the arguments)."""
 
     def decorator(load: Callable[..., Policy]) -> Callable[..., Policy]:
         if name in FAMILIES:
             raise ValueError(f"model family {name!r} is already registered")
-        FAMILIES[name] = Family(name, load, detect, looks_for, help, sft)
+        FAMILIES[name] = Family(name, load, detect, looks_for, help, sft, stand_in)
         return load
+
+    return decorator
+
+
+@dataclass(frozen=True)
+class Converter:
+    """`rlhf-img convert NAME SOURCE OUT`: released files -> this project's safetensors layout.
+
+    `run(source, output_dir, options) -> what was written` (one line); `options` holds the command's flags
+    (`config`, `family_config` as text, `dtype`), each converter reads the ones its `help` names."""
+
+    name: str
+    family: str
+    help: str
+    run: Callable[[str, str, Any], str]
+
+
+CONVERTERS: dict[str, Converter] = {}
+
+
+def register_converter(name: str, *, family: str, help: str) -> Callable[[Callable], Callable]:
+    """Register a converter of released files under `name` (listed by `rlhf-img convert --help`)."""
+
+    def decorator(run: Callable[[str, str, Any], str]) -> Callable[[str, str, Any], str]:
+        if name in CONVERTERS:
+            raise ValueError(f"converter {name!r} is already registered")
+        CONVERTERS[name] = Converter(name, family, help, run)
+        return run
 
     return decorator
 

@@ -8,7 +8,7 @@ upstream SFT), `tiny.py` (random-weight checkpoints in the real on-disk format).
 from __future__ import annotations
 
 from ...checkpoints import has_file
-from ..registry import CONFIG_MATCH, NO_MATCH, register_family
+from ..registry import CONFIG_MATCH, NO_MATCH, StandIn, register_family
 from . import loading
 from .policy import CONFIG_NAME, CausalVQConfig, CausalVQPolicy
 from .vq import VQTokenizer
@@ -18,8 +18,15 @@ def detect(checkpoint: str, revision: str | None = None) -> int:
     return CONFIG_MATCH if has_file(checkpoint, CONFIG_NAME, revision) else NO_MATCH
 
 
+def stand_in(folder: str) -> StandIn:
+    from .tiny import save_tiny_causal_vq
+
+    return StandIn(save_tiny_causal_vq(folder, seed=0), {"dtype": "float32"})
+
+
 load = register_family(
     "causal_vq",
+    stand_in=stand_in,
     detect=detect,
     looks_for=CONFIG_NAME,
     help="a transformers causal LM with a block of image codes + a visual tokenizer (causal_vq.json)",

@@ -11,9 +11,8 @@ Image code `c` is token id `image_code_offset + c` (SimpleAR's layout: offset = 
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -21,14 +20,18 @@ from torch import nn
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch
 from ...sampling import CausalLMAdapter, NextTokenPolicy
+from ..configuration import FamilyConfig
 
 CONFIG_NAME = "causal_vq.json"
 
 
 @dataclass
-class CausalVQConfig:
+class CausalVQConfig(FamilyConfig):
     """The family config. `prompt_template` must contain `{prompt}`; the unconditional prompt is the template
     filled with an empty caption unless `uncond_prompt` is given. `special_tokens` must each be one token."""
+
+    file_name = CONFIG_NAME
+    family = "causal_vq"
 
     image_code_offset: int
     image_code_count: int
@@ -41,33 +44,20 @@ class CausalVQConfig:
     visual_tokenizer_class: str = "vq"
 
     @classmethod
-    def from_dict(cls, data: dict, source: str) -> "CausalVQConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise CheckpointError(f"{source}: unknown causal_vq config key(s) {sorted(unknown)}")
+    def normalize(cls, data: dict, source: str) -> dict:
         missing = {"image_code_offset", "image_code_count", "grid"} - set(data)
         if missing:
             raise CheckpointError(f"{source}: causal_vq config is missing {sorted(missing)}")
-        data = dict(data)
         data["grid"] = tuple(int(x) for x in data["grid"])
-        if "{prompt}" not in data.get("prompt_template", "{prompt}"):
+        return data
+
+    def validate(self, source: str) -> None:
+        if "{prompt}" not in self.prompt_template:
             raise CheckpointError(f"{source}: prompt_template must contain '{{prompt}}'")
-        return cls(**data)
 
     @property
     def num_tokens(self) -> int:
         return self.grid[0] * self.grid[1]
-
-    def save(self, directory: str) -> str:
-        """Write `directory/causal_vq.json`; returns its path."""
-        os.makedirs(directory, exist_ok=True)
-        data = asdict(self)
-        data["grid"] = list(data["grid"])
-        path = os.path.join(directory, CONFIG_NAME)
-        with open(path, "w") as f:
-            json.dump(data, f, indent=2)
-        return path
 
 
 class CausalVQPolicy(NextTokenPolicy):

@@ -11,7 +11,7 @@ import glob
 import os
 
 from ...checkpoints import has_file, is_local
-from ..registry import CONFIG_MATCH, LAYOUT_MATCH, NO_MATCH, register_family
+from ..registry import CONFIG_MATCH, LAYOUT_MATCH, NO_MATCH, StandIn, register_converter, register_family
 from . import loading
 from .policy import FAMILY_CONFIG_NAME, InfinityFamilyConfig, InfinityPolicy
 
@@ -27,8 +27,36 @@ def detect(checkpoint: str, revision: str | None = None) -> int:
     return NO_MATCH
 
 
+def stand_in(folder: str) -> StandIn:
+    from .tiny import save_tiny_infinity, tiny_infinity_family_config
+
+    path = save_tiny_infinity(folder, seed=0)
+    # the transformer casts text, AdaLN and logits to float32 as the reference does: no float64 run
+    return StandIn(path, {"dtype": "float32", "family_config": tiny_infinity_family_config(path)},
+                   ["mat_qkv", "proj", "fc1", "fc2"], runs_in_float64=False)
+
+
+@register_converter(
+    "infinity", family="infinity",
+    help="a folder or hub repo with Infinity's .pth files (e.g. FoundationVision/Infinity) -> OUT loadable with "
+    "model_family infinity and no family_config (transformer as a transformers model, vae/, infinity.json, T5 "
+    "tokenizer); --family_config: the released files as YAML/JSON, default '{size: 2b, transformer: "
+    "infinity_2b_reg.pth, vae: infinity_vae_d32reg.pth, text_encoder: google/flan-t5-xl}'; --dtype: of the written "
+    "transformer. The .pth files are read with torch.load(weights_only=True), which refuses anything but tensors "
+    "and plain containers.",
+)
+def convert_infinity(source: str, output_dir: str, options) -> str:
+    from ...config import parse_structured
+    from .loading import RELEASED_2B_FILES, convert_released
+
+    family = parse_structured(options.family_config, "--family_config") if options.family_config else RELEASED_2B_FILES
+    out = convert_released(source, output_dir, family, dtype=options.dtype)
+    return f"{out} (config.json, model.safetensors, infinity.json, vae/, tokenizer)"
+
+
 load = register_family(
     "infinity",
+    stand_in=stand_in,
     detect=detect,
     looks_for=f"{FAMILY_CONFIG_NAME}, or released {RELEASED_PATTERN} files",
     help="Infinity: bitwise next-scale transformer + Flan-T5 + BSQ-VAE (FoundationVision/Infinity)",

@@ -6,9 +6,8 @@ Actions are bits: for each scale of the schedule, for each token, `d` two-way ch
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -16,6 +15,7 @@ from torch import nn
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch, Rollout, Sampling
 from ...sampling import SampleGenerators, unwrap_causal_lm
+from ..configuration import FamilyConfig
 from .bsq_vae import BSQVAE
 from .codes import ScaleCodes
 from .sampler import sample_bits, score_bits
@@ -27,9 +27,12 @@ SIZE_NAMES = ("2b", "8b")
 
 
 @dataclass
-class InfinityFamilyConfig:
+class InfinityFamilyConfig(FamilyConfig):
     """How to assemble and run a policy. File names are relative to the checkpoint (folder or hub repo)
     unless absolute; `text_encoder` is a hub id or folder of a transformers T5 encoder + tokenizer."""
+
+    file_name = FAMILY_CONFIG_NAME
+    family = "infinity"
 
     size: str | None = None  # "2b" | "8b": builds the released architecture; None: read config.json / infer
     transformer: str = "model.safetensors"  # a .pth/.bin/.safetensors file, or a sharded *.index.json
@@ -42,21 +45,11 @@ class InfinityFamilyConfig:
     patchify: bool | None = None  # 2x2 spatial patchify (Infinity-8B); default from `size`
     base_checkpoint: str | None = None  # for a saved LoRA adapter: where the base transformer lives
 
-    @classmethod
-    def from_dict(cls, data: dict, source: str) -> "InfinityFamilyConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise CheckpointError(f"{source}: unknown infinity config key(s) {sorted(unknown)}")
-        config = cls(**data)
-        if config.size is not None and config.size not in SIZE_NAMES:
-            raise CheckpointError(f"{source}: size must be one of {list(SIZE_NAMES)}, got {config.size!r}")
-        if config.num_scales is None and config.resolution not in RESOLUTIONS:
-            raise CheckpointError(f"{source}: resolution must be one of {sorted(RESOLUTIONS)}, got {config.resolution!r}")
-        return config
-
-    def save(self, directory: str) -> None:
-        with open(os.path.join(directory, FAMILY_CONFIG_NAME), "w") as f:
-            json.dump(asdict(self), f, indent=2)
+    def validate(self, source: str) -> None:
+        if self.size is not None and self.size not in SIZE_NAMES:
+            raise CheckpointError(f"{source}: size must be one of {list(SIZE_NAMES)}, got {self.size!r}")
+        if self.num_scales is None and self.resolution not in RESOLUTIONS:
+            raise CheckpointError(f"{source}: resolution must be one of {sorted(RESOLUTIONS)}, got {self.resolution!r}")
 
 
 class InfinityPolicy:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from ...checkpoints import has_file, resolve_subpath
-from ..registry import CONFIG_MATCH, LAYOUT_MATCH, NO_MATCH, register_family
+from ..registry import CONFIG_MATCH, LAYOUT_MATCH, NO_MATCH, StandIn, register_family
 from . import loading
 from .policy import CONFIG_NAME, JanusFamilyConfig, JanusPolicy
 
@@ -30,8 +30,17 @@ def detect(checkpoint: str, revision: str | None = None) -> int:
     return NO_MATCH
 
 
+def stand_in(folder: str) -> StandIn:
+    from .tiny import save_tiny_janus
+
+    # LoRA stays in the language model (the family refuses adapters on the vision tower or image head)
+    targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    return StandIn(save_tiny_janus(folder, seed=0), {"dtype": "float32"}, targets)
+
+
 load = register_family(
     "janus",
+    stand_in=stand_in,
     detect=detect,
     looks_for=f'{CONFIG_NAME}, or a config.json with model_type "janus"',
     help="Janus-Pro: transformers' JanusForConditionalGeneration (deepseek-community/Janus-Pro-1B, -7B)",

@@ -6,9 +6,8 @@ The family config (`LlamaGenFamilyConfig`, saved as `llamagen.json`) says how th
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -17,6 +16,7 @@ from transformers import JanusVQVAE
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch
 from ...sampling import NextTokenPolicy, unwrap_causal_lm
+from ..configuration import FamilyConfig
 from .adapter import LlamaGenAdapter, caption_features
 from .gpt import LlamaGenGPT
 from .vq import set_grid
@@ -25,9 +25,12 @@ FAMILY_CONFIG_NAME = "llamagen.json"
 
 
 @dataclass
-class LlamaGenFamilyConfig:
+class LlamaGenFamilyConfig(FamilyConfig):
     """How to assemble and run a policy. File names are relative to the checkpoint (folder or hub repo) unless
     absolute; `text_encoder` is a hub id or folder of a transformers T5 encoder + tokenizer."""
+
+    file_name = FAMILY_CONFIG_NAME
+    family = "llamagen"
 
     gpt: str = "model.safetensors"  # a released .pt (weights under "model"), or this project's transformers folder
     vq: str = "vq"  # a folder saved by this project, or a released .pt (weights under "model")
@@ -38,17 +41,6 @@ class LlamaGenFamilyConfig:
     image_size: int | None = None  # 256 (stage 1) or 512 (stage 2); None: from the .pt name (`..._256.pt`), else 256
     lowercase_prompts: bool = True  # LlamaGen's caption cleaning lower-cases and strips (the rest is not applied)
     base_checkpoint: str | None = None  # for a saved LoRA adapter: where the base GPT lives
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str) -> "LlamaGenFamilyConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise CheckpointError(f"{source}: unknown llamagen config key(s) {sorted(unknown)}")
-        return cls(**data)
-
-    def save(self, directory: str) -> None:
-        with open(os.path.join(directory, FAMILY_CONFIG_NAME), "w") as f:
-            json.dump(asdict(self), f, indent=2)
 
 
 def vq_stride(vq: JanusVQVAE) -> int:
