@@ -11,11 +11,16 @@ Ours (`--samplers`, `Sampling.sampler`) also batches CFG rows in one KV-cached f
 the image-code rows of the LM head, prefills each distinct prompt once (a group shares it), and with
 `static` / `compiled` decodes on a static cache (compiled: `torch.compile`, CUDA graphs on GPU).
 
+The same run then times every `sampler` of the shared engine on a Janus-shaped (transformers'
+`JanusForConditionalGeneration`: image embeddings -> aligner -> Llama -> generation head) and a LlamaGen-shaped
+(GPT with 2D RoPE over a 120-token caption prefix) random model (`--families`): plain vs shared vs static vs
+compiled, the tokens each draws for one seed checked identical to plain's, time as a ratio to plain.
+
 Each decode step must read every weight once plus the KV cache so far; the benchmark prints those bytes per
 step (the bandwidth bound of a decode step) and the bandwidth each sampler achieved; with `--hbm_gbps` (e.g.
 4800 for an H200) also the fraction of that bound reached.
 
-    python bench/rollouts.py [--batch 32] [--json out.json]
+    python bench/rollouts.py [--batch 32] [--json out.json] [--families janus,llamagen|none]
     python bench/rollouts.py --device cuda --dtype bfloat16 --grid 32 --hbm_gbps 4800   # 1,024-token grid
 """
 
@@ -28,6 +33,8 @@ import sys
 import tempfile
 import time
 
+import warnings
+
 import torch
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 from transformers.utils import logging
@@ -35,6 +42,8 @@ from transformers.utils import logging
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from rlhf_img import Sampling, load_policy  # noqa: E402
 from rlhf_img.families.causal_vq.tiny import save_tiny_causal_vq  # noqa: E402
+from rlhf_img.families.janus.tiny import save_tiny_janus  # noqa: E402
+from rlhf_img.families.llamagen.tiny import save_tiny_llamagen, tiny_llamagen_family_config  # noqa: E402
 from rlhf_img.policy import SAMPLERS  # noqa: E402
 from rlhf_img.sampling.kv_cache import resolve_sampler  # noqa: E402
 from rlhf_img.sampling.next_token import left_pad_stack  # noqa: E402
@@ -121,6 +130,58 @@ def decode_step_bytes(model, rows: int, prefix_length: int, num_tokens: int, cod
             "bytes_per_step": decoder_bytes + head_bytes + kv_bytes, "decode_steps": steps}
 
 
+def build_family_model(family: str, args: argparse.Namespace, directory: str):
+    """A random model of `family` at the benchmark's width, depth and grid (a `grid x grid` image)."""
+    if family == "janus":
+        path = save_tiny_janus(directory, hidden_size=args.hidden_size, num_layers=args.num_layers, grid=args.grid,
+                               codebook_size=args.codebook_size, seed=0)
+        return load_policy(path, "janus", dtype="float32")
+    path = save_tiny_llamagen(directory, dim=args.hidden_size, n_layer=args.num_layers, n_head=args.num_heads,
+                              codebook_size=args.codebook_size, seed=0)
+    stride = 2  # the stand-in's VQ: two resolutions
+    return load_policy(path, "llamagen", dtype="float32",
+                       family_config={**tiny_llamagen_family_config(path), "num_heads": args.num_heads,
+                                      "image_size": args.grid * stride})
+
+
+FAMILY_SAMPLERS = ("plain", "shared", "static", "compiled")
+
+
+def family_table(family: str, args: argparse.Namespace, dtype: torch.dtype) -> dict:
+    """Seconds per rollout batch for every sampler on one family's model, the tokens checked against `plain`."""
+    with tempfile.TemporaryDirectory() as directory:
+        policy = build_family_model(family, args, directory)
+    model = policy.model.to(args.device, dtype).eval()
+    policy.to(args.device)
+    batch = policy.encode_prompts([f"prompt number {i // args.group}" for i in range(args.batch)], args.device)
+    num_tokens = policy.num_actions
+    rows, reference = {}, None
+    for sampler in ["plain", *(name for name in args.family_samplers if name != "plain")]:
+        sampling = Sampling(cfg_mode="guided", cfg_scale=args.cfg_scale, temperature=1.0, sampler=sampler)
+        drawn = {}
+
+        def run(n: int) -> None:
+            policy.num_actions = n
+            generator = torch.Generator(args.device).manual_seed(0)
+            with torch.inference_mode():
+                drawn[n] = policy.sample(model, batch, sampling, generator=generator).actions
+            policy.num_actions = num_tokens
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            seconds = time_it(run, args.repeats, num_tokens, args.device,
+                              num_tokens if sampler == "compiled" else min(4, num_tokens))
+        fell_back = any("torch.compile of the decode step failed" in str(w.message) for w in caught)
+        actions = drawn[num_tokens]
+        reference = actions if reference is None else reference
+        rows[sampler] = {"seconds": seconds, "tok_s": args.batch * num_tokens / seconds,
+                         "same_tokens_as_plain": bool(torch.equal(actions, reference)), "compile_fell_back": fell_back}
+    for figures in rows.values():
+        figures["speedup_vs_plain"] = rows["plain"]["seconds"] / figures["seconds"]
+    return {"image_tokens": num_tokens, "samplers": rows,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
 def time_it(fn, repeats: int, num_tokens: int, device: str, warmup_tokens: int) -> float:
     def run(n: int) -> None:
         fn(n)
@@ -153,6 +214,11 @@ def main() -> None:
                         "in the JSON (auto: compiled on CUDA, shared elsewhere)")
     parser.add_argument("--baselines", default="generate,peer_loop", help="comma-separated baselines to time: "
                         "generate (transformers generate + CFG), peer_loop (T2I-R1 / AR-GRPO style loop)")
+    parser.add_argument("--families", default="janus,llamagen",
+                        help="comma-separated families whose random model also gets a sampler table (janus, llamagen), "
+                        "or 'none'")
+    parser.add_argument("--family_samplers", default=",".join(FAMILY_SAMPLERS),
+                        help="comma-separated samplers timed on those families (plain is always timed: the reference)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per method (best is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -174,6 +240,13 @@ def main() -> None:
     if set(baselines) - {"generate", "peer_loop"}:
         parser.error(f"--baselines: unknown {sorted(set(baselines) - {'generate', 'peer_loop'})}; "
                      "choose from generate, peer_loop")
+    families = [name.strip() for name in args.families.split(",") if name.strip() and name.strip() != "none"]
+    if set(families) - {"janus", "llamagen"}:
+        parser.error(f"--families: unknown {sorted(set(families) - {'janus', 'llamagen'})}; choose from janus, llamagen")
+    args.family_samplers = [name.strip() for name in args.family_samplers.split(",") if name.strip()]
+    if set(args.family_samplers) - set(FAMILY_SAMPLERS):
+        parser.error(f"--family_samplers: unknown {sorted(set(args.family_samplers) - set(FAMILY_SAMPLERS))}; "
+                     f"choose from {FAMILY_SAMPLERS}")
     dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     dtype = getattr(torch, dtype_name, None)
     if not isinstance(dtype, torch.dtype):
@@ -185,8 +258,8 @@ def main() -> None:
     policy.to(args.device)
     prompts = [f"prompt number {i // args.group}" for i in range(args.batch)]
     batch = policy.encode_prompts(prompts, args.device)
-    uncond_ids = policy._uncond.input_ids.to(args.device)
-    uncond_mask = policy._uncond.attention_mask.to(args.device)
+    uncond_ids = torch.tensor([policy.adapter.unconditional_ids], device=args.device)
+    uncond_mask = torch.tensor([policy.adapter.unconditional_mask], device=args.device)
     num_tokens = policy.num_actions
     cfg = policy.config
 
@@ -297,6 +370,16 @@ def main() -> None:
         if args.hbm_gbps:
             line += f"{figures['hbm_fraction']:>14.1%}"
         print(line)
+    if families:
+        result["families"] = {family: family_table(family, args, dtype) for family in families}
+        print(f"\nevery sampler on other families' random models ({args.hidden_size} wide, {args.num_layers} layers, "
+              f"batch {args.batch}, CFG {args.cfg_scale}); the same seed must draw the same tokens as plain")
+        print(f"{'family':<10}{'sampler':<10}{'seconds':>9}{'image tok/s':>13}{'vs plain':>10}{'same tokens':>13}")
+        for family, table in result["families"].items():
+            for sampler, figures in table["samplers"].items():
+                note = " (compile failed: eager)" if figures["compile_fell_back"] else ""
+                print(f"{family:<10}{sampler:<10}{figures['seconds']:>9.2f}{figures['tok_s']:>13.0f}"
+                      f"{figures['speedup_vs_plain']:>10.2f}{str(figures['same_tokens_as_plain']):>13}{note}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -11,7 +11,7 @@ def test_rollout_benchmark_writes_json(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "bench", "rollouts.py"), "--batch", "4", "--group", "2", "--grid", "2",
          "--codebook_size", "64", "--text_vocab", "1000", "--hidden_size", "32", "--num_layers", "1",
-         "--num_heads", "2", "--json", str(out)],
+         "--num_heads", "2", "--families", "none", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -47,3 +47,22 @@ def test_rollout_benchmark_rejects_an_unknown_sampler(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(os.path.join(REPO, "bench", "rollouts.py"), run_name="__main__")
     assert exit_info.value.code == 2 and "--samplers: ['fastest']" in capsys.readouterr().err
+
+
+def test_rollout_benchmark_times_every_sampler_on_janus_and_llamagen_shaped_models(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "rollouts.py"), "--batch", "4", "--group", "2", "--grid", "4",
+         "--codebook_size", "64", "--hidden_size", "32", "--num_layers", "1", "--num_heads", "2", "--baselines", "",
+         "--family_samplers", "shared,static", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())["families"]
+    assert set(figures) == {"janus", "llamagen"}
+    for table in figures.values():
+        assert table["image_tokens"] == 16 and set(table["samplers"]) == {"plain", "shared", "static"}
+        for row in table["samplers"].values():  # one seed, the same tokens whatever the loop
+            assert row["same_tokens_as_plain"] and row["seconds"] > 0
+            assert abs(row["speedup_vs_plain"] - table["samplers"]["plain"]["seconds"] / row["seconds"]) < 1e-9
+    assert "janus     static" in result.stdout and "llamagen  shared" in result.stdout
