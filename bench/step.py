@@ -39,7 +39,6 @@ from transformers import PrinterCallback, Qwen2Config, Qwen2ForCausalLM, Trainer
 from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import rlhf_img.trainer as trainer_module  # noqa: E402
 from rlhf_img import ImageGRPOConfig, ImageGRPOTrainer, load_policy  # noqa: E402
 from rlhf_img.families.causal_vq.tiny import byte_level_tokenizer  # noqa: E402
 from rlhf_img.families.simplear.cosmos import CosmosConfig, CosmosDiscreteTokenizer  # noqa: E402
@@ -224,8 +223,8 @@ def run_one(args: argparse.Namespace, paths: tuple[str, str], mode: str, grid: i
             policy.logprobs, lambda *a, **k: "forward_backward" if torch.is_grad_enabled() else "old_ref_logprobs")
         trainer.compute_loss = meter.wrap(trainer.compute_loss, lambda *a, **k: "forward_backward")
         trainer.accelerator.backward = meter.wrap(trainer.accelerator.backward, lambda *a, **k: "forward_backward")
-        score_rewards = trainer_module.score_rewards
-        trainer_module.score_rewards = meter.wrap(score_rewards, lambda *a, **k: "reward")
+        reward_set = trainer.image_rewards  # the trainer's RewardSet: wrap its scoring on this instance only
+        reward_set.score = meter.wrap(reward_set.score, lambda *a, **k: "reward")
         total, trainable = parameter_counts(trainer.model)
         baseline_mib = memory.current_mib()
         try:
@@ -233,7 +232,7 @@ def run_one(args: argparse.Namespace, paths: tuple[str, str], mode: str, grid: i
             trainer.train()
             seconds = time.perf_counter() - start
         finally:
-            trainer_module.score_rewards = score_rewards
+            del reward_set.score
     steps = [step for step in meter.steps if "sample" in step]
     last = steps[-1]
     return {

@@ -8,14 +8,16 @@ file, before anything is written.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from .recipes import UsageError, parse_recipe, prepare_training, recipe_parser
 from .yaml_files import YamlFileError, read_yaml_mapping
+
+if TYPE_CHECKING:
+    from .config import EvalConfig
 
 
 def one_line(message: str) -> str:
@@ -112,61 +114,71 @@ def cmd_sft(argv: Sequence[str]) -> int:
     return 0
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
-    """The sampling flags, from the same dataclass fields (names, types, help) as the training recipe keys."""
-    from .config import SamplingOptions
-
-    for field in dataclasses.fields(SamplingOptions):  # each default has the field's type (str, float, int)
-        parser.add_argument(f"--{field.name}", type=type(field.default), choices=field.metadata.get("choices"),
-                            default=defaults.get(field.name, field.default), help=field.metadata["help"])
-
-
 EVAL_DESCRIPTION = (
     "Score a checkpoint (or a folder of images) with GenEval's rules: sample N images per prompt with fixed "
     "seeds, detect objects (the shapes world's exact detector, or Mask2Former + CLIP colours as GenEval), judge "
     "strictly, print GenEval's per-tag table. With --output_dir: images/ in GenEval's layout, results.jsonl "
-    "(GenEval's fields) and table.json. `rlhf-img eval geneval --checkpoint X --metadata M ...` is an alias with "
+    "(GenEval's fields) and table.json. Every option below is also a key of an eval YAML file (`rlhf-img eval "
+    "EVAL.yaml [--key value ...]`, flags override the file); the family and sampling options are the training "
+    "recipe's keys of the same names. `rlhf-img eval geneval --checkpoint X --metadata M ...` is an alias with "
     "GenEval's defaults (Mask2Former, 4 images per prompt, guided CFG 4)."
 )
+EVAL_USAGE = "rlhf-img eval [geneval] [CHECKPOINT | EVAL.yaml [CHECKPOINT]] [--key value ...]"
 
 
 def eval_parser(geneval_defaults: bool = False) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf-img eval", description=EVAL_DESCRIPTION)
-    parser.add_argument("checkpoint", nargs="?", help="checkpoint to sample from: a folder (SFT, GRPO or LoRA output) or a hub id")
-    parser.add_argument("--checkpoint", dest="checkpoint_option", metavar="CHECKPOINT", help="the same, as an option")
-    parser.add_argument("--images", help="score this GenEval image folder (NNNNN/metadata.jsonl + NNNNN/samples/NNNN.png) instead of sampling")
-    parser.add_argument("--prompts", "--metadata", dest="prompts", default=None if geneval_defaults else "shapes-held-out",
-                        help="prompt set: shapes-held-out, shapes-train, or a GenEval evaluation_metadata.jsonl")
-    parser.add_argument("--output_dir", default=None, help="write images/, results.jsonl and table.json here")
-    parser.add_argument("--model_family", default=None, help="family of the checkpoint (default: found from its files)")
-    parser.add_argument("--visual_tokenizer", default=None, help="visual tokenizer, if not the checkpoint's own")
-    parser.add_argument("--family_config", default=None, help="overrides of the family config, YAML/JSON mapping (e.g. '{resolution: 512}')")
-    parser.add_argument("--device", default=None, help="where the policy and the detector run (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default=None, help="policy weights dtype, e.g. bfloat16 (default: the family's)")
-    parser.add_argument("--images_per_prompt", type=int, default=4 if geneval_defaults else 16,
-                        help="GenEval uses 4; the shapes world 16 (several tags have 1-5 held-out prompts)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed -> same images)")
-    parser.add_argument("--batch_prompts", type=int, default=16, help="prompts sampled together (each chunk has its own seed)")
-    add_sampling_arguments(parser, **({"cfg_mode": "guided"} if geneval_defaults else {}))
-    parser.add_argument("--detector", default="mask2former" if geneval_defaults else "shapes",
-                        choices=["shapes", "mask2former"], help="shapes: the shapes world's exact detector; mask2former: GenEval's")
-    parser.add_argument("--detector_model", default="facebook/mask2former-swin-small-coco-instance",
-                        help="transformers Mask2Former checkpoint (hub id or folder), COCO instance labels")
-    parser.add_argument("--clip_model", default="ViT-L-14", help="open_clip model for colours (name, hf-hub:, local-dir:)")
-    parser.add_argument("--clip_pretrained", default="openai", help="open_clip pretrained tag or weights file")
-    parser.add_argument("--class_names", default=None, help="object_names.txt (default: GenEval's 80 COCO names)")
-    parser.add_argument("--batch_size", type=int, default=8, help="images per detector batch")
+    """The `rlhf-img eval` parser: one option per `EvalConfig` field (the recipe parser `rlhf-img train` uses, so
+    names, types, defaults and help are the dataclass's), plus the positional CHECKPOINT; `geneval_defaults`: the
+    `rlhf-img eval geneval` alias (`GENEVAL_DEFAULTS`)."""
+    from .config import GENEVAL_DEFAULTS, EvalConfig
+
+    parser = recipe_parser((EvalConfig,), "eval", description=EVAL_DESCRIPTION, usage=EVAL_USAGE)
+    parser.add_argument("checkpoint_argument", nargs="?", metavar="CHECKPOINT",
+                        help="the same as --checkpoint (after EVAL.yaml when both are given)")
+    if geneval_defaults:
+        parser.set_defaults(**GENEVAL_DEFAULTS)
     return parser
 
 
+def _is_eval_file(token: str) -> bool:
+    """A first argument ending in .yaml/.yml is an eval file (a checkpoint is a folder or a hub id, never that)."""
+    return token.lower().endswith((".yaml", ".yml")) and not os.path.isdir(token)
+
+
+def parse_eval_config(argv: Sequence[str]) -> EvalConfig:
+    """`[geneval] [EVAL.yaml] [CHECKPOINT] [--key value ...]` -> the `EvalConfig`, as `rlhf-img train` parses a recipe:
+    the file's keys, then the flags over them (UsageError with one line naming the key on bad input)."""
+    from .config import EvalConfig
+
+    argv = list(argv)
+    geneval = argv[:1] == ["geneval"]
+    if geneval:
+        argv = argv[1:]
+    eval_file = argv.pop(0) if argv and _is_eval_file(argv[0]) else None
+    config, positional = parse_recipe(eval_file, argv, (EvalConfig,), "eval", parser=eval_parser(geneval))
+    checkpoint = positional.checkpoint_argument
+    if checkpoint is not None:
+        flag_given = any(token == "--checkpoint" or token.startswith("--checkpoint=") for token in argv)
+        if flag_given and config.checkpoint != checkpoint:
+            raise UsageError(f"checkpoint given twice ({checkpoint!r} and --checkpoint {config.checkpoint!r}); "
+                             "give one")
+        config.checkpoint = checkpoint
+    return config
+
+
 def cmd_eval(argv: Sequence[str]) -> int:
-    alias = bool(argv) and argv[0] == "geneval"
-    options = eval_parser(geneval_defaults=alias).parse_args(argv[1:] if alias else argv)
+    if any(token in ("-h", "--help") for token in argv):
+        eval_parser(geneval_defaults=argv[:1] == ["geneval"]).print_help()
+        return 0
+    try:
+        config = parse_eval_config(argv)
+    except UsageError as error:
+        fail(str(error))
     from .checkpoints import CheckpointError
     from .eval.run import run_evaluation
 
     try:
-        table, title, written = run_evaluation(options)
+        table, title, written = run_evaluation(config)
     except (UsageError, CheckpointError, OSError, ValueError, KeyError) as error:
         fail(str(error).splitlines()[0])
     from .eval import format_table
@@ -206,61 +218,33 @@ def cmd_quickstart(argv: Sequence[str]) -> int:
 
 
 def cmd_convert(argv: Sequence[str]) -> int:
+    from .checkpoints import CheckpointError
+    from .families import CONVERTERS
+
+    kinds = "\n".join(f"  {name} ({converter.family}): {converter.help}" for name, converter in CONVERTERS.items())
     parser = argparse.ArgumentParser(
         prog="rlhf-img convert",
-        description="Convert released weights into this project's safetensors layout. `cosmos`: a folder or hub "
-        "repo with NVIDIA's Cosmos tokenizer TorchScript files (encoder.jit + decoder.jit, e.g. "
-        "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16) -> OUT with config.json, encoder.safetensors, decoder.safetensors "
-        "(checked by a strict load into our modules; written in the published dtype). The .jit files are opened "
-        "with torch.jit.load: TorchScript's own runtime compiles their TorchScript code (no Python pickle), and "
-        "only their state dicts are kept; their forward is never called. `infinity`: a folder or hub repo with "
-        "Infinity's .pth files (e.g. FoundationVision/Infinity) -> OUT loadable with model_family infinity and no "
-        "family_config (transformer as a transformers model, vae/, infinity.json, T5 tokenizer); the .pth files "
-        "are read with torch.load(weights_only=True), which refuses anything but tensors and plain containers. "
-        "`llamagen`: a folder with LlamaGen's t2i_*.pt and vq_*.pt (or the hub repo peizesun/llamagen_t2i) -> OUT "
-        "loadable with model_family llamagen (GPT as a transformers model, vq/, llamagen.json, T5 tokenizer); "
-        "read the same way.",
+        description="Convert released weights into this project's safetensors layout. What each registered "
+        "converter reads and writes:\n" + kinds,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("kind", choices=["cosmos", "infinity", "llamagen"], help="what to convert")
-    parser.add_argument("source", help="cosmos: folder or hub id holding encoder.jit and decoder.jit; "
-                        "infinity: folder or hub id holding the .pth files; llamagen: folder or hub id with the .pt files")
+    parser.add_argument("kind", choices=list(CONVERTERS), help="what to convert (the converters above)")
+    parser.add_argument("source", help="folder or hub id holding the released files")
     parser.add_argument("output_dir", help="where the safetensors files go")
-    parser.add_argument("--config", default=None,
-                        help="cosmos: a Cosmos config.json for non-default architectures (default: DV8x16x16)")
+    parser.add_argument("--config", default=None, help="an architecture config file, for converters that take one")
     parser.add_argument("--family_config", default=None,
-                        help="infinity: the released files as YAML/JSON, default "
-                        "'{size: 2b, transformer: infinity_2b_reg.pth, vae: infinity_vae_d32reg.pth, "
-                        "text_encoder: google/flan-t5-xl}'; llamagen: see LlamaGenFamilyConfig (default: the folder's "
-                        "t2i_*.pt / vq_*.pt; for a hub repo the 256 px stage-1 files)")
-    parser.add_argument("--dtype", default="bfloat16", help="infinity, llamagen: dtype of the written transformer / GPT")
+                        help="the released files and options as YAML/JSON, for converters that take one")
+    parser.add_argument("--dtype", default="bfloat16", help="dtype of the written weights, for converters that cast")
     options = parser.parse_args(argv)
-    from .checkpoints import CheckpointError, read_json_file
     from .config import parse_structured
 
     try:
-        if options.kind == "infinity":
-            from .families.infinity.loading import RELEASED_2B_FILES, convert_released
-
-            family = parse_structured(options.family_config, "--family_config") if options.family_config else RELEASED_2B_FILES
-            out = convert_released(options.source, options.output_dir, family, dtype=options.dtype)
-            print(f"rlhf-img: wrote {out} (config.json, model.safetensors, infinity.json, vae/, tokenizer)")
-            return 0
-        if options.kind == "llamagen":  # released t2i_*.pt + vq_*.pt (torch.load weights_only=True) -> safetensors
-            from .families.llamagen.loading import RELEASED_STAGE1_FILES, convert_released
-
-            family = parse_structured(options.family_config, "--family_config") if options.family_config else None
-            if family is None and not os.path.isdir(options.source):
-                family = RELEASED_STAGE1_FILES  # a hub repo (peizesun/llamagen_t2i): the 256 px stage-1 files
-            out = convert_released(options.source, options.output_dir, family, dtype=options.dtype)
-            print(f"rlhf-img: wrote {out} (config.json, model.safetensors, llamagen.json, vq/, tokenizer)")
-            return 0
-        from .families.simplear.cosmos import CosmosConfig, convert_jit_to_safetensors
-
-        config = CosmosConfig.from_dict(read_json_file(options.config), options.config) if options.config else None
-        out = convert_jit_to_safetensors(options.source, options.output_dir, config=config)
+        if options.family_config:
+            options.family_config = parse_structured(options.family_config, "--family_config")
+        written = CONVERTERS[options.kind].run(options.source, options.output_dir, options)
     except (CheckpointError, OSError, ValueError) as error:
         fail(str(error).splitlines()[0])
-    print(f"rlhf-img: wrote {out}/config.json, encoder.safetensors, decoder.safetensors")
+    print(f"rlhf-img: wrote {written}")
     return 0
 
 
@@ -274,10 +258,17 @@ def cmd_rewards(argv: Sequence[str]) -> int:
 
 
 def cmd_families(argv: Sequence[str]) -> int:
-    from .families import FAMILIES
+    """What the registry holds: each family, how its checkpoints are recognised, and what it adds (converters of
+    released files, an SFT recipe, a tiny stand-in for the contract suite)."""
+    from .families import CONVERTERS, FAMILIES
 
     for name, family in FAMILIES.items():
+        extras = [f"rlhf-img convert {c.name}" for c in CONVERTERS.values() if c.family == name]
+        extras += ["rlhf-img sft"] if family.sft is not None else []
+        extras += ["tiny stand-in"] if family.stand_in is not None else []
         print(f"{name:12s} {family.help}\n{'':12s} detected by: {family.looks_for}")
+        if extras:
+            print(f"{'':12s} also: {', '.join(extras)}")
     return 0
 
 
@@ -362,7 +353,7 @@ COMMANDS = {
     "train": (cmd_train, "GRPO-train a model from a recipe: rlhf-img train recipes/X.yaml [--key value ...]"),
     "pretrain-tokenizer": (cmd_pretrain_tokenizer, "Upstream: train a world's VQ tokenizer (recipes/shapes-tokenizer.yaml)."),
     "sft": (cmd_sft, "Upstream: SFT a world's causal LM (recipes/shapes-sft.yaml) or a family's model (simplear)."),
-    "eval": (cmd_eval, "GenEval's rules on a checkpoint or an image folder: rlhf-img eval CHECKPOINT [--prompts ...]"),
+    "eval": (cmd_eval, "GenEval's rules on a checkpoint or an image folder: rlhf-img eval CHECKPOINT|EVAL.yaml [--key ...]"),
     "quickstart": (cmd_quickstart, "The main job: eval -> GRPO -> eval on the shapes world."),
     "convert": (cmd_convert, "Convert released weights (Cosmos .jit, Infinity .pth, LlamaGen .pt) to safetensors."),
     "rewards": (cmd_rewards, "List the built-in rewards."),

@@ -14,8 +14,10 @@ import torch
 import trl
 import yaml
 
+from .families import FAMILIES
 from .policy import CFG_MODES, SAMPLERS, Sampling
 from .rewards.loading import RewardConfigError, RewardSpec
+from .rewards.reward_set import check_unique_names
 
 
 def parse_structured(value: Any, key: str) -> Any:
@@ -187,10 +189,9 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
             if not isinstance(self.rewards, list) or not self.rewards:
                 raise RewardConfigError("rewards: expected a non-empty list of reward entries")
             self.reward_specs = [RewardSpec.parse(entry) for entry in self.rewards]
-            names = [spec.display_name for spec in self.reward_specs]
-            repeated = sorted({n for n in names if names.count(n) > 1})
-            if repeated:
-                raise RewardConfigError(f"rewards: {repeated} appear more than once; give each a distinct `label`")
+            check_unique_names([spec.display_name for spec in self.reward_specs])  # fails before any model loads
+            if self.reward_weights is not None:  # TRL's list would be a second, order-dependent copy of the weights
+                raise RewardConfigError("reward_weights: give each entry of `rewards` its own `weight` instead")
         else:
             self.reward_specs = []
         self.sampling  # validates temperature / top_p / logprob_chunk_size
@@ -202,15 +203,15 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
 
 
 @dataclass
-class ImageModelConfig(trl.ModelConfig):
-    """`trl.ModelConfig` (checkpoint, dtype, LoRA: `use_peft`, `lora_r`, `lora_alpha`, `lora_dropout`,
-    `lora_target_modules`) plus the model family and its visual tokenizer."""
+class FamilyOptions:
+    """Which model family a checkpoint is and how to build it: declared once, shared by the training config
+    (`ImageModelConfig`, recipe keys) and `rlhf-img eval` (`EvalConfig`, flags and eval-file keys), so both read the
+    same names, defaults and help."""
 
     model_family: str | None = field(
         default=None,
-        metadata={"help": "Model family: 'causal_vq', 'simplear', 'infinity', 'janus' or 'llamagen' (`rlhf-img families`; "
-                  "README, 'Model families'); "
-                  "default: found from the checkpoint's files."},
+        metadata={"help": f"Model family, one of those registered: {', '.join(repr(name) for name in FAMILIES)} "
+                  "(`rlhf-img families`; README, 'Model families'); default: found from the checkpoint's files."},
     )
     visual_tokenizer: str | None = field(
         default=None,
@@ -222,6 +223,21 @@ class ImageModelConfig(trl.ModelConfig):
         metadata={"help": "Overrides of the family config (causal_vq.json), a mapping in YAML or JSON, e.g. "
                   '\'{"grid": [16, 16]}\'.'},
     )
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:  # a base of ImageModelConfig: trl.ModelConfig's own checks run too
+            parent()
+        self.family_config = parse_structured(self.family_config, "family_config")
+        if self.family_config is not None and not isinstance(self.family_config, dict):
+            raise ValueError("family_config must be a mapping")
+
+
+@dataclass
+class ImageModelConfig(FamilyOptions, trl.ModelConfig):
+    """`trl.ModelConfig` (checkpoint, dtype, LoRA: `use_peft`, `lora_r`, `lora_alpha`, `lora_dropout`,
+    `lora_target_modules`) plus the model family and its visual tokenizer (`FamilyOptions`)."""
+
     lora_dropout: float = field(
         default=0.0, metadata={"help": "LoRA dropout (0 keeps sampling and scoring identical)."}
     )
@@ -231,9 +247,6 @@ class ImageModelConfig(trl.ModelConfig):
         if isinstance(self.lora_target_modules, str) and self.lora_target_modules != "all-linear":
             # TRL unwraps one-element lists for 'all-linear'; peft would read a bare 'q_proj' as a full-name regex
             self.lora_target_modules = [self.lora_target_modules]
-        self.family_config = parse_structured(self.family_config, "family_config")
-        if self.family_config is not None and not isinstance(self.family_config, dict):
-            raise ValueError("family_config must be a mapping")
 
 
 @dataclass
@@ -249,3 +262,81 @@ class PromptDataConfig:
     dataset_split: str = field(default="train", metadata={"help": "`datasets` split."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt text."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+
+
+@dataclass
+class EvalConfig(SamplingOptions, FamilyOptions):
+    """`rlhf-img eval`: what to score, how to sample it and how to judge it. The family and sampling fields are the
+    training recipe's own (`FamilyOptions`, `SamplingOptions`), so an eval file, the eval flags, the recipe keys
+    and `--help` cannot drift apart. Give `checkpoint` (sample, then judge) or `images` (judge a folder)."""
+
+    checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Checkpoint to sample from: a folder (SFT, GRPO or LoRA output) or a hub id; on the command "
+                  "line also the first argument, `rlhf-img eval CHECKPOINT`."},
+    )
+    images: str | None = field(
+        default=None,
+        metadata={"help": "Score this GenEval image folder (NNNNN/metadata.jsonl + NNNNN/samples/NNNN.png) instead "
+                  "of sampling a checkpoint."},
+    )
+    prompts: str | None = field(
+        default="shapes-held-out",
+        metadata={"help": "Prompt set: 'shapes-held-out', 'shapes-train', or a GenEval evaluation_metadata.jsonl "
+                  "(flag alias: --metadata).", "aliases": ["--metadata"]},
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Write images/ (GenEval's layout), results.jsonl (one GenEval results line per image) and "
+                  "table.json here; default: only print the table."},
+    )
+    # not trl.ModelConfig's `dtype`: its 'float32' default would override the family's own
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "Policy weights dtype, e.g. bfloat16; default: the family's (float32 for causal_vq, "
+                  "bfloat16 for the released families)."},
+    )
+    device: str | None = field(
+        default=None,
+        metadata={"help": "Where the policy and the detector run; default: cuda if available, else cpu."},
+    )
+    images_per_prompt: int = field(
+        default=16,
+        metadata={"help": "Images per prompt: GenEval uses 4; the shapes world 16 (several tags have 1-5 held-out "
+                  "prompts, 16 keeps their accuracies from swinging on a few samples)."},
+    )
+    seed: int = field(
+        default=0,
+        metadata={"help": "Sampling seed: image k of prompt i depends only on the seed and its chunk of "
+                  "`batch_prompts` prompts (same seed -> same images)."},
+    )
+    batch_prompts: int = field(default=16, metadata={"help": "Prompts sampled together (each chunk has its own seed)."})
+    detector: str = field(
+        default="shapes",
+        metadata={"help": "'shapes': the shapes world's exact detector; 'mask2former': GenEval's (Mask2Former + CLIP "
+                  "colours: detector_model, clip_model, clip_pretrained, class_names).",
+                  "choices": ["shapes", "mask2former"]},
+    )
+    detector_model: str = field(
+        default="facebook/mask2former-swin-small-coco-instance",
+        metadata={"help": "transformers Mask2Former checkpoint (hub id or folder), COCO instance labels."},
+    )
+    clip_model: str = field(
+        default="ViT-L-14", metadata={"help": "open_clip model for the colours (a name, hf-hub:ID or local-dir:PATH)."}
+    )
+    clip_pretrained: str = field(default="openai", metadata={"help": "open_clip pretrained tag or weights file."})
+    class_names: str | None = field(
+        default=None, metadata={"help": "object_names.txt, one class a line; default: GenEval's 80 COCO names."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Images per detector batch."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # FamilyOptions: family_config -> a mapping
+        for key in ("images_per_prompt", "batch_prompts", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        self.sampling  # validates cfg_mode / temperature / top_k / top_p / sampler before any model loads
+
+
+# `rlhf-img eval geneval ...`: GenEval's protocol as defaults (its metadata file must then be given, as `prompts`)
+GENEVAL_DEFAULTS = {"prompts": None, "images_per_prompt": 4, "cfg_mode": "guided", "detector": "mask2former"}

@@ -35,7 +35,6 @@ from .eval.prompts import PROMPT_SETS, load_prompt_set
 from .fsdp import unsharded_root
 from .geneval_rules import TAGS
 from .images import captioned_grid
-from .rewards.compose import score_rewards
 from .rewards.geneval import GenEvalScorer, build_scorer
 
 logger = logging.getLogger(__name__)
@@ -166,7 +165,7 @@ class InLoopEvaluation(TrainerCallback):
         prompts = [row["prompt"] for row in rows]
         columns = {key: [row.get(key) for row in rows] for key in rows[0] if key != "prompt"}
         with torch.no_grad():
-            rewards = score_rewards(trainer.image_rewards, prompts, images.to(accelerator.device), columns)
+            rewards = trainer.image_rewards.score(prompts, images.to(accelerator.device), columns)
         logs = self.metrics(rewards, table)
         should_log = trainer.control.should_log  # logging resets it: the step's training log must still happen
         transformers.Trainer.log(trainer, dict(logs))  # not TRL's log: that would flush the training metrics
@@ -176,10 +175,10 @@ class InLoopEvaluation(TrainerCallback):
 
     def metrics(self, rewards: torch.Tensor, table: dict[str, float] | None) -> dict[str, float]:
         logs = {}
-        for index, reward in enumerate(self.trainer.image_rewards):
-            logs[f"eval_rewards/{reward.name}/mean"] = _finite_or_none(torch.nanmean(rewards[:, index]).item())
-        weights = torch.tensor([reward.weight for reward in self.trainer.image_rewards])
-        logs["eval_reward"] = _finite_or_none(torch.nanmean((rewards.nan_to_num(0.0) * weights).sum(1)).item())
+        reward_set = self.trainer.image_rewards
+        for index, name in enumerate(reward_set.names):
+            logs[f"eval_rewards/{name}/mean"] = _finite_or_none(torch.nanmean(rewards[:, index]).item())
+        logs["eval_reward"] = _finite_or_none(torch.nanmean(reward_set.weighted_totals(rewards)).item())
         if table is not None:
             for tag in (*TAGS, "overall"):
                 if tag in table:
@@ -187,8 +186,7 @@ class InLoopEvaluation(TrainerCallback):
         return logs
 
     def log_grid(self, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor, step: int) -> None:
-        weights = torch.tensor([reward.weight for reward in self.trainer.image_rewards])
-        totals = (rewards.nan_to_num(0.0) * weights).sum(1).tolist()
+        totals = self.trainer.image_rewards.weighted_totals(rewards).tolist()
         captions = [f"{prompt} | r={total:.3g}" for prompt, total in zip(prompts, totals)]
         grid = captioned_grid(images, captions, columns=self.images_per_prompt)
         folder = os.path.join(self.trainer.args.output_dir, "eval")

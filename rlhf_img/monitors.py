@@ -7,7 +7,8 @@ shows it. Logged per rollout batch (TRL averages them over the logging window):
 - `monitors/image_diversity`: mean pairwise RMS pixel distance between the decoded images of a group
   (images in [0, 1], compared at most 64x64 after area downsampling), averaged over groups. 0 = identical.
 - `monitors/clip_diversity`: mean pairwise cosine distance (1 - cos) of the CLIP image embeddings of a group,
-  when a CLIP-based reward is loaded (its embeddings are reused, no second CLIP is loaded).
+  when a reward embeds images (the CLIP-based ones: `RewardSet.image_embedder()`); its embeddings of the batch
+  it just scored are reused, no second CLIP is loaded.
 
 The other collapse signals are TRL's own metrics, computed by the loss pass: `entropy` (mean per-token
 entropy of the image-code distribution the loss scores), `frac_reward_zero_std` (share of groups whose
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .rewards.clip import OpenClip
+from .rewards.reward_set import ImageEmbedder
 
 MAX_SIDE = 64  # pixel diversity is measured at most at 64x64: enough to see collapse, cheap to gather
 
@@ -53,24 +54,15 @@ def pixel_features(images: torch.Tensor) -> torch.Tensor:
     return images.float().flatten(1)
 
 
-def find_clip(rewards) -> OpenClip | None:
-    """The open_clip model of the first loaded CLIP-based reward (clip_score, aesthetic, hpsv2), if any."""
-    for reward in rewards:
-        clip = getattr(getattr(reward, "fn", None), "clip", None)
-        if isinstance(clip, OpenClip):
-            return clip
-    return None
-
-
 @torch.no_grad()
-def rollout_monitors(images: torch.Tensor, group_size: int, gather, clip: OpenClip | None = None) -> dict[str, float]:
+def rollout_monitors(images: torch.Tensor, group_size: int, gather,
+                     embed_images: ImageEmbedder | None = None) -> dict[str, float]:
     """The diversity monitors of one rollout batch. `images`: this process's decoded images; `gather`: the
-    accelerator's gather (groups may span processes; only small per-image vectors cross them)."""
+    accelerator's gather (groups may span processes; only small per-image vectors cross them); `embed_images`:
+    a reward's image-embedding capability (`RewardSet.image_embedder()`), None for no `clip_diversity`."""
     metrics = {"monitors/image_diversity": group_diversity(gather(pixel_features(images)), group_size, "rms")}
-    if clip is not None:
-        embeddings = clip.cached_image_features(images)
-        if embeddings is None:  # the reward did not embed this very tensor (e.g. it ran elsewhere): embed once
-            embeddings = clip.image_features(images)
+    if embed_images is not None:
+        embeddings = embed_images(images)  # (B, D), L2-normalised
         metrics["monitors/clip_diversity"] = group_diversity(gather(embeddings.to(images.device)), group_size,
                                                              "cosine")
     return metrics

@@ -93,7 +93,12 @@ class Policy(Protocol):
     `rlhf_img/families/causal_vq/` is the reference implementation. The trainer calls `encode_prompts`,
     `sample` (under `torch.no_grad`, on the unwrapped model), `decode`, `logprobs` (with gradients, on the
     wrapped model) and `save_pretrained`; evaluation calls `encode_prompts`, `sample` with a seeded
-    `generator`, `decode` and `to`.
+    `generator`, `decode` and `to`. The trainer sets no attribute of a policy: the module it trains (peft-wrapped
+    under LoRA) is its own `model`, passed to `sample` / `logprobs`.
+
+    Optional hook: `check_trainable(model)`, if a family defines it, is called once by the trainer with the
+    module it will train (after peft wrapping) and raises `ValueError` to refuse it (janus: LoRA adapters
+    outside its language model).
     """
 
     model: nn.Module  # the trainable part; peft wraps it, TRL optimises it
@@ -130,7 +135,9 @@ class Policy(Protocol):
         `model` is placed by its owner (accelerate in training, `rlhf_img.eval.load_for_eval` in evaluation)."""
         ...
 
-    def save_pretrained(self, output_dir: str) -> None:
+    def save_pretrained(self, output_dir: str, model: nn.Module | None = None) -> None:
         """Write the non-trainable parts (visual tokenizer, family config file) next to a saved model, so that
-        `output_dir` loads as a checkpoint of the same family (`load_policy(output_dir)` finds it)."""
+        `output_dir` loads as a checkpoint of the same family (`load_policy(output_dir)` finds it). `model`: the
+        module that was saved there (default `self.model`); the trainer passes the one it trained, peft-wrapped
+        under LoRA, which is how a family tells an adapter from a full model."""
         ...

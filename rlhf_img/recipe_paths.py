@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 # recipe keys that name an input file or folder (a value that exists in neither place is left as written:
 # it may be a hub id, and the loader's own error names it)
-PATH_KEYS = ("dataset", "model_name_or_path", "visual_tokenizer", "resume_from_checkpoint")
+PATH_KEYS = ("dataset", "model_name_or_path", "visual_tokenizer", "resume_from_checkpoint",
+             "checkpoint", "images", "prompts", "class_names")  # the last four: `rlhf-img eval` files (EvalConfig)
 LOCAL_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")  # `dataset` values that can only be files
 
 

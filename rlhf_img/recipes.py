@@ -27,14 +27,16 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
-def recipe_parser(dataclass_types=TRAIN_DATACLASSES, command: str = "train"):
+def recipe_parser(dataclass_types=TRAIN_DATACLASSES, command: str = "train", description: str = DESCRIPTION,
+                  usage: str | None = None):
+    """The `--key value` parser of `dataclass_types` (TRL's `TrlParser`): one option per field, its help the field's."""
     from trl import TrlParser
 
     class RecipeParser(TrlParser):
         def error(self, message: str) -> NoReturn:  # argparse prints usage + error; we print one line
             raise UsageError(message)
 
-    return RecipeParser(dataclass_types, prog=f"rlhf-img {command} RECIPE", description=DESCRIPTION)
+    return RecipeParser(dataclass_types, prog=f"rlhf-img {command} RECIPE", description=description, usage=usage)
 
 
 def _field_types(dataclass_types=TRAIN_DATACLASSES) -> dict[str, str]:
@@ -50,7 +52,7 @@ def _field_types(dataclass_types=TRAIN_DATACLASSES) -> dict[str, str]:
     return types
 
 
-def load_recipe(path: str, dataclass_types=TRAIN_DATACLASSES) -> dict[str, Any]:
+def load_recipe(path: str, dataclass_types=TRAIN_DATACLASSES, command: str = "train") -> dict[str, Any]:
     """The recipe mapping, with unknown keys rejected (one line naming the first)."""
     try:
         recipe = read_yaml_mapping(path, "recipe", "a recipe must be a YAML mapping of key: value")
@@ -59,7 +61,7 @@ def load_recipe(path: str, dataclass_types=TRAIN_DATACLASSES) -> dict[str, Any]:
     known = set(_field_types(dataclass_types)) | {"env"}
     unknown = [key for key in recipe if key not in known]
     if unknown:
-        raise UsageError(f"unknown recipe key {unknown[0]!r} in {path} (see `rlhf-img train --help` for the keys)")
+        raise UsageError(f"unknown recipe key {unknown[0]!r} in {path} (see `rlhf-img {command} --help` for the keys)")
     return recipe
 
 
@@ -121,10 +123,13 @@ def _parse(parser, recipe: dict[str, Any], overrides: Sequence[str]):
     return parser.parse_args_into_dataclasses(args=list(overrides))
 
 
-def parse_recipe(recipe_path: str, overrides: Sequence[str], dataclass_types=TRAIN_DATACLASSES, command="train"):
-    """The dataclasses of `dataclass_types` from a recipe plus `--key value` overrides (UsageError on bad input)."""
-    parser = recipe_parser(dataclass_types, command)
-    recipe = load_recipe(recipe_path, dataclass_types)
+def parse_recipe(recipe_path: str | None, overrides: Sequence[str], dataclass_types=TRAIN_DATACLASSES, command="train",
+                 parser=None):
+    """The dataclasses of `dataclass_types` from a recipe plus `--key value` overrides (UsageError on bad input).
+    `recipe_path=None`: the command line alone. `parser`: one built by `recipe_parser` with extra arguments or
+    defaults (their values come back as a last `argparse.Namespace`)."""
+    parser = parser or recipe_parser(dataclass_types, command)
+    recipe = load_recipe(recipe_path, dataclass_types, command) if recipe_path is not None else {}
     check_recipe_types(parser, recipe, recipe_path, dataclass_types)
     try:
         configs = _parse(parser, recipe, overrides)
@@ -139,19 +144,21 @@ def parse_recipe(recipe_path: str, overrides: Sequence[str], dataclass_types=TRA
         message = " ".join(str(error).split()) or "no detail"
         raise UsageError(f"invalid recipe/options ({type(error).__name__}: {message[:300]})") from None
     try:  # inputs the recipe names relative to itself work from any folder (recipe_paths.py)
-        resolve_recipe_paths(configs, recipe, recipe_path, overrides)
+        if recipe_path is not None:
+            resolve_recipe_paths(configs, recipe, recipe_path, overrides)
     except RecipePathError as error:
         raise UsageError(str(error)) from None
     return configs
 
 
 def prepare_training(recipe_path: str, overrides: Sequence[str]):
-    """Everything that can fail on user input, before anything is written: configs, rewards, prompts, model."""
+    """Everything that can fail on user input, before anything is written: configs, the `RewardSet` (its models
+    loaded), prompts, model. Returns `(args, model_args, rewards, dataset, policy, peft_config)`."""
     from trl import get_peft_config
 
     from .data import load_prompt_dataset
     from .families import load_policy
-    from .rewards import RewardConfigError, build_rewards
+    from .rewards import RewardConfigError, RewardSet
 
     args, model_args, data_args = parse_recipe(recipe_path, overrides)
     try:  # `true` -> the latest complete checkpoint-N in output_dir; a path must be a complete checkpoint
@@ -169,7 +176,7 @@ def prepare_training(recipe_path: str, overrides: Sequence[str]):
             from .in_loop_eval import load_eval_prompts
 
             load_eval_prompts(args.eval_prompts, args.eval_max_prompts)
-        rewards = build_rewards(args.reward_specs)
+        rewards = RewardSet.build(args.reward_specs)  # built once, here; the trainer takes it as it is
         dataset = load_prompt_dataset(
             data_args.dataset,
             config=data_args.dataset_config,

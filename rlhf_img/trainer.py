@@ -28,10 +28,10 @@ from .fsdp import unsharded_root
 from .guards import TrainingGuards, unscored_counts
 from .images import captioned_grid
 from .in_loop_eval import InLoopEvaluation
-from .monitors import find_clip, rollout_monitors
+from .monitors import rollout_monitors
 from .policy import Policy, PromptBatch
 from .resume import resolve_resume, save_marked_checkpoint
-from .rewards.compose import RewardFunction, build_rewards, score_rewards
+from .rewards.reward_set import RewardEntry, RewardSet
 from .sampling.generators import SampleGenerators
 from .rollout_records import save_rollouts
 
@@ -42,10 +42,13 @@ class ImageGRPOTrainer(GRPOTrainer):
     """GRPO for autoregressive text-to-image policies.
 
     Args:
-        policy: a model family's policy (`rlhf_img.load_policy(...)`); its `model` is trained.
+        policy: a model family's policy (`rlhf_img.load_policy(...)`); its `model` is trained. The trainer keeps
+            the module it trains (peft-wrapped under LoRA) as `self.model`, as TRL does, and hands it to
+            `policy.sample` / `policy.logprobs`; it sets no attribute of `policy` (nor of `args`).
         args: `ImageGRPOConfig`.
         train_dataset: rows with a `prompt` column; other columns reach the rewards as keyword arguments.
-        reward_funcs: rewards (callables, `RewardSpec`s, names, or dicts); default: `args.rewards`.
+        reward_funcs: a `RewardSet` (what `prepare_training` builds), or rewards to build one from (callables,
+            `RewardFunction`s, `RewardSpec`s, names, or dicts); default: `args.rewards`.
         peft_config: a peft `LoraConfig` for LoRA training; None for full fine-tuning.
     """
 
@@ -54,21 +57,20 @@ class ImageGRPOTrainer(GRPOTrainer):
         policy: Policy,
         args: ImageGRPOConfig,
         train_dataset,
-        reward_funcs: Sequence[Any] | None = None,
+        reward_funcs: RewardSet | Sequence[RewardEntry] | None = None,
         eval_dataset=None,
         peft_config=None,
         callbacks=None,
         optimizers=(None, None),
     ) -> None:
-        rewards = build_rewards(reward_funcs if reward_funcs is not None else args.reward_specs)
-        if not rewards:
-            raise ValueError("no rewards: set `rewards` in the recipe or pass reward_funcs")
-        if len({r.name for r in rewards}) != len(rewards):
-            raise ValueError(f"reward names must be unique (give repeats a `label`), got {[r.name for r in rewards]}")
-        args.reward_weights = [r.weight for r in rewards]
+        rewards = RewardSet.build(reward_funcs if reward_funcs is not None else args.reward_specs)
+        if args.reward_weights is not None:  # TRL's field: accepted only when it says what the rewards say
+            given = torch.tensor([float(w) for w in args.reward_weights], dtype=torch.float32)
+            if given.shape != rewards.weights.shape or not torch.equal(given, rewards.weights):
+                raise ValueError(f"args.reward_weights {list(args.reward_weights)} disagree with the rewards' own "
+                                 f"weights {[r.weight for r in rewards]}; leave reward_weights unset")
         self.policy = policy
-        self.image_rewards: list[RewardFunction] = rewards
-        self.reward_normalize = torch.tensor([r.normalize for r in rewards])  # (R,) bool, batch z-score per reward
+        self.image_rewards: RewardSet = rewards  # names, weights, normalize flags, scoring, image embeddings
         self.sampling = args.sampling
         self._last_policy_logps: torch.Tensor | None = None
         self._last_logged_image_step = -1
@@ -84,12 +86,16 @@ class ImageGRPOTrainer(GRPOTrainer):
             optimizers=optimizers,
             peft_config=peft_config,
         )
-        self.policy.model = self.model
+        # TRL read `args.reward_weights` (None: ones); the weights are the reward set's, set on the trainer only
+        self.reward_weights = rewards.weights  # (R,) float32, what TRL's own code reads
+        check_trainable = getattr(policy, "check_trainable", None)  # optional family hook (policy.py)
+        if check_trainable is not None:
+            check_trainable(self.model)  # e.g. janus refuses LoRA adapters outside its language model
         self.policy.to(self.accelerator.device)
         if args.eval_every > 0:  # fixed prompts and seeds every eval_every steps (in_loop_eval.py)
             self.add_callback(InLoopEvaluation(self))
         self.guards = TrainingGuards(  # silent-failure guards (guards.py); a callback so resume restores them
-            [r.name for r in rewards], args.no_score_patience, args.zero_spread_patience,
+            rewards.names, args.no_score_patience, args.zero_spread_patience,
             args.constant_reward_patience, args.zero_grad_norm_patience, self.accelerator.is_main_process,
         )
         self.add_callback(self.guards)
@@ -118,7 +124,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         sampled = time.perf_counter()
         images = self.policy.decode(rollout.actions)  # each rank decodes and scores its own rollouts
         decoded = time.perf_counter()
-        rewards_local = score_rewards(self.image_rewards, prompts, images, columns).to(device)
+        rewards_local = self.image_rewards.score(prompts, images, columns).to(device)
         scored = time.perf_counter()
 
         actions = rollout.actions
@@ -156,12 +162,12 @@ class ImageGRPOTrainer(GRPOTrainer):
             num_generations,
             self.scale_rewards,
             self.multi_objective_aggregation,
-            self.reward_normalize.to(device),
+            self.image_rewards.normalize.to(device),
         )
         if mode == "train":  # raises NoScoreError (a RewardError) when no reward scored any image
             guard_metrics = self.guards.check_rollouts(rewards_per_func, result.is_std_zero, self.state.global_step)
         else:
-            guard_metrics = unscored_counts(rewards_per_func, [r.name for r in self.image_rewards])
+            guard_metrics = unscored_counts(rewards_per_func, self.image_rewards.names)
         for key, value in guard_metrics.items():
             self._metrics[mode][key].append(value)
         process_slice = slice(
@@ -178,11 +184,12 @@ class ImageGRPOTrainer(GRPOTrainer):
         for name, seconds in (("sample", sampled - start), ("decode", decoded - sampled), ("reward", scored - decoded)):
             metrics[f"timing/{name}_seconds"].append(seconds)
         metrics["rollout/images_per_second"].append(len(prompts) / max(sampled - start, 1e-9))
-        monitors = rollout_monitors(images, num_generations, self.accelerator.gather, find_clip(self.image_rewards))
+        monitors = rollout_monitors(images, num_generations, self.accelerator.gather,
+                                    self.image_rewards.image_embedder())  # a CLIP reward's embeddings, if any
         for key, value in monitors.items():  # within-group diversity (README, "When things go wrong")
             metrics[key].append(value)
 
-        local_rewards = {r.name: rewards_local[:, i].tolist() for i, r in enumerate(self.image_rewards)}
+        local_rewards = {name: rewards_local[:, i].tolist() for i, name in enumerate(self.image_rewards.names)}
         local_totals = result.rewards[process_slice].tolist()
         self._record_rollouts(images, prompts, local_rewards, local_totals, local_advantages.tolist())
 
@@ -302,7 +309,12 @@ class ImageGRPOTrainer(GRPOTrainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            self.policy.save_pretrained(output_dir or self.args.output_dir)
+            self._save_family_files(output_dir or self.args.output_dir)
+
+    def _save_family_files(self, output_dir: str) -> None:
+        """The family's own files next to the saved model or adapter, told which module was saved (the one trained:
+        DDP / FSDP wrappers off, peft's kept), so a family writes an adapter's files under LoRA."""
+        self.policy.save_pretrained(output_dir, model=self.accelerator.unwrap_model(self.model))
 
     def _save_checkpoint(self, model, trial) -> None:
         """TRL's checkpoint save, then a completion marker: resuming never picks a half-written folder."""

@@ -19,7 +19,7 @@ from rlhf_img import ImageGRPOTrainer, load_policy
 from rlhf_img.eval.prompts import load_prompt_set
 from rlhf_img.in_loop_eval import InLoopEvaluation, load_eval_prompts
 from rlhf_img.monitors import group_diversity, pixel_features, rollout_monitors
-from rlhf_img.rewards import build_rewards
+from rlhf_img.rewards import RewardSet, build_rewards
 from tiny_models import save_tiny_open_clip
 from wandb_offline import history_keys
 
@@ -132,13 +132,17 @@ def clip_reward(root):
 
 
 def test_clip_diversity_reuses_the_rewards_embeddings(tmp_path):
-    (reward,) = build_rewards([clip_reward(str(tmp_path))])
-    clip = reward.fn.clip
+    rewards = RewardSet.build([brightness, clip_reward(str(tmp_path))])
+    embed_images = rewards.image_embedder()  # the CLIP reward's public capability, found past the first reward
+    clip = rewards[1].fn.clip
+    assert embed_images == rewards[1].fn.embed_images
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    reward(["a dog"] * 8, images)
+    rewards.score(["a dog"] * 8, images, {})
     cached = clip.cached_image_features(images)
     assert cached is not None and clip.cached_image_features(images.clone()) is None  # only that very tensor
-    metrics = rollout_monitors(images, 4, lambda tensor: tensor, clip)
+    assert embed_images(images) is cached  # no second CLIP pass for the batch just scored
+    assert_close_scaled(embed_images(images.clone()), cached)  # another tensor: embedded afresh, same values
+    metrics = rollout_monitors(images, 4, lambda tensor: tensor, embed_images)
     assert metrics["monitors/clip_diversity"] == group_diversity(cached, 4, "cosine")
     assert metrics["monitors/image_diversity"] == group_diversity(images.flatten(1), 4, "rms")
 

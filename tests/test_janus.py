@@ -198,7 +198,8 @@ def test_lora_grpo_step_trains_adapters_in_the_language_model_only_and_reloads(t
     assert all(".language_model." in name for name in adapters)
     trained = {n: p for n, p in policy.model.named_parameters() if "lora_B" in n}
     assert any(p.abs().sum() > 0 for p in trained.values())
-    base_now = dict(policy.model.get_base_model().named_parameters())
+    assert trainer.model.get_base_model() is policy.model  # peft wraps in place; the policy keeps its own model
+    base_now = dict(trainer.model.get_base_model().named_parameters())
     assert all(torch.equal(value, base_now[name]) for name, value in base.items() if name in base_now)
     assert all(torch.equal(value, base_now[name]) for name, value in frozen.items())
     trainer.save_model(args.output_dir)

@@ -350,3 +350,33 @@ def test_pickscore_with_a_separate_processor_that_crops_inside_the_resize(tiny_p
 def test_pickscore_missing_local_model_folder_is_a_one_line_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"^reward 'pickscore': model folder not found: .*nope$"):
         build_rewards([{"name": "pickscore", "kwargs": {"model": str(tmp_path / "nope")}}])
+
+
+# ---------------------------------------------------------------- the image-embedding capability
+
+
+@pytest.mark.parametrize("name", ["clip_score", "aesthetic", "hpsv2", "pickscore"])
+def test_clip_based_rewards_expose_embed_images_reusing_the_scored_batch(name, tiny_open_clip, aesthetic_head,
+                                                                        tiny_pickscore, tmp_path):
+    """What the diversity monitor reads (`RewardSet.image_embedder`): unit-norm `(B, D)` embeddings, those of the
+    call that just scored this very tensor (no second model pass), and the same values for a copy of it."""
+    from rlhf_img.rewards import RewardSet
+
+    local = f"local-dir:{tiny_open_clip['local_dir']}"
+    torch.save({"state_dict": tiny_open_clip["state_dict"]}, tmp_path / "hps.pt")
+    kwargs = {
+        "clip_score": {"model": local, "pretrained": None},
+        "aesthetic": {"weights": aesthetic_head["path"], "clip_model": local},
+        "hpsv2": {"weights": str(tmp_path / "hps.pt"), "clip_model": TINY_CLIP_NAME},
+        "pickscore": {"model": tiny_pickscore, "processor": tiny_pickscore},
+    }[name]
+    rewards = RewardSet.build([{"name": name, "kwargs": {**kwargs, "device": "cpu", "batch_size": 3}}])
+    embed_images = rewards.image_embedder()
+    assert embed_images is not None
+    images = quantised_images(40, 32, seed=11)
+    rewards.score(PROMPTS, images, {})
+    scored = embed_images(images)
+    assert scored is embed_images(images)  # the scored batch's embeddings, not a second pass
+    assert scored.shape == (len(PROMPTS), 32) and scored.dtype == torch.float32
+    assert_close_scaled(scored.norm(dim=-1), torch.ones(len(PROMPTS)))
+    assert_close_scaled(embed_images(images.clone()), scored)  # another tensor: embedded afresh, same values

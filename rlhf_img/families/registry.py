@@ -87,7 +87,8 @@ class Converter:
     """`rlhf-img convert NAME SOURCE OUT`: released files -> this project's safetensors layout.
 
     `run(source, output_dir, options) -> what was written` (one line); `options` holds the command's flags
-    (`config`, `family_config` as text, `dtype`), each converter reads the ones its `help` names."""
+    (`config`: a path or None, `family_config`: a mapping or None, `dtype`), each converter reads the ones its
+    `help` names."""
 
     name: str
     family: str

@@ -4,14 +4,18 @@ from . import aesthetic, clip_score, compression, geneval, hpsv2, pickscore, ser
 from .compose import RewardError, RewardFunction, build_rewards, score_rewards
 from .loading import RewardConfigError, RewardSpec, resolve_reward
 from .registry import REWARD_REGISTRY, list_rewards, register_reward
+from .reward_set import ImageEmbedder, RewardSet, check_unique_names
 
 __all__ = [
     "REWARD_REGISTRY",
     "RewardConfigError",
     "RewardError",
+    "ImageEmbedder",
     "RewardFunction",
+    "RewardSet",
     "RewardSpec",
     "build_rewards",
+    "check_unique_names",
     "list_rewards",
     "register_reward",
     "resolve_reward",

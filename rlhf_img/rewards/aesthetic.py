@@ -77,6 +77,11 @@ class AestheticReward:
         self.head = head.to(self.clip.device)
         self.batch_size = batch_size
 
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """`(B, D)` L2-normalised CLIP image embeddings, float32 (the last call's, for the same tensor): the
+        image-embedding capability the diversity monitor uses (`RewardSet.image_embedder`)."""
+        return self.clip.embed_images(images, self.batch_size)
+
     @torch.no_grad()
     def __call__(self, prompts: list[str], images: torch.Tensor, **columns) -> list[float]:
         embeddings = self.clip.image_features(images, self.batch_size)  # (B, D), L2-normalised

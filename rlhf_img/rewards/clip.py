@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -55,6 +55,23 @@ def preprocess_images(images: torch.Tensor, size: int | Sequence[int], mean: Seq
     return normalize_pixels(images[..., top : top + height, left : left + width].clamp(0, 1), mean, std)
 
 
+class LastEmbeddings:
+    """The embeddings of the last image batch a reward embedded, keyed on that tensor's identity, so the reward's
+    `embed_images` (the diversity monitor asks right after the reward scored the batch) need not run its model
+    twice. Holds a weak reference: no image batch is kept alive."""
+
+    def __init__(self) -> None:
+        self._images: weakref.ref | None = None
+        self._features: torch.Tensor | None = None
+
+    def remember(self, images: torch.Tensor, features: torch.Tensor) -> None:
+        self._images, self._features = weakref.ref(images), features
+
+    def get(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The remembered embeddings if they were computed from this very tensor, else None."""
+        return self._features if self._images is not None and self._images() is images else None
+
+
 @dataclass
 class OpenClip:
     """An open_clip model with its tokenizer and its preprocessing parameters."""
@@ -64,6 +81,7 @@ class OpenClip:
     size: int | tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    last: LastEmbeddings = field(default_factory=LastEmbeddings, init=False, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -85,14 +103,19 @@ class OpenClip:
             pixels = preprocess(images[start : start + batch_size].to(self.device))
             chunks.append(F.normalize(self.model.encode_image(pixels.to(dtype)).float(), dim=-1))
         features = torch.cat(chunks)
-        self._last = (weakref.ref(images), features)  # for `cached_image_features`; no image is kept alive
+        self.last.remember(images, features)
         return features
 
     def cached_image_features(self, images: torch.Tensor) -> torch.Tensor | None:
-        """The embeddings the last `image_features` call computed, if it was given this very tensor (the
-        trainer's diversity monitor reuses a reward's embeddings instead of running CLIP again), else None."""
-        last = getattr(self, "_last", None)
-        return last[1] if last is not None and last[0]() is images else None
+        """The embeddings the last `image_features` call computed, if it was given this very tensor, else None."""
+        return self.last.get(images)
+
+    def embed_images(self, images: torch.Tensor, batch_size: int = 32,
+                     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """`image_features(images)`, reusing the last call's result when given that very tensor: what the CLIP
+        rewards' `embed_images` capability returns (see `rlhf_img/rewards/reward_set.py`)."""
+        cached = self.cached_image_features(images)
+        return cached if cached is not None else self.image_features(images, batch_size, preprocess)
 
     @torch.no_grad()
     def text_features(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:

@@ -41,6 +41,11 @@ class ClipScore:
     def captions(self, prompts: list[str]) -> list[str]:
         return [self.caption_template.format(prompt=prompt) for prompt in prompts]
 
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """`(B, D)` L2-normalised CLIP image embeddings, float32 (the last call's, for the same tensor): the
+        image-embedding capability the diversity monitor uses (`RewardSet.image_embedder`)."""
+        return self.clip.embed_images(images, self.batch_size)
+
     @torch.no_grad()
     def __call__(self, prompts: list[str], images: torch.Tensor, **columns) -> list[float]:
         image_features = self.clip.image_features(images, self.batch_size)

@@ -79,11 +79,19 @@ class HPSv2:
             size = size[0]
         self.size, self.batch_size = size, batch_size
 
+    def letterbox(self, images: torch.Tensor) -> torch.Tensor:
+        """HPS v2's preprocessing (letterbox to the model's square input) instead of CLIP's centre crop."""
+        return letterbox_images(images, self.size, self.clip.mean, self.clip.std)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """`(B, D)` L2-normalised image embeddings of HPS v2's CLIP, float32 (the last call's, for the same
+        tensor): the image-embedding capability the diversity monitor uses (`RewardSet.image_embedder`)."""
+        return self.clip.embed_images(images, self.batch_size, preprocess=self.letterbox)
+
     @torch.no_grad()
     def __call__(self, prompts: list[str], images: torch.Tensor, **columns) -> list[float]:
         if len(prompts) != len(images):
             raise ValueError(f"hpsv2: {len(prompts)} prompts for {len(images)} images")
-        image_features = self.clip.image_features(
-            images, self.batch_size, preprocess=lambda chunk: letterbox_images(chunk, self.size, self.clip.mean, self.clip.std))
+        image_features = self.clip.image_features(images, self.batch_size, preprocess=self.letterbox)
         text_features = self.clip.text_features(prompts)  # (B, D), L2-normalised
         return (image_features * text_features).sum(-1).tolist()

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .clip import default_device, normalize_pixels, preprocess_images
+from .clip import LastEmbeddings, default_device, normalize_pixels, preprocess_images
 from .registry import register_reward
 
 
@@ -53,6 +53,7 @@ class PickScore:
         self.mean, self.std = tuple(image_processor.image_mean), tuple(image_processor.image_std)
         self.max_length = self.model.config.text_config.max_position_embeddings
         self.batch_size = batch_size
+        self.last = LastEmbeddings()
 
     def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
         """`(B, 3, H, W)` in [0, 1] -> `(B, 3, crop_h, crop_w)` as `CLIPImageProcessor` would make them."""
@@ -65,17 +66,34 @@ class PickScore:
         return normalize_pixels(square[..., top : top + height, left : left + width], self.mean, self.std)
 
     @torch.no_grad()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """`(B, D)` L2-normalised image embeddings, float32, computed in chunks of `batch_size` (and remembered)."""
+        dtype = next(self.model.parameters()).dtype
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = self.pixel_values(images[start : start + self.batch_size].to(self.device))
+            embeds = _embeddings(self.model.get_image_features(pixel_values=pixels.to(dtype)))
+            chunks.append(F.normalize(embeds.float(), dim=-1))
+        features = torch.cat(chunks)
+        self.last.remember(images, features)
+        return features
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """`(B, D)` L2-normalised image embeddings, float32 (the last call's, for the same tensor): the
+        image-embedding capability the diversity monitor uses (`RewardSet.image_embedder`)."""
+        cached = self.last.get(images)
+        return cached if cached is not None else self.image_features(images)
+
+    @torch.no_grad()
     def __call__(self, prompts: list[str], images: torch.Tensor, **columns) -> list[float]:
         if len(prompts) != len(images):
             raise ValueError(f"pickscore: {len(prompts)} prompts for {len(images)} images")
-        dtype = next(self.model.parameters()).dtype
+        image_embeds = self.image_features(images)  # (B, D)
         scores = []
         for start in range(0, len(images), self.batch_size):
-            pixels = self.pixel_values(images[start : start + self.batch_size].to(self.device))
             tokens = self.tokenizer(list(prompts[start : start + self.batch_size]), padding=True, truncation=True,
                                     max_length=self.max_length, return_tensors="pt").to(self.device)
-            image_embeds = _embeddings(self.model.get_image_features(pixel_values=pixels.to(dtype)))
-            text_embeds = _embeddings(self.model.get_text_features(**tokens))
-            image_embeds, text_embeds = F.normalize(image_embeds.float(), dim=-1), F.normalize(text_embeds.float(), dim=-1)
-            scores.append(self.model.logit_scale.exp().float() * (image_embeds * text_embeds).sum(-1))
+            text_embeds = F.normalize(_embeddings(self.model.get_text_features(**tokens)).float(), dim=-1)
+            scores.append(self.model.logit_scale.exp().float() * (image_embeds[start : start + len(text_embeds)]
+                                                                  * text_embeds).sum(-1))
         return torch.cat(scores).tolist()

@@ -39,6 +39,7 @@ from ..images import to_uint8
 from ..recipe_paths import RecipePathError, resolve_reward_spec
 from ..yaml_files import YamlFileError, read_yaml_mapping
 from .compose import RewardError, RewardFunction, score_rewards
+from .reward_set import check_unique_names
 from .loading import RewardConfigError, RewardSpec
 from .registry import register_reward
 
@@ -132,6 +133,7 @@ def load_server_rewards(config_path: str) -> list[RewardFunction]:
             message = (str(error).splitlines() or [""])[0]
             raise RewardConfigError(f"{config_path}: reward {spec.display_name!r} failed to load "
                                     f"({type(error).__name__}: {message})") from error
+    check_unique_names([reward.name for reward in rewards], where=config_path)  # names key `per_reward`
     return rewards
 
 

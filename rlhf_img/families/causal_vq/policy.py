@@ -125,7 +125,7 @@ class CausalVQPolicy(NextTokenPolicy):
         self.visual_tokenizer.to(device)
         return self
 
-    def save_pretrained(self, output_dir: str) -> None:
+    def save_pretrained(self, output_dir: str, model: nn.Module | None = None) -> None:
         """Write `causal_vq.json` and the visual tokenizer so `output_dir` loads as a `causal_vq` checkpoint."""
         replace(self.config, visual_tokenizer="visual_tokenizer").save(output_dir)
         self.visual_tokenizer.save_pretrained(os.path.join(output_dir, "visual_tokenizer"))

@@ -7,7 +7,6 @@ no merges) with SimpleAR-style special tokens, a transformers Qwen2 or Llama LM 
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch

@@ -46,10 +46,9 @@ def stand_in(folder: str) -> StandIn:
     "and plain containers.",
 )
 def convert_infinity(source: str, output_dir: str, options) -> str:
-    from ...config import parse_structured
     from .loading import RELEASED_2B_FILES, convert_released
 
-    family = parse_structured(options.family_config, "--family_config") if options.family_config else RELEASED_2B_FILES
+    family = options.family_config or RELEASED_2B_FILES
     out = convert_released(source, output_dir, family, dtype=options.dtype)
     return f"{out} (config.json, model.safetensors, infinity.json, vae/, tokenizer)"
 

@@ -20,14 +20,14 @@ Checkpoints load two ways:
 
 from __future__ import annotations
 
-import glob
 import os
-from dataclasses import asdict
+from dataclasses import replace
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, T5EncoderModel
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from ...checkpoints import CheckpointError, check_state_dict, is_local, read_json_file, resolve_subfolder, resolve_subpath
+from ..shared_loading import WEIGHT_SUFFIXES, load_text_encoder, load_with_adapter, read_weights, resolve_file, save_converted
 from .bsq_vae import BSQVAE, BSQVAEConfig, load_vae_state_dict
 from .policy import FAMILY_CONFIG_NAME, SIZE_NAMES, InfinityFamilyConfig, InfinityPolicy
 from .transformer import InfinityConfig, InfinityTransformer
@@ -63,27 +63,6 @@ RELEASED_2B_FILES = {"size": "2b", "transformer": "infinity_2b_reg.pth", "vae": 
 
 
 # ------------------------------------------------------------------------------------ loading
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A `.safetensors` file, a torch file (read with weights_only=True), or a sharded `*.index.json`."""
-    if path.endswith(".index.json"):
-        weight_map = read_json_file(path).get("weight_map", {})
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(_read_state_dict(os.path.join(os.path.dirname(path), shard)))
-        return state
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # pickle errors come in many types; name the file
-        raise CheckpointError(f"cannot read {path} as a weights-only torch file ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
-
-
 def infer_config(state: dict[str, torch.Tensor]) -> InfinityConfig:
     """An `InfinityConfig` read off a released state dict's shapes (depth, width, heads, bits, text width)."""
     try:
@@ -137,7 +116,7 @@ def load_transformer_state(model: InfinityTransformer, state: dict[str, torch.Te
 
 
 def _load_released_transformer(path: str, size: str | None, dtype: torch.dtype, name: str) -> InfinityTransformer:
-    state = _read_state_dict(path)
+    state = read_weights(path)
     config = SIZES[size][0]() if size else infer_config(state)
     config._name_or_path = name
     with torch.device("meta"):  # no second copy of the weights: the file's tensors are assigned in place
@@ -148,9 +127,9 @@ def _load_released_transformer(path: str, size: str | None, dtype: torch.dtype, 
 
 def _load_vae(location: str, checkpoint: str, size: str | None, revision: str | None) -> BSQVAE:
     """A VAE folder saved by this project, or a released `.pth` with the weights under `vae`."""
-    if location.endswith((".pth", ".pt", ".bin", ".safetensors")):
-        path = location if os.path.isabs(location) and os.path.exists(location) else resolve_subpath(checkpoint, location, revision)
-        state = _read_state_dict(path)
+    if location.endswith(WEIGHT_SUFFIXES):
+        path = resolve_file(location, checkpoint, revision)
+        state = read_weights(path)
         state = state.get("vae", state) if isinstance(state.get("vae"), dict) else state
         vae_config = SIZES[size][1]() if size else infer_vae_config(state)
         vae = BSQVAE(vae_config)
@@ -164,20 +143,14 @@ def _load_vae(location: str, checkpoint: str, size: str | None, revision: str | 
 
 
 def _load_transformer(checkpoint: str, config: InfinityFamilyConfig, dtype: torch.dtype, revision: str | None) -> InfinityTransformer:
-    adapter = resolve_subpath(checkpoint, "adapter_config.json", revision=revision, required=False)
-    if adapter is not None:  # a LoRA run: base from `base_checkpoint`, adapter merged in
-        from peft import PeftModel
-
-        if not config.base_checkpoint:
-            raise CheckpointError(f"{checkpoint}: a LoRA adapter without `base_checkpoint` in {FAMILY_CONFIG_NAME}")
-        base_config = InfinityFamilyConfig(**{**asdict(config), "base_checkpoint": None})
-        base = _load_transformer(config.base_checkpoint, base_config, dtype, None)
-        return PeftModel.from_pretrained(base, checkpoint, revision=revision).merge_and_unload()
+    base_config = replace(config, base_checkpoint=None)
+    merged = load_with_adapter(checkpoint, revision, config.base_checkpoint,
+                               lambda base: _load_transformer(base, base_config, dtype, None), FAMILY_CONFIG_NAME)
+    if merged is not None:  # a LoRA run: base from `base_checkpoint`, adapter merged in
+        return merged
     if config.transformer == "model.safetensors" and resolve_subpath(checkpoint, "config.json", revision, required=False):
-        model = InfinityTransformer.from_pretrained(checkpoint, revision=revision, dtype=dtype)
-        return model
-    path = config.transformer if os.path.isabs(config.transformer) else resolve_subpath(checkpoint, config.transformer, revision)
-    return _load_released_transformer(path, config.size, dtype, checkpoint)
+        return InfinityTransformer.from_pretrained(checkpoint, revision=revision, dtype=dtype)
+    return _load_released_transformer(resolve_file(config.transformer, checkpoint, revision), config.size, dtype, checkpoint)
 
 
 def load(
@@ -207,19 +180,8 @@ def load(
 
     model = _load_transformer(checkpoint, config, torch_dtype, revision)
     vae = _load_vae(config.vae, checkpoint, config.size, revision).eval().requires_grad_(False)
-    text_location = config.text_encoder
-    if not os.path.isabs(text_location) and is_local(checkpoint) and os.path.isdir(os.path.join(checkpoint, text_location)):
-        text_location = os.path.join(checkpoint, text_location)
-    tokenizer_location = checkpoint if _has_tokenizer(checkpoint, revision) else text_location
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, revision=revision if tokenizer_location == checkpoint else None)
-    text_encoder = T5EncoderModel.from_pretrained(text_location, dtype=getattr(torch, config.text_encoder_dtype))
-    return InfinityPolicy(model, tokenizer, text_encoder.eval().requires_grad_(False), vae, config)
-
-
-def _has_tokenizer(checkpoint: str, revision: str | None) -> bool:
-    if is_local(checkpoint):
-        return bool(glob.glob(os.path.join(checkpoint, "tokenizer*"))) or os.path.exists(os.path.join(checkpoint, "spiece.model"))
-    return resolve_subpath(checkpoint, "tokenizer_config.json", revision, required=False) is not None
+    tokenizer, text_encoder, _ = load_text_encoder(config.text_encoder, config.text_encoder_dtype, checkpoint, revision)
+    return InfinityPolicy(model, tokenizer, text_encoder, vae, config)
 
 
 def convert_released(checkpoint: str, output_dir: str, family_config: dict, dtype: str = "bfloat16") -> str:
@@ -227,10 +189,4 @@ def convert_released(checkpoint: str, output_dir: str, family_config: dict, dtyp
     transformer as a transformers model (`config.json`, `model.safetensors`), `vae/`, `infinity.json` and the
     T5 tokenizer. The T5 encoder stays where `text_encoder` points. Needed for full fine-tuning with a KL
     term (TRL rebuilds the reference model from the saved transformers folder)."""
-    policy = load(checkpoint, dtype=dtype, family_config=family_config)
-    os.makedirs(output_dir, exist_ok=True)
-    policy.model.config._name_or_path = output_dir
-    policy.model.save_pretrained(output_dir)
-    policy.processing_class.save_pretrained(output_dir)
-    policy.save_pretrained(output_dir)
-    return output_dir
+    return save_converted(load(checkpoint, dtype=dtype, family_config=family_config), output_dir)

@@ -7,7 +7,7 @@ Actions are bits: for each scale of the schedule, for each token, `d` two-way ch
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from ...checkpoints import CheckpointError
 from ...policy import PromptBatch, Rollout, Sampling
 from ...sampling import SampleGenerators, unwrap_causal_lm
 from ..configuration import FamilyConfig
+from ..shared_loading import config_for_saved_model
 from .bsq_vae import BSQVAE
 from .codes import ScaleCodes
 from .sampler import sample_bits, score_bits
@@ -128,15 +129,10 @@ class InfinityPolicy:
         self.vae.to(device)
         return self
 
-    def save_pretrained(self, output_dir: str) -> None:
+    def save_pretrained(self, output_dir: str, model: nn.Module | None = None) -> None:
         """Write `infinity.json` and `vae/` next to a saved transformer (full) or adapter (LoRA)."""
-        os.makedirs(output_dir, exist_ok=True)
-        config = InfinityFamilyConfig(**asdict(self.config))
-        config.vae = "vae"
-        config.patchify = self.codes.patchify
-        if hasattr(self.model, "peft_config"):  # LoRA: the adapter is saved; the base stays where it was
-            config.base_checkpoint = config.base_checkpoint or self.model.get_base_model().config._name_or_path
-        else:
-            config.transformer, config.size, config.base_checkpoint = "model.safetensors", None, None
+        model = self.model if model is None else model
+        config = config_for_saved_model(self.config, model, "transformer", ("size",), vae="vae",
+                                        patchify=self.codes.patchify)
         config.save(output_dir)
         self.vae.save_pretrained(os.path.join(output_dir, "vae"))

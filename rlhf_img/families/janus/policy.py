@@ -113,6 +113,6 @@ class JanusPolicy(NextTokenPolicy):
         """Nothing to move: the VQ lives inside `model`, which its owner places."""
         return self
 
-    def save_pretrained(self, output_dir: str) -> None:
+    def save_pretrained(self, output_dir: str, model: nn.Module | None = None) -> None:
         """Write `janus.json` (the trainer has saved the model or adapter and the processor)."""
         self.config.save(output_dir)

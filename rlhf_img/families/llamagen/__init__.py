@@ -44,10 +44,9 @@ def stand_in(folder: str) -> StandIn:
     "but tensors and plain containers.",
 )
 def convert_llamagen(source: str, output_dir: str, options) -> str:
-    from ...config import parse_structured
     from .loading import RELEASED_STAGE1_FILES, convert_released
 
-    family = parse_structured(options.family_config, "--family_config") if options.family_config else None
+    family = options.family_config  # a mapping, or None
     if family is None and not os.path.isdir(source):
         family = RELEASED_STAGE1_FILES  # a hub repo (peizesun/llamagen_t2i): the 256 px stage-1 files
     out = convert_released(source, output_dir, family, dtype=options.dtype)

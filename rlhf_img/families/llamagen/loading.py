@@ -18,16 +18,17 @@ This project's layout (`rlhf-img convert llamagen`, or a training run): `config.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import re
-from dataclasses import asdict
+from dataclasses import replace
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, JanusVQVAE, T5EncoderModel
+from transformers import AutoConfig, AutoModelForCausalLM, JanusVQVAE
 
 from ...checkpoints import CheckpointError, check_state_dict, is_local, read_json_file, resolve_subfolder, resolve_subpath
+from ..shared_loading import (WEIGHT_SUFFIXES, load_text_encoder, load_with_adapter, read_weights, resolve_file,
+                              save_converted)
 from .gpt import LlamaGenConfig, LlamaGenGPT
 from .policy import FAMILY_CONFIG_NAME, LlamaGenFamilyConfig, LlamaGenPolicy
 from .vq import infer_vq_config, is_llamagen_layout, load_vq_state
@@ -61,29 +62,9 @@ def gpt_config(size: str, **kwargs) -> LlamaGenConfig:
 
 # ------------------------------------------------------------------------------------ released files
 def read_released(path: str) -> dict[str, torch.Tensor]:
-    """The state dict of a released LlamaGen torch file (under "model", "module" or "state_dict"), or of a
-    `.safetensors` file; read with weights_only=True."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):  # the training scripts save their `args`
-            try:
-                data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as error:
-                if "mmap" not in str(error):
-                    raise
-                data = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) torch file
-    except Exception as error:  # pickle errors come in many types; name the file
-        raise CheckpointError(f"cannot read {path} as a weights-only torch file ({type(error).__name__}: {error})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a dict with the weights under 'model', got {type(data).__name__}")
-    for entry in ("model", "module", "state_dict"):
-        if isinstance(data.get(entry), dict):
-            return data[entry]
-    raise CheckpointError(f"{path}: no 'model' entry (found {sorted(map(str, data))[:8]}); expected LlamaGen's "
-                          "{'model': state_dict, ...}")
+    """The state dict of a released LlamaGen torch file (under "model", "module" or "state_dict", as the reference's
+    sampler accepts them), or of a `.safetensors` file; read weights-only."""
+    return read_weights(path, entries=("model", "module", "state_dict"))
 
 
 def clean_gpt_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
@@ -141,29 +122,21 @@ def _load_released_gpt(path: str, config: LlamaGenFamilyConfig, dtype: torch.dty
     return model.to(dtype)
 
 
-def _resolve(location: str, checkpoint: str, revision: str | None) -> str:
-    return location if os.path.isabs(location) and os.path.exists(location) else resolve_subpath(checkpoint, location, revision)
-
-
 def _load_gpt(checkpoint: str, config: LlamaGenFamilyConfig, dtype: torch.dtype, revision: str | None) -> LlamaGenGPT:
-    adapter = resolve_subpath(checkpoint, "adapter_config.json", revision=revision, required=False)
-    if adapter is not None:  # a LoRA run: base from `base_checkpoint`, adapter merged in
-        from peft import PeftModel
-
-        if not config.base_checkpoint:
-            raise CheckpointError(f"{checkpoint}: a LoRA adapter without `base_checkpoint` in {FAMILY_CONFIG_NAME}")
-        base_config = LlamaGenFamilyConfig(**{**asdict(config), "base_checkpoint": None})
-        base = _load_gpt(config.base_checkpoint, base_config, dtype, None)
-        return PeftModel.from_pretrained(base, checkpoint, revision=revision).merge_and_unload()
+    base_config = replace(config, base_checkpoint=None)
+    merged = load_with_adapter(checkpoint, revision, config.base_checkpoint,
+                               lambda base: _load_gpt(base, base_config, dtype, None), FAMILY_CONFIG_NAME)
+    if merged is not None:  # a LoRA run: base from `base_checkpoint`, adapter merged in
+        return merged
     if config.gpt == "model.safetensors" and resolve_subpath(checkpoint, "config.json", revision, required=False):
         return LlamaGenGPT.from_pretrained(checkpoint, revision=revision, dtype=dtype)
-    return _load_released_gpt(_resolve(config.gpt, checkpoint, revision), config, dtype, checkpoint)
+    return _load_released_gpt(resolve_file(config.gpt, checkpoint, revision), config, dtype, checkpoint)
 
 
 def _load_vq(location: str, checkpoint: str, revision: str | None) -> JanusVQVAE:
     """A VQ folder saved by this project (`JanusVQVAE`), or a released `.pt` in LlamaGen's key layout."""
-    if location.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        path = _resolve(location, checkpoint, revision)
+    if location.endswith(WEIGHT_SUFFIXES):
+        path = resolve_file(location, checkpoint, revision)
         state = read_released(path)
         if not is_llamagen_layout(state):
             raise CheckpointError(f"{path}: not a LlamaGen VQ state dict (no encoder.conv_blocks.*)")
@@ -228,21 +201,11 @@ def load(
 
     model = _load_gpt(checkpoint, config, torch_dtype, revision)
     vq = _load_vq(config.vq, checkpoint, revision).eval().requires_grad_(False)
-    text_location = config.text_encoder
-    if not os.path.isabs(text_location) and is_local(checkpoint) and os.path.isdir(os.path.join(checkpoint, text_location)):
-        text_location = config.text_encoder = os.path.abspath(os.path.join(checkpoint, text_location))
-    tokenizer_location = checkpoint if _has_tokenizer(checkpoint, revision) else text_location
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, revision=revision if tokenizer_location == checkpoint else None)
-    text_encoder = T5EncoderModel.from_pretrained(text_location, dtype=getattr(torch, config.text_encoder_dtype))
-    policy = LlamaGenPolicy(model, tokenizer, text_encoder.eval().requires_grad_(False), vq, config)
+    tokenizer, text_encoder, config.text_encoder = load_text_encoder(
+        config.text_encoder, config.text_encoder_dtype, checkpoint, revision)
+    policy = LlamaGenPolicy(model, tokenizer, text_encoder, vq, config)
     model.config.block_size = policy.num_actions  # the grid it runs at, recorded in a saved config.json
     return policy
-
-
-def _has_tokenizer(checkpoint: str, revision: str | None) -> bool:
-    if is_local(checkpoint):
-        return bool(glob.glob(os.path.join(checkpoint, "tokenizer*"))) or os.path.exists(os.path.join(checkpoint, "spiece.model"))
-    return resolve_subpath(checkpoint, "tokenizer_config.json", revision, required=False) is not None
 
 
 def convert_released(checkpoint: str, output_dir: str, family_config: dict | None = None, dtype: str = "bfloat16") -> str:
@@ -250,10 +213,4 @@ def convert_released(checkpoint: str, output_dir: str, family_config: dict | Non
     transformers model (`config.json`, `model.safetensors`), `vq/`, `llamagen.json` and the T5 tokenizer. The
     T5 encoder stays where `text_encoder` points. Needed for full fine-tuning with a KL term (TRL rebuilds the
     reference model from the saved transformers folder)."""
-    policy = load(checkpoint, dtype=dtype, family_config=family_config)
-    os.makedirs(output_dir, exist_ok=True)
-    policy.model.config._name_or_path = output_dir
-    policy.model.save_pretrained(output_dir)
-    policy.processing_class.save_pretrained(output_dir)
-    policy.save_pretrained(output_dir)
-    return output_dir
+    return save_converted(load(checkpoint, dtype=dtype, family_config=family_config), output_dir)

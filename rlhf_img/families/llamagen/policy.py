@@ -7,7 +7,7 @@ The family config (`LlamaGenFamilyConfig`, saved as `llamagen.json`) says how th
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from ...checkpoints import CheckpointError
 from ...policy import PromptBatch
 from ...sampling import NextTokenPolicy, unwrap_causal_lm
 from ..configuration import FamilyConfig
+from ..shared_loading import config_for_saved_model
 from .adapter import LlamaGenAdapter, caption_features
 from .gpt import LlamaGenGPT
 from .vq import set_grid
@@ -102,14 +103,8 @@ class LlamaGenPolicy(NextTokenPolicy):
         self.vq.to(device)
         return self
 
-    def save_pretrained(self, output_dir: str) -> None:
+    def save_pretrained(self, output_dir: str, model: nn.Module | None = None) -> None:
         """Write `llamagen.json` and `vq/` next to a saved GPT (full) or adapter (LoRA)."""
-        os.makedirs(output_dir, exist_ok=True)
-        config = LlamaGenFamilyConfig(**asdict(self.config))
-        config.vq = "vq"
-        if hasattr(self.model, "peft_config"):  # LoRA: the adapter is saved; the base stays where it was
-            config.base_checkpoint = config.base_checkpoint or self.model.get_base_model().config._name_or_path
-        else:
-            config.gpt, config.size, config.num_heads, config.base_checkpoint = "model.safetensors", None, None, None
-        config.save(output_dir)
+        model = self.model if model is None else model
+        config_for_saved_model(self.config, model, "gpt", ("size", "num_heads"), vq="vq").save(output_dir)
         self.vq.save_pretrained(os.path.join(output_dir, "vq"))

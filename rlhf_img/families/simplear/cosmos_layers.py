@@ -5,14 +5,12 @@ Module names follow the published TorchScript state dicts."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from .cosmos import CosmosConfig
+from .configuration import CosmosConfig
 
 
 # ---------------------------------------------------------------------------------------------------------

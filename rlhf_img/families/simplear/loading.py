@@ -63,7 +63,7 @@ class SimpleARPolicy(CausalVQPolicy):
         super().__init__(model, tokenizer, visual_tokenizer, config)
         self.options = options  # resolution, prompt_prefix and any causal_vq overrides, as loaded
 
-    def save_pretrained(self, output_dir: str) -> None:
+    def save_pretrained(self, output_dir: str, model=None) -> None:
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, CONFIG_NAME), "w") as f:
             json.dump({**self.options, "visual_tokenizer": "visual_tokenizer"}, f, indent=2)

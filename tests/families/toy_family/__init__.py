@@ -63,7 +63,7 @@ class PalettePolicy(NextTokenPolicy):
     def to(self, device: torch.device | str) -> "PalettePolicy":
         return self
 
-    def save_pretrained(self, output_dir: str) -> None:
+    def save_pretrained(self, output_dir: str, model: nn.Module | None = None) -> None:
         self.config.save(output_dir)
         save_file({"palette": self.palette.contiguous()}, os.path.join(output_dir, PALETTE_FILE))
 
