@@ -8,6 +8,7 @@ file, before anything is written.
 from __future__ import annotations
 
 import argparse
+import textwrap
 import os
 import sys
 import time
@@ -221,7 +222,9 @@ def cmd_convert(argv: Sequence[str]) -> int:
     from .checkpoints import CheckpointError
     from .families import CONVERTERS
 
-    kinds = "\n".join(f"  {name} ({converter.family}): {converter.help}" for name, converter in CONVERTERS.items())
+    kinds = "\n".join(textwrap.fill(f"{name} (family {converter.family}): {converter.help}", width=100,
+                                   initial_indent="  ", subsequent_indent="      ")
+                     for name, converter in CONVERTERS.items())
     parser = argparse.ArgumentParser(
         prog="rlhf-img convert",
         description="Convert released weights into this project's safetensors layout. What each registered "

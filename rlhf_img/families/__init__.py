@@ -15,10 +15,20 @@ import torch
 
 from ..checkpoints import CheckpointError, is_local
 from ..policy import Policy
-from .registry import (CONFIG_MATCH, CONVERTERS, FAMILIES, NO_MATCH, Converter, Family, StandIn, load_visual_tokenizer,
-                       register_converter, register_family, register_visual_tokenizer)
-
 from . import causal_vq, infinity, janus, llamagen, simplear  # noqa: E402,F401  (registers the built-in families)
+from .registry import (
+    CONFIG_MATCH,
+    CONVERTERS,
+    FAMILIES,
+    NO_MATCH,
+    Converter,
+    Family,
+    StandIn,
+    load_visual_tokenizer,
+    register_converter,
+    register_family,
+    register_visual_tokenizer,
+)
 
 
 def detect_family(checkpoint: str, revision: str | None = None) -> str:

@@ -31,7 +31,13 @@ from transformers import DynamicCache, PretrainedConfig
 from ..policy import PromptBatch, Rollout, Sampling
 from .chunked_logprobs import Head, chunked_scored_logprobs
 from .guidance import guide, sample_actions, scored_logprobs
-from .kv_cache import DecodeStep, StaticDecoder, compiled_decoder, resolve_sampler, unique_rows
+from .kv_cache import (
+    DecodeStep,
+    StaticDecoder,
+    compiled_decoder,
+    resolve_sampler,
+    unique_rows,
+)
 from .next_token import unwrap_causal_lm
 from .prefix import PrefixRows, stack_prefixes
 

@@ -27,7 +27,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..families.causal_vq.policy import CausalVQConfig
+from ..families.causal_vq.configuration import CausalVQConfig
 from ..families.causal_vq.sft import collate, image_token_example, save_causal_vq
 from ..families.causal_vq.vq import VQTokenizer
 from . import shapes

@@ -10,11 +10,11 @@ import os
 
 import pytest
 import torch
+from conftest import grpo_args
 from datasets import Dataset
 from numerics import assert_close_scaled
 from peft import LoraConfig
 
-from conftest import grpo_args
 from rlhf_img import ImageGRPOTrainer, Policy, Sampling, load_policy
 from rlhf_img.families import FAMILIES, detect_family
 from rlhf_img.policy import CFG_MODES

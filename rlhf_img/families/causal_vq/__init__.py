@@ -1,8 +1,11 @@
 """`causal_vq`: any transformers causal LM whose vocabulary holds a block of image codes, plus a visual tokenizer.
 
-The reference family: `policy.py` (config + policy), `loading.py` (folders, hub ids, LoRA adapters), `vq.py`
-(the small VQ tokenizer the shapes world trains), `sft.py` (sequence collation and checkpoint writing for
-upstream SFT), `tiny.py` (random-weight checkpoints in the real on-disk format).
+The reference family, in the folder shape every family has: this file (registration: detection, stand-in),
+`configuration.py` (`causal_vq.json`), `vq.py` (modeling: the small VQ tokenizer the shapes world trains),
+`policy.py` (prompts, decoding, saving; sampling and scoring are the engine's through
+`rlhf_img.sampling.CausalLMAdapter`), `loading.py` (folders, hub ids, LoRA adapters), `sft.py` (sequence
+collation and checkpoint writing for upstream SFT), `tiny.py` (random-weight checkpoints in the real on-disk
+format). No `convert.py`: a causal_vq checkpoint is already a transformers folder.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 from ...checkpoints import has_file
 from ..registry import CONFIG_MATCH, NO_MATCH, StandIn, register_family
 from . import loading
-from .policy import CONFIG_NAME, CausalVQConfig, CausalVQPolicy
+from .configuration import CONFIG_NAME, CausalVQConfig
+from .policy import CausalVQPolicy
 from .vq import VQTokenizer
 
 

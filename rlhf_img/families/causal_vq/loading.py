@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ...checkpoints import CheckpointError, is_local, read_json_file, resolve_subpath
 from ..registry import load_visual_tokenizer
-from .policy import CONFIG_NAME, CausalVQConfig, CausalVQPolicy
+from .configuration import CONFIG_NAME, CausalVQConfig
+from .policy import CausalVQPolicy
 
 
 def load_tokenizer(checkpoint: str, revision: str | None, trust_remote_code: bool):

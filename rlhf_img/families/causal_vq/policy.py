@@ -12,7 +12,7 @@ Image code `c` is token id `image_code_offset + c` (SimpleAR's layout: offset = 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -20,44 +20,7 @@ from torch import nn
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch
 from ...sampling import CausalLMAdapter, NextTokenPolicy
-from ..configuration import FamilyConfig
-
-CONFIG_NAME = "causal_vq.json"
-
-
-@dataclass
-class CausalVQConfig(FamilyConfig):
-    """The family config. `prompt_template` must contain `{prompt}`; the unconditional prompt is the template
-    filled with an empty caption unless `uncond_prompt` is given. `special_tokens` must each be one token."""
-
-    file_name = CONFIG_NAME
-    family = "causal_vq"
-
-    image_code_offset: int
-    image_code_count: int
-    grid: tuple[int, int]
-    prompt_template: str = "{prompt}"
-    uncond_prompt: str | None = None
-    special_tokens: list[str] = field(default_factory=list)
-    add_special_tokens: bool = True
-    visual_tokenizer: str = "visual_tokenizer"
-    visual_tokenizer_class: str = "vq"
-
-    @classmethod
-    def normalize(cls, data: dict, source: str) -> dict:
-        missing = {"image_code_offset", "image_code_count", "grid"} - set(data)
-        if missing:
-            raise CheckpointError(f"{source}: causal_vq config is missing {sorted(missing)}")
-        data["grid"] = tuple(int(x) for x in data["grid"])
-        return data
-
-    def validate(self, source: str) -> None:
-        if "{prompt}" not in self.prompt_template:
-            raise CheckpointError(f"{source}: prompt_template must contain '{{prompt}}'")
-
-    @property
-    def num_tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
+from .configuration import CausalVQConfig
 
 
 class CausalVQPolicy(NextTokenPolicy):

@@ -8,7 +8,7 @@ import shutil
 
 import torch
 
-from .policy import CausalVQConfig
+from .configuration import CausalVQConfig
 
 
 def image_token_example(prompt_ids: list[int], image_token_ids: list[int]) -> dict:

@@ -11,9 +11,15 @@ import os
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
-from .policy import CausalVQConfig
+from .configuration import CausalVQConfig
 from .vq import VQTokenizer
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|t2i|>", "<|soi|>"]

@@ -1,8 +1,10 @@
 """`infinity`: Infinity (bitwise next-scale prediction): transformer + Flan-T5 + BSQ-VAE.
 
-`policy.py` (family config + policy), `loading.py` (released `.pth` files, this project's layout, conversion),
-`sampler.py` (KV-cached next-scale sampling, teacher-forced bit log-probs), `transformer.py`, `bsq_vae.py`,
-`codes.py` (scales <-> bits), `schedules.py`, `tiny.py` (stand-ins in the released format).
+This file (registration), `configuration.py` (`infinity.json`), `transformer.py` + `bsq_vae.py` (modeling),
+`codes.py` (scales <-> bits), `schedules.py`, `sampler.py` (the next-scale loop, drawing with the engine's
+`guided_draw`; teacher-forced bit log-probs through the engine's `score_guided`), `policy.py`, `loading.py`
+(released `.pth` files, this project's layout), `convert.py` (`rlhf-img convert infinity`), `tiny.py` (stand-ins
+in the released format).
 """
 
 from __future__ import annotations
@@ -11,9 +13,16 @@ import glob
 import os
 
 from ...checkpoints import has_file, is_local
-from ..registry import CONFIG_MATCH, LAYOUT_MATCH, NO_MATCH, StandIn, register_converter, register_family
-from . import loading
-from .policy import FAMILY_CONFIG_NAME, InfinityFamilyConfig, InfinityPolicy
+from ..registry import (
+    CONFIG_MATCH,
+    LAYOUT_MATCH,
+    NO_MATCH,
+    StandIn,
+    register_family,
+)
+from . import convert, loading  # noqa: F401  (convert registers its converter)
+from .configuration import FAMILY_CONFIG_NAME, InfinityFamilyConfig
+from .policy import InfinityPolicy
 
 RELEASED_PATTERN = "infinity_*.pth"
 
@@ -34,23 +43,6 @@ def stand_in(folder: str) -> StandIn:
     # the transformer casts text, AdaLN and logits to float32 as the reference does: no float64 run
     return StandIn(path, {"dtype": "float32", "family_config": tiny_infinity_family_config(path)},
                    ["mat_qkv", "proj", "fc1", "fc2"], runs_in_float64=False)
-
-
-@register_converter(
-    "infinity", family="infinity",
-    help="a folder or hub repo with Infinity's .pth files (e.g. FoundationVision/Infinity) -> OUT loadable with "
-    "model_family infinity and no family_config (transformer as a transformers model, vae/, infinity.json, T5 "
-    "tokenizer); --family_config: the released files as YAML/JSON, default '{size: 2b, transformer: "
-    "infinity_2b_reg.pth, vae: infinity_vae_d32reg.pth, text_encoder: google/flan-t5-xl}'; --dtype: of the written "
-    "transformer. The .pth files are read with torch.load(weights_only=True), which refuses anything but tensors "
-    "and plain containers.",
-)
-def convert_infinity(source: str, output_dir: str, options) -> str:
-    from .loading import RELEASED_2B_FILES, convert_released
-
-    family = options.family_config or RELEASED_2B_FILES
-    out = convert_released(source, output_dir, family, dtype=options.dtype)
-    return f"{out} (config.json, model.safetensors, infinity.json, vae/, tokenizer)"
 
 
 load = register_family(

@@ -26,11 +26,26 @@ from dataclasses import replace
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from ...checkpoints import CheckpointError, check_state_dict, is_local, read_json_file, resolve_subfolder, resolve_subpath
-from ..shared_loading import WEIGHT_SUFFIXES, load_text_encoder, load_with_adapter, read_weights, resolve_file, save_converted
+from ...checkpoints import (
+    CheckpointError,
+    check_state_dict,
+    is_local,
+    read_json_file,
+    resolve_subfolder,
+    resolve_subpath,
+)
+from ..shared_loading import (
+    WEIGHT_SUFFIXES,
+    load_text_encoder,
+    load_with_adapter,
+    read_weights,
+    resolve_file,
+)
 from .bsq_vae import BSQVAE, BSQVAEConfig, load_vae_state_dict
-from .policy import FAMILY_CONFIG_NAME, SIZE_NAMES, InfinityFamilyConfig, InfinityPolicy
+from .configuration import FAMILY_CONFIG_NAME, SIZE_NAMES, InfinityFamilyConfig
+from .policy import InfinityPolicy
 from .transformer import InfinityConfig, InfinityTransformer
+
 AutoConfig.register(InfinityConfig.model_type, InfinityConfig, exist_ok=True)
 # TRL rebuilds a full-fine-tuning reference model with AutoModelForCausalLM.from_pretrained(path)
 AutoModelForCausalLM.register(InfinityConfig, InfinityTransformer, exist_ok=True)
@@ -182,11 +197,3 @@ def load(
     vae = _load_vae(config.vae, checkpoint, config.size, revision).eval().requires_grad_(False)
     tokenizer, text_encoder, _ = load_text_encoder(config.text_encoder, config.text_encoder_dtype, checkpoint, revision)
     return InfinityPolicy(model, tokenizer, text_encoder, vae, config)
-
-
-def convert_released(checkpoint: str, output_dir: str, family_config: dict, dtype: str = "bfloat16") -> str:
-    """Released Infinity files -> this project's layout in `output_dir` (safetensors throughout): the
-    transformer as a transformers model (`config.json`, `model.safetensors`), `vae/`, `infinity.json` and the
-    T5 tokenizer. The T5 encoder stays where `text_encoder` points. Needed for full fine-tuning with a KL
-    term (TRL rebuilds the reference model from the saved transformers folder)."""
-    return save_converted(load(checkpoint, dtype=dtype, family_config=family_config), output_dir)

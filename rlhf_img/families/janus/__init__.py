@@ -1,8 +1,9 @@
 """`janus`: Janus-Pro (DeepSeek) through transformers' `JanusForConditionalGeneration`, no remote code.
 
-`policy.py` (family config, policy: prompts, frozen parts, decode), `sampler.py` (KV-cached CFG-batched sampling
-and teacher-forced scoring through generation embeddings -> aligner -> language model -> generation head),
-`loading.py` (folders, hub ids, LoRA outputs), `tiny.py` (random stand-ins in the released format).
+This file (registration), `configuration.py` (`janus.json`), `adapter.py` (the engine adapter: text embeddings
+in, generation embeddings -> aligner -> language model -> generation head; Janus' unconditional prompt),
+`policy.py` (prompts, frozen parts, decoding), `loading.py` (folders, hub ids, LoRA outputs), `tiny.py` (random
+stand-ins in the released format). The network is transformers' own; no `convert.py` (nothing to convert).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 from ...checkpoints import has_file, resolve_subpath
 from ..registry import CONFIG_MATCH, LAYOUT_MATCH, NO_MATCH, StandIn, register_family
 from . import loading
-from .policy import CONFIG_NAME, JanusFamilyConfig, JanusPolicy
+from .configuration import CONFIG_NAME, JanusFamilyConfig
+from .policy import JanusPolicy
 
 
 def detect(checkpoint: str, revision: str | None = None) -> int:

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoProcessor, JanusForConditionalGeneration
 
 from ...checkpoints import CheckpointError, is_local, read_json_file, resolve_subpath
-from .policy import CONFIG_NAME, JanusFamilyConfig, JanusPolicy
+from .configuration import CONFIG_NAME, JanusFamilyConfig
+from .policy import JanusPolicy
 
 ORIGINAL_LAYOUT = "multi_modality"  # deepseek-ai/Janus-Pro-*: DeepSeek's remote-code layout
 

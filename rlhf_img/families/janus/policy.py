@@ -9,34 +9,14 @@ T2I-R1. LoRA adapters must sit in the language model (`lora_target_modules`: see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch
 from ...sampling import NextTokenPolicy, unwrap_causal_lm
-from ..configuration import FamilyConfig
 from .adapter import JanusAdapter, unconditional_ids
-
-CONFIG_NAME = "janus.json"
-
-
-@dataclass
-class JanusFamilyConfig(FamilyConfig):
-    """`janus.json`, written next to every trained model. `prompt_template`: None builds prompts with the
-    processor's chat template (Janus-Pro: `<|User|>: {prompt}\\n\\n<|Assistant|>:`); a string with `{prompt}`
-    replaces it (e.g. T2I-R1's `User: {prompt}\\n\\nAssistant:`). `<begin_of_image>` is appended either way."""
-
-    file_name = CONFIG_NAME
-    family = "janus"
-
-    prompt_template: str | None = None
-
-    def validate(self, source: str) -> None:
-        if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
-            raise CheckpointError(f"{source}: prompt_template must contain '{{prompt}}'")
+from .configuration import JanusFamilyConfig
 
 
 def lora_outside_language_model(model: nn.Module) -> list[str]:

@@ -26,11 +26,24 @@ from dataclasses import replace
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, JanusVQVAE
 
-from ...checkpoints import CheckpointError, check_state_dict, is_local, read_json_file, resolve_subfolder, resolve_subpath
-from ..shared_loading import (WEIGHT_SUFFIXES, load_text_encoder, load_with_adapter, read_weights, resolve_file,
-                              save_converted)
+from ...checkpoints import (
+    CheckpointError,
+    check_state_dict,
+    is_local,
+    read_json_file,
+    resolve_subfolder,
+    resolve_subpath,
+)
+from ..shared_loading import (
+    WEIGHT_SUFFIXES,
+    load_text_encoder,
+    load_with_adapter,
+    read_weights,
+    resolve_file,
+)
+from .configuration import FAMILY_CONFIG_NAME, LlamaGenFamilyConfig
 from .gpt import LlamaGenConfig, LlamaGenGPT
-from .policy import FAMILY_CONFIG_NAME, LlamaGenFamilyConfig, LlamaGenPolicy
+from .policy import LlamaGenPolicy
 from .vq import infer_vq_config, is_llamagen_layout, load_vq_state
 
 AutoConfig.register(LlamaGenConfig.model_type, LlamaGenConfig, exist_ok=True)
@@ -206,11 +219,3 @@ def load(
     policy = LlamaGenPolicy(model, tokenizer, text_encoder, vq, config)
     model.config.block_size = policy.num_actions  # the grid it runs at, recorded in a saved config.json
     return policy
-
-
-def convert_released(checkpoint: str, output_dir: str, family_config: dict | None = None, dtype: str = "bfloat16") -> str:
-    """Released LlamaGen files -> this project's layout in `output_dir` (safetensors throughout): the GPT as a
-    transformers model (`config.json`, `model.safetensors`), `vq/`, `llamagen.json` and the T5 tokenizer. The
-    T5 encoder stays where `text_encoder` points. Needed for full fine-tuning with a KL term (TRL rebuilds the
-    reference model from the saved transformers folder)."""
-    return save_converted(load(checkpoint, dtype=dtype, family_config=family_config), output_dir)

@@ -1,15 +1,22 @@
 """`simplear`: SimpleAR (Qwen2.5 LM + NVIDIA's Cosmos DV8x16x16 codes), on `causal_vq`'s policy and sampler.
 
-`loading.py` (the released layout and this project's `simplear.json`), `cosmos.py` + `cosmos_layers.py` (the
-Cosmos tokenizer, our implementation with the published state-dict layout), `sft.py` (upstream SFT on
-image/caption pairs), `tiny.py` (stand-ins in the released format).
+This file (registration), `configuration.py` (`CosmosConfig`), `cosmos.py` + `cosmos_layers.py` (modeling: the
+Cosmos tokenizer, our implementation with the published state-dict layout), `loading.py` (the released layout and
+this project's `simplear.json`; the policy is `causal_vq`'s), `convert.py` (`rlhf-img convert cosmos`), `sft.py`
+(upstream SFT on image/caption pairs), `tiny.py` (stand-ins in the released format).
 """
 
 from __future__ import annotations
 
 from ...checkpoints import has_file, resolve_subpath
-from ..registry import CONFIG_MATCH, LAYOUT_MATCH, NO_MATCH, StandIn, register_converter, register_family
-from . import loading
+from ..registry import (
+    CONFIG_MATCH,
+    LAYOUT_MATCH,
+    NO_MATCH,
+    StandIn,
+    register_family,
+)
+from . import convert, loading  # noqa: F401  (convert registers its converter)
 from .cosmos import CosmosConfig, CosmosDiscreteTokenizer
 from .loading import CONFIG_NAME, SPECIAL_TOKENS, SimpleARPolicy
 
@@ -41,24 +48,6 @@ def stand_in(folder: str) -> StandIn:
 
     lm, cosmos = save_tiny_simplear(folder, seed=0)
     return StandIn(lm, {"visual_tokenizer": cosmos, "dtype": "float32", "family_config": {"resolution": 32}})
-
-
-@register_converter(
-    "cosmos", family="simplear",
-    help="a folder or hub repo with NVIDIA's Cosmos tokenizer TorchScript files (encoder.jit + decoder.jit, e.g. "
-    "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16) -> OUT with config.json, encoder.safetensors, decoder.safetensors "
-    "(checked by a strict load into our modules; written in the published dtype; --config: a Cosmos config.json "
-    "for non-default architectures). The .jit files are opened with torch.jit.load: TorchScript's own runtime "
-    "compiles their TorchScript code (no Python pickle), and only their state dicts are kept; their forward is "
-    "never called.",
-)
-def convert_cosmos(source: str, output_dir: str, options) -> str:
-    from ...checkpoints import read_json_file
-    from .cosmos import CosmosConfig, convert_jit_to_safetensors
-
-    config = CosmosConfig.from_dict(read_json_file(options.config), options.config) if options.config else None
-    out = convert_jit_to_safetensors(source, output_dir, config=config)
-    return f"{out}/config.json, encoder.safetensors, decoder.safetensors"
 
 
 load = register_family(

@@ -12,7 +12,6 @@ from torch import nn
 
 from .configuration import CosmosConfig
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks. Every tensor is a video (B, C, T, H, W).
 

@@ -23,8 +23,9 @@ from dataclasses import fields
 import torch
 
 from ...checkpoints import CheckpointError, is_local, read_json_file, resolve_subpath
+from ..causal_vq.configuration import CausalVQConfig
 from ..causal_vq.loading import load_lm, load_tokenizer
-from ..causal_vq.policy import CausalVQConfig, CausalVQPolicy
+from ..causal_vq.policy import CausalVQPolicy
 from ..registry import load_visual_tokenizer
 
 SPECIAL_TOKENS = ("<|t2i|>", "<|i2t|>", "<|soi|>", "<|vtokens|>", "<|t2v|>", "<|v2t|>", "<|sov|>")

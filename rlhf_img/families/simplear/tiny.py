@@ -9,7 +9,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from ..causal_vq.tiny import byte_level_tokenizer
 from .cosmos import CosmosConfig, CosmosDiscreteTokenizer
-from .loading import COSMOS_CODES, SPECIAL_TOKENS as SIMPLEAR_TOKENS
+from .loading import COSMOS_CODES
+from .loading import SPECIAL_TOKENS as SIMPLEAR_TOKENS
 
 
 def save_tiny_simplear(path: str, *, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
