@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: install test quickstart shapes-tiny bench clean
+.PHONY: install test test-fast quickstart shapes-tiny bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# everything CI needs: tests/unit, tests/families (the contract suite over every registered family and each
+# family's quirks), tests/integration, tests/distributed, and the parity replays in tests/
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q --durations=15
+
+# the inner loop: the same without the tests marked slow (real commands, several processes, torch.compile)
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 quickstart: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/rlhf-img quickstart --checkpoint checkpoints/shapes-tiny --recipe recipes/shapes-grpo.yaml --output_dir runs/quickstart

@@ -54,7 +54,12 @@ def save_tiny_mask2former(path: str, seed: int = 0, favoured_class: int | None =
 
     `favoured_class`: bias the class head so every query predicts that class confidently (random weights
     otherwise give scores ~0.01, below GenEval's thresholds)."""
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, SwinConfig
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
 
     backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
                           window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])

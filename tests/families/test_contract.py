@@ -68,6 +68,7 @@ def test_every_sampler_draws_the_same_tokens_for_a_seed(policy, cfg_mode):
     assert not torch.equal(_sample(policy, cfg_mode=cfg_mode, seed=1).actions, reference.actions)
 
 
+@pytest.mark.slow  # torch.compile with inductor per family (~10-20 s each on a cold cache)
 def test_the_compiled_sampler_draws_the_plain_loops_tokens(policy):
     reference = _sample(policy, sampler="plain")
     with _no_compile_failure():
