@@ -51,12 +51,15 @@ class StandIn:
     """A tiny checkpoint of a family, as its `stand_in` hook wrote it: `load_policy(checkpoint, **load_kwargs)`
     loads it; `lora_target_modules` are the modules a LoRA run on it adapts (what the family's recipes target).
     `runs_in_float64`: False for a network that pins parts of its computation to float32 (as its reference does),
-    so a float64 copy of it is not a meaningful comparison."""
+    so a float64 copy of it is not a meaningful comparison. `converter`: the registered converter that turns the
+    stand-in (a released layout) into this project's layout, which full fine-tuning with a KL term needs (TRL
+    rebuilds the reference from a transformers folder); None when the stand-in is already in it."""
 
     checkpoint: str
     load_kwargs: dict[str, Any] = field(default_factory=dict)
     lora_target_modules: list[str] | str = "all-linear"
     runs_in_float64: bool = True
+    converter: str | None = None
 
 
 FAMILIES: dict[str, Family] = {}

@@ -6,11 +6,13 @@ The `palette` family (`toy_family/`, one package and one `register_family` call)
 nothing else to run it."""
 
 import copy
+import json
 import os
 
 import pytest
 import torch
-from conftest import grpo_args
+import yaml
+from conftest import REPO, grpo_args
 from datasets import Dataset
 from numerics import assert_close_scaled
 from peft import LoraConfig
@@ -158,3 +160,55 @@ def test_one_grpo_step_saves_a_model_that_reloads_to_identical_images(stand_in, 
     expected, again = _sample(fresh, trained, seed=5), _sample(reloaded, seed=5)
     assert torch.equal(expected.actions, again.actions)
     assert torch.equal(fresh.decode(expected.actions), reloaded.decode(again.actions))
+
+
+def _shipped_grpo_recipes(family: str) -> list[str]:
+    """The shipped GRPO recipes (they name rewards; SFT stages do not) whose `model_family` is `family`."""
+    found = []
+    for name in sorted(os.listdir(os.path.join(REPO, "recipes"))):
+        if name.endswith(".yaml"):
+            with open(os.path.join(REPO, "recipes", name)) as f:
+                recipe = yaml.safe_load(f)
+            if recipe.get("model_family") == family and "rewards" in recipe:
+                found.append(name)
+    return found
+
+
+RECIPE_CASES = [(family, recipe) for family in FAMILY_NAMES for recipe in _shipped_grpo_recipes(family)]
+
+
+def test_every_registered_family_but_the_toy_ships_a_recipe():
+    assert {family for family, _ in RECIPE_CASES} == set(FAMILY_NAMES) - {"palette"}
+
+
+@pytest.mark.slow  # a real `rlhf-img train` per shipped recipe (13 recipes, a few seconds each)
+@pytest.mark.parametrize("family, recipe", RECIPE_CASES, ids=[f"{f}-{r}" for f, r in RECIPE_CASES])
+def test_every_shipped_recipe_trains_two_steps_on_the_stand_in(family, recipe, tmp_path):
+    """The recipe as shipped, with overrides that only point it at the stand-in, a tiny CLIP reward, two prompts,
+    CPU float32 and 2 steps: its model, sampling and training keys must run on the family. A full fine-tuning
+    recipe runs on the stand-in converted to this project's layout, as its header says."""
+    from tiny_models import tiny_clip_recipe_overrides
+
+    from rlhf_img.cli import main
+
+    tiny = FAMILIES[family].stand_in(str(tmp_path / "stand-in"))
+    checkpoint, family_config = tiny.checkpoint, tiny.load_kwargs.get("family_config")
+    with open(os.path.join(REPO, "recipes", recipe)) as f:
+        shipped = yaml.safe_load(f)
+    full_fine_tuning = not shipped.get("use_peft", False)
+    if full_fine_tuning and tiny.converter:
+        checkpoint = str(tmp_path / "converted")
+        convert = ["convert", tiny.converter, tiny.checkpoint, checkpoint, "--dtype", "float32"]
+        assert main(convert + (["--family_config", json.dumps(family_config)] if family_config else [])) == 0
+        with open(os.path.join(checkpoint, f"{family}.json")) as f:
+            family_config = json.load(f)  # the converted folder's own config: the recipe's keys must not resize it
+    overrides, out = tiny_clip_recipe_overrides(str(tmp_path))
+    # the two prompts' groups in one batch (a recipe's batch may hold more prompts than the two given)
+    overrides += ["--per_device_train_batch_size", str(2 * shipped.get("num_generations", 8))]
+    model = ["--model_name_or_path", checkpoint, "--family_config", json.dumps(family_config or {})]
+    if tiny.load_kwargs.get("visual_tokenizer"):
+        model += ["--visual_tokenizer", tiny.load_kwargs["visual_tokenizer"]]
+    assert main(["train", os.path.join(REPO, "recipes", recipe), *model, *overrides]) == 0
+    history = json.load(open(os.path.join(out, "trainer_state.json")))["log_history"]
+    assert sum("rewards/clip_score/mean" in entry for entry in history) >= 1
+    assert detect_family(out) == family  # the run's output loads as the same family

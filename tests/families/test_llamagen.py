@@ -1,6 +1,6 @@
 """The `llamagen` family's quirks: released-layout loading with strict key checks, detection, left-padded caption
 features, guided log-probs against the GPT's two branches run by hand, LoRA through checkpointed blocks,
-conversion, and the shipped recipes on tiny stand-ins. The family contract (samplers, scoring under every CFG
+conversion and the recipes' keys. The family contract (the shipped recipes for two steps included) (samplers, scoring under every CFG
 mode, decoding, LoRA / full steps with reload) is `tests/families/test_contract.py`."""
 
 import argparse
@@ -194,7 +194,7 @@ def test_convert_round_trip_keeps_the_weights_and_the_decoder(tmp_path, tiny_lla
     codes = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
     assert torch.equal(converted.decode(codes), policy.decode(codes))
     # full fine-tuning with beta > 0 from the converted folder (TRL rebuilds the reference from it): see
-    # test_shipped_recipe_trains_two_steps_on_tiny_stand_ins[llamagen-xl-grpo.yaml]
+    # tests/families/test_contract.py::test_every_shipped_recipe_trains_two_steps_on_the_stand_in
 
 
 def test_llamagen_recipes_parse_with_ar_grpo_sampling():
@@ -204,24 +204,3 @@ def test_llamagen_recipes_parse_with_ar_grpo_sampling():
         args, model_args, _ = parse_recipe(os.path.join(REPO, "recipes", name), ["--bf16", "false", "--use_cpu", "true"])
         assert model_args.model_family == "llamagen" and args.cfg_mode == "sample_only" and args.cfg_scale == 4.0
         assert (args.num_generations, args.beta, args.top_k, args.temperature) == (8, 1.0, 0, 1.0)
-
-
-@pytest.mark.parametrize("recipe", ["llamagen-xl-grpo-lora.yaml", "llamagen-xl-grpo.yaml"])
-def test_shipped_recipe_trains_two_steps_on_tiny_stand_ins(tmp_path, tiny_llamagen, recipe):
-    """The recipe as shipped, with overrides pointing at the tiny stand-ins (the full recipe at a converted
-    folder, as its header says) and a tiny CLIP reward."""
-    from tiny_models import tiny_clip_recipe_overrides
-
-    model = tiny_llamagen
-    family = tiny_llamagen_family_config(tiny_llamagen)
-    if recipe == "llamagen-xl-grpo.yaml":
-        model = str(tmp_path / "converted")
-        assert main(["convert", "llamagen", tiny_llamagen, model, "--family_config", json.dumps(family), "--dtype", "float32"]) == 0
-        family = {"image_size": 8}
-    overrides, out = tiny_clip_recipe_overrides(str(tmp_path))
-    code = main(["train", os.path.join(REPO, "recipes", recipe), "--model_name_or_path", model,
-                 "--family_config", json.dumps(family), *overrides])
-    assert code == 0
-    history = json.load(open(os.path.join(out, "trainer_state.json")))["log_history"]
-    assert any("rewards/clip_score/mean" in entry for entry in history)
-    assert all(entry["kl"] >= 0 for entry in history if "kl" in entry) and any("kl" in entry for entry in history)  # beta 1.0
