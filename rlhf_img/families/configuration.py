@@ -47,10 +47,12 @@ class FamilyConfig:
 
     @classmethod
     def load(cls: type[ConfigT], checkpoint: str, overrides: dict[str, Any] | None = None,
-             revision: str | None = None) -> ConfigT:
+             revision: str | None = None, required: bool | None = None) -> ConfigT:
         """The config file of `checkpoint` (folder or hub id) with `overrides` applied; without the file,
-        `overrides` alone (a released layout configured by the user)."""
-        path = resolve_subpath(checkpoint, cls.file_name, revision=revision, required=not overrides)
+        `overrides` alone (a released layout configured by the user). `required`: whether a missing file is an
+        error (default: unless `overrides` are given)."""
+        required = not overrides if required is None else required
+        path = resolve_subpath(checkpoint, cls.file_name, revision=revision, required=required)
         data = read_json_file(path) if path else {}
         data.update(overrides or {})
         return cls.from_dict(data, path or "family_config")

@@ -66,6 +66,7 @@ def test_rollout_benchmark_times_every_sampler_on_janus_and_llamagen_shaped_mode
     for table in figures.values():
         assert table["image_tokens"] == 16 and set(table["samplers"]) == {"plain", "shared", "static"}
         for row in table["samplers"].values():  # one seed, the same tokens whatever the loop
-            assert row["same_tokens_as_plain"] and row["seconds"] > 0
+            assert row["same_tokens_as_plain"] and row["identical_images"] == row["images"] == 4 and row["seconds"] > 0
+            assert row["max_logp_difference_before_divergence"] < 1e-4
             assert abs(row["speedup_vs_plain"] - table["samplers"]["plain"]["seconds"] / row["seconds"]) < 1e-9
     assert "janus     static" in result.stdout and "llamagen  shared" in result.stdout

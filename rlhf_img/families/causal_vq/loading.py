@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ...checkpoints import CheckpointError, is_local, read_json_file, resolve_subpath
 from ..registry import load_visual_tokenizer
-from .configuration import CONFIG_NAME, CausalVQConfig
+from ..shared_loading import merge_saved_adapter
+from .configuration import CausalVQConfig
 from .policy import CausalVQPolicy
 
 
@@ -29,11 +30,9 @@ def load_lm(checkpoint: str, dtype: torch.dtype | str, revision: str | None, tru
     kwargs = dict(dtype=dtype, revision=revision, trust_remote_code=trust_remote_code)
     if adapter_config is None:
         return AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
-    from peft import PeftModel
-
     base = read_json_file(adapter_config)["base_model_name_or_path"]
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
-    return PeftModel.from_pretrained(model, checkpoint, revision=revision).merge_and_unload()
+    return merge_saved_adapter(checkpoint, revision, model)
 
 
 def load(
@@ -52,10 +51,7 @@ def load(
     """
     if is_local(checkpoint) and not os.path.isdir(checkpoint):
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
-    config_file = resolve_subpath(checkpoint, CONFIG_NAME, revision=revision, required=not family_config)
-    data = read_json_file(config_file) if config_file else {}
-    data.update(family_config or {})
-    config = CausalVQConfig.from_dict(data, source=config_file or "family_config")
+    config = CausalVQConfig.load(checkpoint, family_config, revision)
 
     tokenizer = load_tokenizer(checkpoint, revision, trust_remote_code)
     model = load_lm(checkpoint, dtype, revision, trust_remote_code)

@@ -21,7 +21,7 @@ from ..registry import (
     register_family,
 )
 from . import convert, loading  # noqa: F401  (convert registers its converter)
-from .configuration import FAMILY_CONFIG_NAME, InfinityFamilyConfig
+from .configuration import CONFIG_NAME, InfinityFamilyConfig
 from .policy import InfinityPolicy
 
 RELEASED_PATTERN = "infinity_*.pth"
@@ -29,7 +29,7 @@ RELEASED_PATTERN = "infinity_*.pth"
 
 def detect(checkpoint: str, revision: str | None = None) -> int:
     """`infinity.json` (a converted or trained folder), else a local folder of released `infinity_*.pth` files."""
-    if has_file(checkpoint, FAMILY_CONFIG_NAME, revision):
+    if has_file(checkpoint, CONFIG_NAME, revision):
         return CONFIG_MATCH
     if is_local(checkpoint) and glob.glob(os.path.join(checkpoint, RELEASED_PATTERN)):
         return LAYOUT_MATCH
@@ -49,8 +49,8 @@ load = register_family(
     "infinity",
     stand_in=stand_in,
     detect=detect,
-    looks_for=f"{FAMILY_CONFIG_NAME}, or released {RELEASED_PATTERN} files",
+    looks_for=f"{CONFIG_NAME}, or released {RELEASED_PATTERN} files",
     help="Infinity: bitwise next-scale transformer + Flan-T5 + BSQ-VAE (FoundationVision/Infinity)",
 )(loading.load)
 
-__all__ = ["FAMILY_CONFIG_NAME", "InfinityFamilyConfig", "InfinityPolicy", "load"]
+__all__ = ["CONFIG_NAME", "InfinityFamilyConfig", "InfinityPolicy", "load"]

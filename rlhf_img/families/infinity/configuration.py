@@ -9,7 +9,7 @@ from ...checkpoints import CheckpointError
 from ..configuration import FamilyConfig
 from .schedules import RESOLUTIONS
 
-FAMILY_CONFIG_NAME = "infinity.json"
+CONFIG_NAME = "infinity.json"
 SIZE_NAMES = ("2b", "8b")
 
 
@@ -18,7 +18,7 @@ class InfinityFamilyConfig(FamilyConfig):
     """How to assemble and run a policy. File names are relative to the checkpoint (folder or hub repo)
     unless absolute; `text_encoder` is a hub id or folder of a transformers T5 encoder + tokenizer."""
 
-    file_name = FAMILY_CONFIG_NAME
+    file_name = CONFIG_NAME
     family = "infinity"
 
     size: str | None = None  # "2b" | "8b": builds the released architecture; None: read config.json / infer

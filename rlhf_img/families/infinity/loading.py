@@ -42,7 +42,7 @@ from ..shared_loading import (
     resolve_file,
 )
 from .bsq_vae import BSQVAE, BSQVAEConfig, load_vae_state_dict
-from .configuration import FAMILY_CONFIG_NAME, SIZE_NAMES, InfinityFamilyConfig
+from .configuration import CONFIG_NAME, SIZE_NAMES, InfinityFamilyConfig
 from .policy import InfinityPolicy
 from .transformer import InfinityConfig, InfinityTransformer
 
@@ -160,7 +160,7 @@ def _load_vae(location: str, checkpoint: str, size: str | None, revision: str | 
 def _load_transformer(checkpoint: str, config: InfinityFamilyConfig, dtype: torch.dtype, revision: str | None) -> InfinityTransformer:
     base_config = replace(config, base_checkpoint=None)
     merged = load_with_adapter(checkpoint, revision, config.base_checkpoint,
-                               lambda base: _load_transformer(base, base_config, dtype, None), FAMILY_CONFIG_NAME)
+                               lambda base: _load_transformer(base, base_config, dtype, None), CONFIG_NAME)
     if merged is not None:  # a LoRA run: base from `base_checkpoint`, adapter merged in
         return merged
     if config.transformer == "model.safetensors" and resolve_subpath(checkpoint, "config.json", revision, required=False):
@@ -183,7 +183,7 @@ def load(
     overrides the VAE location."""
     if is_local(checkpoint) and not os.path.isdir(checkpoint):
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
-    config_file = resolve_subpath(checkpoint, FAMILY_CONFIG_NAME, revision=revision, required=not family_config)
+    config_file = resolve_subpath(checkpoint, CONFIG_NAME, revision=revision, required=not family_config)
     data = read_json_file(config_file) if config_file else {}
     data.update(family_config or {})
     config = InfinityFamilyConfig.from_dict(data, source=config_file or "family_config")

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoProcessor, JanusForConditionalGeneration
 
 from ...checkpoints import CheckpointError, is_local, read_json_file, resolve_subpath
-from .configuration import CONFIG_NAME, JanusFamilyConfig
+from ..shared_loading import merge_saved_adapter
+from .configuration import JanusFamilyConfig
 from .policy import JanusPolicy
 
 ORIGINAL_LAYOUT = "multi_modality"  # deepseek-ai/Janus-Pro-*: DeepSeek's remote-code layout
@@ -44,10 +45,7 @@ def load(
         raise CheckpointError("janus: the VQ decoder is part of the checkpoint; visual_tokenizer does not apply")
     if is_local(checkpoint) and not os.path.isdir(checkpoint):
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
-    config_file = resolve_subpath(checkpoint, CONFIG_NAME, revision=revision, required=False)
-    data = read_json_file(config_file) if config_file else {}
-    data.update(family_config or {})
-    config = JanusFamilyConfig.from_dict(data, source=config_file or "family_config")
+    config = JanusFamilyConfig.load(checkpoint, family_config, revision, required=False)
 
     adapter_config = resolve_subpath(checkpoint, "adapter_config.json", revision=revision, required=False)
     if adapter_config is None:
@@ -55,12 +53,10 @@ def load(
         model = JanusForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype, revision=revision)
         processor_source, processor_revision = checkpoint, revision
     else:  # a LoRA run's output: merge the adapter into its base
-        from peft import PeftModel
-
         base = read_json_file(adapter_config)["base_model_name_or_path"]
         _check_transformers_layout(base, None)
         model = JanusForConditionalGeneration.from_pretrained(base, dtype=dtype)
-        model = PeftModel.from_pretrained(model, checkpoint, revision=revision).merge_and_unload()
+        model = merge_saved_adapter(checkpoint, revision, model)
         has_processor = resolve_subpath(checkpoint, "processor_config.json", revision=revision, required=False)
         processor_source, processor_revision = (checkpoint, revision) if has_processor else (base, None)
     processor = AutoProcessor.from_pretrained(processor_source, revision=processor_revision)

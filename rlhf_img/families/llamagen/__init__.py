@@ -21,14 +21,14 @@ from ..registry import (
     register_family,
 )
 from . import convert, loading  # noqa: F401  (convert registers its converter)
-from .configuration import FAMILY_CONFIG_NAME, LlamaGenFamilyConfig
+from .configuration import CONFIG_NAME, LlamaGenFamilyConfig
 from .loading import RELEASED_GPT_PATTERN
 from .policy import LlamaGenPolicy
 
 
 def detect(checkpoint: str, revision: str | None = None) -> int:
     """`llamagen.json` (a converted or trained folder), else a local folder of released `t2i_*.pt` files."""
-    if has_file(checkpoint, FAMILY_CONFIG_NAME, revision):
+    if has_file(checkpoint, CONFIG_NAME, revision):
         return CONFIG_MATCH
     if is_local(checkpoint) and glob.glob(os.path.join(checkpoint, RELEASED_GPT_PATTERN)):
         return LAYOUT_MATCH
@@ -47,8 +47,8 @@ load = register_family(
     "llamagen",
     stand_in=stand_in,
     detect=detect,
-    looks_for=f"{FAMILY_CONFIG_NAME}, or released {RELEASED_GPT_PATTERN} files",
+    looks_for=f"{CONFIG_NAME}, or released {RELEASED_GPT_PATTERN} files",
     help="LlamaGen t2i: GPT with 2D RoPE + Flan-T5-XL caption features + VQ-16 (FoundationVision/LlamaGen)",
 )(loading.load)
 
-__all__ = ["FAMILY_CONFIG_NAME", "LlamaGenFamilyConfig", "LlamaGenPolicy", "load"]
+__all__ = ["CONFIG_NAME", "LlamaGenFamilyConfig", "LlamaGenPolicy", "load"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..configuration import FamilyConfig
 
-FAMILY_CONFIG_NAME = "llamagen.json"
+CONFIG_NAME = "llamagen.json"
 
 
 @dataclass
@@ -15,7 +15,7 @@ class LlamaGenFamilyConfig(FamilyConfig):
     """How to assemble and run a policy. File names are relative to the checkpoint (folder or hub repo) unless
     absolute; `text_encoder` is a hub id or folder of a transformers T5 encoder + tokenizer."""
 
-    file_name = FAMILY_CONFIG_NAME
+    file_name = CONFIG_NAME
     family = "llamagen"
 
     gpt: str = "model.safetensors"  # a released .pt (weights under "model"), or this project's transformers folder

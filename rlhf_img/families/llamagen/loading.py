@@ -41,7 +41,7 @@ from ..shared_loading import (
     read_weights,
     resolve_file,
 )
-from .configuration import FAMILY_CONFIG_NAME, LlamaGenFamilyConfig
+from .configuration import CONFIG_NAME, LlamaGenFamilyConfig
 from .gpt import LlamaGenConfig, LlamaGenGPT
 from .policy import LlamaGenPolicy
 from .vq import infer_vq_config, is_llamagen_layout, load_vq_state
@@ -138,7 +138,7 @@ def _load_released_gpt(path: str, config: LlamaGenFamilyConfig, dtype: torch.dty
 def _load_gpt(checkpoint: str, config: LlamaGenFamilyConfig, dtype: torch.dtype, revision: str | None) -> LlamaGenGPT:
     base_config = replace(config, base_checkpoint=None)
     merged = load_with_adapter(checkpoint, revision, config.base_checkpoint,
-                               lambda base: _load_gpt(base, base_config, dtype, None), FAMILY_CONFIG_NAME)
+                               lambda base: _load_gpt(base, base_config, dtype, None), CONFIG_NAME)
     if merged is not None:  # a LoRA run: base from `base_checkpoint`, adapter merged in
         return merged
     if config.gpt == "model.safetensors" and resolve_subpath(checkpoint, "config.json", revision, required=False):
@@ -194,7 +194,7 @@ def load(
     themselves); `visual_tokenizer` overrides the VQ location."""
     if is_local(checkpoint) and not os.path.isdir(checkpoint):
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
-    config_file = resolve_subpath(checkpoint, FAMILY_CONFIG_NAME, revision=revision, required=False)
+    config_file = resolve_subpath(checkpoint, CONFIG_NAME, revision=revision, required=False)
     if config_file:
         data = read_json_file(config_file)
     elif is_local(checkpoint):
@@ -202,7 +202,7 @@ def load(
     elif family_config:
         data = {}
     else:
-        raise CheckpointError(f"{checkpoint}: no {FAMILY_CONFIG_NAME}; give family_config with the released files, "
+        raise CheckpointError(f"{checkpoint}: no {CONFIG_NAME}; give family_config with the released files, "
                               f"e.g. {RELEASED_STAGE1_FILES}")
     data.update(family_config or {})
     config = LlamaGenFamilyConfig.from_dict(data, source=config_file or "family_config")

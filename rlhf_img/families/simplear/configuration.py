@@ -1,4 +1,5 @@
-"""Configuration of the `simplear` family: the architecture of NVIDIA's Cosmos discrete tokenizer (`CosmosConfig`).
+"""Configuration of the `simplear` family: the family config (`SimpleARConfig`, `simplear.json`) and the
+architecture of NVIDIA's Cosmos discrete tokenizer (`CosmosConfig`).
 
 Kept apart from the modeling code (`cosmos.py`, `cosmos_layers.py`) so that both import it and neither imports the
 other's config back.
@@ -10,6 +11,7 @@ import math
 from dataclasses import dataclass, fields
 
 from ...checkpoints import CheckpointError
+from ..configuration import FamilyConfig
 
 
 @dataclass
@@ -92,3 +94,42 @@ class CosmosConfig:
     @property
     def num_temporal_downs(self) -> int:
         return int(math.log2(self.temporal_compression // self.patch_size))
+
+
+CONFIG_NAME = "simplear.json"  # written next to a trained model: resolution, prefix, tokenizer, overrides
+COSMOS_DOWNSAMPLE = 16
+GRPO_PREFIX = "A photo of "
+
+
+@dataclass
+class SimpleARConfig(FamilyConfig):
+    """`simplear.json`: what a SimpleAR policy is run at. `resolution` (pixels, a multiple of 16: 1024 -> 64x64
+    codes), `prompt_prefix` (their GRPO's "A photo of "; their inference used "A highly realistic image of "),
+    `visual_tokenizer` (None: the folder a trained checkpoint saved, else NVIDIA's hub repo). Any `causal_vq` key
+    below overrides the layout SimpleAR's files imply (None: implied)."""
+
+    file_name = CONFIG_NAME
+    family = "simplear"
+
+    resolution: int = 1024
+    prompt_prefix: str = GRPO_PREFIX
+    visual_tokenizer: str | None = None
+    # causal_vq overrides (`CausalVQConfig` fields), None: what SimpleAR's layout implies
+    image_code_offset: int | None = None
+    image_code_count: int | None = None
+    grid: list[int] | None = None
+    prompt_template: str | None = None
+    uncond_prompt: str | None = None
+    special_tokens: list[str] | None = None
+    add_special_tokens: bool | None = None
+    visual_tokenizer_class: str | None = None
+
+    def validate(self, source: str) -> None:
+        if int(self.resolution) % COSMOS_DOWNSAMPLE:
+            raise CheckpointError(f"{source}: resolution must be a multiple of {COSMOS_DOWNSAMPLE}, got {self.resolution}")
+
+    def causal_vq_overrides(self) -> dict:
+        """The `causal_vq` keys this config sets (their values replace what SimpleAR's layout implies)."""
+        family_keys = {"resolution", "prompt_prefix", "visual_tokenizer"}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in family_keys and getattr(self, f.name) is not None}

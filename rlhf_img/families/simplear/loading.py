@@ -16,9 +16,8 @@ sampler and the loss are shared.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import fields
+from dataclasses import replace
 
 import torch
 
@@ -27,21 +26,18 @@ from ..causal_vq.configuration import CausalVQConfig
 from ..causal_vq.loading import load_lm, load_tokenizer
 from ..causal_vq.policy import CausalVQPolicy
 from ..registry import load_visual_tokenizer
+from .configuration import CONFIG_NAME, COSMOS_DOWNSAMPLE, GRPO_PREFIX, SimpleARConfig
 
 SPECIAL_TOKENS = ("<|t2i|>", "<|i2t|>", "<|soi|>", "<|vtokens|>", "<|t2v|>", "<|v2t|>", "<|sov|>")
 COSMOS_CODES = 64_000
-COSMOS_DOWNSAMPLE = 16
 DEFAULT_VISUAL_TOKENIZER = "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16"
-GRPO_PREFIX = "A photo of "
 INFERENCE_PREFIX = "A highly realistic image of "
-FAMILY_KEYS = {"resolution", "prompt_prefix", "visual_tokenizer"}  # family keys; the others override CausalVQConfig
-CONFIG_NAME = "simplear.json"  # written next to a trained model: resolution, prefix, tokenizer, overrides
 
 
 def simplear_config(text_vocab_size: int, resolution: int = 1024, prompt_prefix: str = GRPO_PREFIX,
                     visual_tokenizer: str = DEFAULT_VISUAL_TOKENIZER) -> CausalVQConfig:
     """SimpleAR's layout as a `causal_vq` config: codes after the text vocabulary, grid from the resolution."""
-    if resolution % COSMOS_DOWNSAMPLE:
+    if resolution % COSMOS_DOWNSAMPLE:  # also checked in SimpleARConfig.validate; here for direct callers
         raise CheckpointError(f"simplear: resolution must be a multiple of {COSMOS_DOWNSAMPLE}, got {resolution}")
     side = resolution // COSMOS_DOWNSAMPLE
     return CausalVQConfig(
@@ -60,33 +56,27 @@ class SimpleARPolicy(CausalVQPolicy):
     """`causal_vq`'s policy with SimpleAR's layout; saves `simplear.json` so an output folder reloads as `simplear`
     at the same resolution, prefix and visual tokenizer."""
 
-    def __init__(self, model, tokenizer, visual_tokenizer, config: CausalVQConfig, options: dict) -> None:
+    def __init__(self, model, tokenizer, visual_tokenizer, config: CausalVQConfig, family: SimpleARConfig) -> None:
         super().__init__(model, tokenizer, visual_tokenizer, config)
-        self.options = options  # resolution, prompt_prefix and any causal_vq overrides, as loaded
+        self.family_config = family  # resolution, prompt_prefix and any causal_vq overrides, as loaded
 
     def save_pretrained(self, output_dir: str, model=None) -> None:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, CONFIG_NAME), "w") as f:
-            json.dump({**self.options, "visual_tokenizer": "visual_tokenizer"}, f, indent=2)
+        replace(self.family_config, visual_tokenizer="visual_tokenizer").save(output_dir)
         self.visual_tokenizer.save_pretrained(os.path.join(output_dir, "visual_tokenizer"))
 
 
-def _saved_options(checkpoint: str, revision: str | None) -> dict:
-    """`simplear.json` of a folder this project wrote (empty for a released checkpoint), with the visual tokenizer
-    made relative to the checkpoint."""
+def _family_config(checkpoint: str, revision: str | None, overrides: dict | None) -> SimpleARConfig:
+    """`simplear.json` of a folder this project wrote (none for a released checkpoint), its visual tokenizer made
+    relative to the checkpoint, with `overrides` (the user's family_config) applied."""
     path = resolve_subpath(checkpoint, CONFIG_NAME, revision=revision, required=False)
-    if path is None:
-        return {}
-    options = read_json_file(path)
-    known = FAMILY_KEYS | {f.name for f in fields(CausalVQConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise CheckpointError(f"{path}: unknown simplear config key(s) {unknown}")
-    location = options.get("visual_tokenizer")
+    saved = read_json_file(path) if path else {}
+    location = saved.get("visual_tokenizer")
     if location and not os.path.isabs(location):
         local = os.path.join(os.path.dirname(path), location)
-        options["visual_tokenizer"] = local if os.path.isdir(local) else location
-    return options
+        saved["visual_tokenizer"] = local if os.path.isdir(local) else location
+    if path:
+        SimpleARConfig.from_dict(saved, source=path)  # the file's own keys, named in its own errors
+    return SimpleARConfig.from_dict({**saved, **(overrides or {})}, source=path or "family_config")
 
 
 def load(
@@ -104,20 +94,18 @@ def load(
     ("A photo of "), and any `causal_vq` key; it overrides the `simplear.json` a trained checkpoint saved."""
     if is_local(checkpoint) and not os.path.isdir(checkpoint):
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
-    options = {**_saved_options(checkpoint, revision), **(family_config or {})}
+    family = _family_config(checkpoint, revision, family_config)
     if visual_tokenizer:
-        options["visual_tokenizer"] = visual_tokenizer
-    family = {key: options[key] for key in options if key in FAMILY_KEYS}
-    overrides = {key: value for key, value in options.items() if key not in FAMILY_KEYS}
+        family = replace(family, visual_tokenizer=visual_tokenizer)
     tokenizer = load_tokenizer(checkpoint, revision, trust_remote_code)
     missing = [token for token in SPECIAL_TOKENS if token not in tokenizer.get_vocab()]
     if missing:
         raise CheckpointError(f"simplear: {checkpoint} tokenizer lacks SimpleAR's special tokens {missing}")
-    config = simplear_config(len(tokenizer), int(family.get("resolution", 1024)),
-                             str(family.get("prompt_prefix", GRPO_PREFIX)),
-                             str(family.get("visual_tokenizer", DEFAULT_VISUAL_TOKENIZER)))
+    config = simplear_config(len(tokenizer), int(family.resolution), family.prompt_prefix,
+                             family.visual_tokenizer or DEFAULT_VISUAL_TOKENIZER)
+    overrides = family.causal_vq_overrides()
     if overrides:
-        config = CausalVQConfig.from_dict({**config.__dict__, **overrides}, source="family_config")
+        config = CausalVQConfig.from_dict({**config.to_dict(), **overrides}, source="family_config")
     model = load_lm(checkpoint, dtype, revision, trust_remote_code)
     rows = model.get_output_embeddings().weight.shape[0]
     if rows < config.image_code_offset + COSMOS_CODES:
@@ -126,5 +114,4 @@ def load(
             f"{config.image_code_offset + COSMOS_CODES}"
         )
     vt = load_visual_tokenizer("cosmos", config.visual_tokenizer)
-    saved = {key: value for key, value in options.items() if key != "visual_tokenizer"}
-    return SimpleARPolicy(model, tokenizer, vt.eval().requires_grad_(False), config, saved)
+    return SimpleARPolicy(model, tokenizer, vt.eval().requires_grad_(False), config, family)
