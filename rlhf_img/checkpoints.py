@@ -90,3 +90,9 @@ def resolve_subfolder(location: str, subfolder: str, revision: str | None = None
     if not os.path.isdir(folder):
         raise CheckpointError(f"{what} not found: {folder}")
     return folder
+
+
+def parameter_shape(parameter: torch.Tensor) -> torch.Size:
+    """The full shape of a parameter, also when DeepSpeed ZeRO-3 has partitioned it: a partitioned parameter is
+    an empty placeholder (`shape` (0,)) and keeps its real shape in `ds_shape`."""
+    return parameter.ds_shape if hasattr(parameter, "ds_shape") else parameter.shape

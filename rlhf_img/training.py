@@ -54,15 +54,45 @@ def _rank_tag(trainer) -> str:
     return "" if accelerator.is_main_process else f" on rank {accelerator.process_index}"
 
 
+def too_few_prompts(trainer) -> str | None:
+    """Why the first generation batch can never fill, or None. TRL's sampler deals prompts in whole generation
+    batches of `generation_batch_size / num_generations` distinct prompts and drops the remainder, so a dataset
+    with fewer prompts than that has an empty epoch: the Trainer then "trains" 0 steps and returns normally."""
+    dataset, args = trainer.train_dataset, trainer.args
+    if not hasattr(dataset, "__len__"):
+        return None  # an iterable dataset: its length is not known ahead
+    needed = args.generation_batch_size // trainer.num_generations
+    if len(dataset) >= needed:
+        return None
+    processes = trainer.accelerator.num_processes
+    return (f"the dataset has {len(dataset)} prompts but one generation batch takes {needed} distinct prompts "
+            f"(per_device_train_batch_size {args.per_device_train_batch_size} x {processes} process(es) x "
+            f"steps_per_generation {args.steps_per_generation} / num_generations {trainer.num_generations}): lower "
+            "per_device_train_batch_size or steps_per_generation, launch fewer processes, or add prompts; nothing "
+            "was trained")
+
+
 def train(args, model_args, rewards, dataset, policy, peft_config) -> int:
-    """Train, save the model and `trainer_state.json` to `args.output_dir`; 1 if a reward broke mid-run."""
+    """Train, save the model and `trainer_state.json` to `args.output_dir`; 1 if a reward broke mid-run or nothing
+    could be trained (a run that trains 0 steps never ends as a success)."""
     trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
+    problem = too_few_prompts(trainer)
+    if problem is not None:
+        if trainer.accelerator.is_main_process:
+            print(f"rlhf-img: error: {problem}", file=sys.stderr)
+        return 1
     start = time.time()
     try:
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     except RewardError as error:  # a user's reward broke, hung or scored nothing: name it, skip the traceback
         print(f"rlhf-img: error{_rank_tag(trainer)}: {' '.join(str(error).split())}; {_resume_hint(args.output_dir)}",
               file=sys.stderr)
+        return 1
+    if trainer.state.global_step == 0 and args.max_steps != 0:
+        if trainer.accelerator.is_main_process:  # e.g. a launcher that gave each process an empty shard
+            print(f"rlhf-img: error: trained 0 steps (max_steps {args.max_steps}, {len(dataset) if hasattr(dataset, '__len__') else 'an iterable of'} "
+                  f"prompts, {trainer.accelerator.num_processes} process(es)): check the launcher, max_steps, "
+                  "per_device_train_batch_size and num_generations; nothing was saved", file=sys.stderr)
         return 1
     trainer.save_model(args.output_dir)
     trainer.save_state()  # trainer_state.json: the full log history next to the model

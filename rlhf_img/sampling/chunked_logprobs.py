@@ -46,6 +46,16 @@ def _score_rows(
     return scored_logprobs(guide(cond.float(), uncond.float(), sampling.cfg_scale), actions, sampling)
 
 
+def _zero3_enabled() -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions the weights. Its hooks gather a module's weights for the forward and
+    release them after; a recompute in the backward (non-reentrant checkpointing) then sees the released, empty
+    placeholder. Under ZeRO-3 the chunks are still scored one at a time, but their logits stay alive for the
+    backward (the memory bound is then ZeRO-3's sharding, not this recompute)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
 def chunked_scored_logprobs(
     head: Head,
     hidden: torch.Tensor,
@@ -79,11 +89,12 @@ def chunked_scored_logprobs(
     uncond_rows = None if uncond_hidden is None else uncond_hidden.reshape(batch * num_tokens, -1)
     flat_actions = actions.reshape(-1)  # (N,)
     logps, entropies = [], []
+    recompute = torch.is_grad_enabled() and not _zero3_enabled()
     for start in range(0, rows.size(0), chunk_size):
         piece = slice(start, start + chunk_size)
         args = (head, rows[piece], None if uncond_rows is None else uncond_rows[piece], flat_actions[piece],
                 sampling, detach_uncond)
-        if torch.is_grad_enabled():
+        if recompute:
             # keep only the chunk's inputs; the backward recomputes its logits (autocast state included)
             logp, entropy = checkpoint(_score_rows, *args, use_reentrant=False)
         else:

@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ...checkpoints import CheckpointError
+from ...checkpoints import CheckpointError, parameter_shape
 from ...policy import PromptBatch
 from ...sampling import CausalLMAdapter, NextTokenPolicy
 from .configuration import CausalVQConfig
@@ -43,7 +43,7 @@ class CausalVQPolicy(NextTokenPolicy):
 
     def _check(self) -> None:
         cfg, tok = self.config, self.processing_class
-        vocab = self.model.get_output_embeddings().weight.shape[0]
+        vocab = parameter_shape(self.model.get_output_embeddings().weight)[0]  # ZeRO-3: partitioned at load
         if cfg.image_code_offset + cfg.image_code_count > vocab:
             raise CheckpointError(
                 f"causal_vq: image codes [{cfg.image_code_offset}, {cfg.image_code_offset + cfg.image_code_count}) "

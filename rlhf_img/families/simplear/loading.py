@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import torch
 
-from ...checkpoints import CheckpointError, is_local, read_json_file, resolve_subpath
+from ...checkpoints import CheckpointError, is_local, parameter_shape, read_json_file, resolve_subpath
 from ..causal_vq.configuration import CausalVQConfig
 from ..causal_vq.loading import load_lm, load_tokenizer
 from ..causal_vq.policy import CausalVQPolicy
@@ -107,7 +107,7 @@ def load(
     if overrides:
         config = CausalVQConfig.from_dict({**config.to_dict(), **overrides}, source="family_config")
     model = load_lm(checkpoint, dtype, revision, trust_remote_code)
-    rows = model.get_output_embeddings().weight.shape[0]
+    rows = parameter_shape(model.get_output_embeddings().weight)[0]  # ZeRO-3: partitioned at load
     if rows < config.image_code_offset + COSMOS_CODES:
         raise CheckpointError(
             f"simplear: {checkpoint} has {rows} LM-head rows; SimpleAR needs len(tokenizer) + 64000 = "
