@@ -5,9 +5,10 @@ released files by saving a loaded policy in this project's layout."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -100,7 +101,8 @@ def load_text_encoder(location: str, dtype: str, checkpoint: str, revision: str 
         location = os.path.abspath(os.path.join(checkpoint, location))
     tokenizer_location = checkpoint if _has_tokenizer(checkpoint, revision) else location
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, revision=revision if tokenizer_location == checkpoint else None)
-    encoder = T5EncoderModel.from_pretrained(location, dtype=getattr(torch, dtype))
+    with whole_on_every_rank():
+        encoder = T5EncoderModel.from_pretrained(location, dtype=getattr(torch, dtype))
     return tokenizer, encoder.eval().requires_grad_(False), location
 
 
@@ -127,3 +129,36 @@ def config_for_saved_model(config, model: nn.Module, weights_field: str, release
         return replace(config, base_checkpoint=config.base_checkpoint or model.get_base_model().config._name_or_path)
     return replace(config, **{weights_field: "model.safetensors", "base_checkpoint": None},
                    **{name: None for name in released_fields})
+
+
+@contextlib.contextmanager
+def whole_on_every_rank() -> Iterator[None]:
+    """Build and load the frozen parts of a policy (text encoder, VQ / VAE) whole on every rank.
+
+    Under DeepSpeed ZeRO-3 with `zero3_init_flag` transformers builds every model inside `deepspeed.zero.Init`,
+    which partitions its parameters over the ranks; only the modules the DeepSpeed engine owns (the trainable
+    model) are ever gathered again, so a partitioned frozen part would run on empty placeholders. Outside ZeRO-3
+    this does nothing."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    reference = hf_deepspeed._hf_deepspeed_config_weak_ref
+    config = reference() if reference is not None else None
+    if config is None or not config.is_zero3():
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)
+
+
+def gathered(module: nn.Module) -> contextlib.AbstractContextManager:
+    """A context in which `module`'s parameters are whole: gathered from their ZeRO-3 partitions for a part of the
+    trainable model used outside its forward (e.g. Janus' VQ decoding images), else nothing to do."""
+    parameters = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not parameters:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(parameters)

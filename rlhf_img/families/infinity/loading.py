@@ -40,6 +40,7 @@ from ..shared_loading import (
     load_with_adapter,
     read_weights,
     resolve_file,
+    whole_on_every_rank,
 )
 from .bsq_vae import BSQVAE, BSQVAEConfig, load_vae_state_dict
 from .configuration import CONFIG_NAME, SIZE_NAMES, InfinityFamilyConfig
@@ -194,6 +195,7 @@ def load(
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
     model = _load_transformer(checkpoint, config, torch_dtype, revision)
-    vae = _load_vae(config.vae, checkpoint, config.size, revision).eval().requires_grad_(False)
+    with whole_on_every_rank():  # frozen: never partitioned by ZeRO-3
+        vae = _load_vae(config.vae, checkpoint, config.size, revision).eval().requires_grad_(False)
     tokenizer, text_encoder, _ = load_text_encoder(config.text_encoder, config.text_encoder_dtype, checkpoint, revision)
     return InfinityPolicy(model, tokenizer, text_encoder, vae, config)

@@ -79,7 +79,7 @@ class InfinityPolicy:
 
     def logprobs(self, model: nn.Module, prompts: PromptBatch, actions: torch.Tensor, sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
         text, mask = self.text_features(prompts)
-        return score_bits(model, unwrap_causal_lm(model), text, mask, actions, self.codes, sampling, self.aspect_ratio)
+        return score_bits(model, text, mask, actions, self.codes, sampling, self.aspect_ratio)
 
     @torch.no_grad()
     def decode(self, actions: torch.Tensor) -> torch.Tensor:

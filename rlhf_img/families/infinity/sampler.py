@@ -59,7 +59,6 @@ def sample_bits(
 
 def score_bits(
     model,
-    transformer,
     text: torch.Tensor,
     text_mask: torch.Tensor,
     actions: torch.Tensor,
@@ -68,18 +67,18 @@ def score_bits(
     aspect_ratio: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced per-bit log-probs and entropies `(B, T)` of `actions` under `sampling.cfg_mode`, in one
-    forward (two for `guided_detached_uncond`). `model` is called (peft / DDP hooks fire); `transformer` is
-    the unwrapped module, used only for the learned null text."""
+    forward (two for `guided_detached_uncond`). `model` is called (peft / DDP / DeepSpeed hooks fire); the
+    unconditional rows get the learned null text inside its forward."""
     batch = actions.size(0)
     inputs = codes.teacher_inputs(actions)  # (B, L - 1, bits): depends on the actions only
 
-    def forward(text_rows, mask_rows, input_rows):
-        return model(text_features=text_rows, text_mask=mask_rows, scale_inputs=input_rows, schedule=codes.grids, aspect_ratio=aspect_ratio)
-
     def branch_logits(branches) -> torch.Tensor:  # (nB, T, 2): the learned null text for unconditional rows
-        rows = [text if conditional else transformer.unconditional_text(text_mask).to(text.dtype) for conditional in branches]
-        logits = forward(torch.cat(rows), text_mask.repeat(len(branches), 1), inputs.repeat(len(branches), 1, 1))
-        return logits.reshape(len(branches) * batch, -1, 2)
+        rows = len(branches)
+        null = torch.tensor([not conditional for conditional in branches], device=text.device).repeat_interleave(batch)
+        logits = model(text_features=text.repeat(rows, 1, 1), text_mask=text_mask.repeat(rows, 1),
+                       scale_inputs=inputs.repeat(rows, 1, 1), schedule=codes.grids, aspect_ratio=aspect_ratio,
+                       null_text_rows=null)
+        return logits.reshape(rows * batch, -1, 2)
 
     # the forward already ends in the bit logits: an identity head, unchunked (two logits per action)
     return score_guided(branch_logits, lambda logits: logits, actions, sampling, chunk_size=0)

@@ -360,10 +360,14 @@ class InfinityTransformer(PreTrainedModel):
         scale_inputs: torch.Tensor,
         schedule: list[tuple[int, int]],
         aspect_ratio: float = 1.0,
+        null_text_rows: torch.Tensor | None = None,
         **causal_lm_kwargs,
     ) -> torch.Tensor:
         """Teacher-forced logits `(B, L, 2 * bits)` for every token of `schedule`.
 
+        `null_text_rows` `(B,)` bool: rows whose text is replaced by the learned null text (the unconditional
+        branch), inside this forward so that the null text is read (and trained) like every other weight, also
+        when ZeRO-3 partitions it.
         `scale_inputs` `(B, L - 1, bits)`: the inputs of scales 1.. (scale 0 is the text start token).
         Attention is block-causal: a token sees every token of its own and earlier scales.
         `causal_lm_kwargs`: peft's causal-LM wrapper (TRL's default LoRA task type) passes `input_ids=None`,
@@ -372,6 +376,9 @@ class InfinityTransformer(PreTrainedModel):
         given = sorted(k for k, v in causal_lm_kwargs.items() if v is not None)
         if given:
             raise TypeError(f"InfinityTransformer.forward got unsupported arguments {given}")
+        if null_text_rows is not None:
+            null = self.unconditional_text(text_mask).to(text_features.dtype)  # (B, Lt, Ct5)
+            text_features = torch.where(null_text_rows.view(-1, 1, 1), null, text_features)
         cond, modulation, text_kv = self.prepare_text(text_features, text_mask)
         start = (cond.unsqueeze(1) + self.pos_start).float()  # (B, 1, C)
         x = torch.cat([start, self.word_embed(scale_inputs.to(self.word_embed.weight.dtype)).float()], dim=1)

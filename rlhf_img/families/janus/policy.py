@@ -15,6 +15,7 @@ from torch import nn
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch
 from ...sampling import NextTokenPolicy, unwrap_causal_lm
+from ..shared_loading import gathered
 from .adapter import JanusAdapter, unconditional_ids
 from .configuration import JanusFamilyConfig
 
@@ -86,7 +87,8 @@ class JanusPolicy(NextTokenPolicy):
         """Codes `(B, T)` -> pixels `(B, 3, H, W)` in [0, 1] through the model's VQ (Janus: `(x + 1) / 2`, clipped)."""
         janus = unwrap_causal_lm(self.model)
         device = janus.model.generation_embeddings.weight.device
-        pixels = janus.decode_image_tokens(actions.to(device))  # (B, H, W, 3), about [-1, 1]
+        with gathered(janus.model.vqmodel):  # ZeRO-3: the VQ is part of the partitioned model
+            pixels = janus.decode_image_tokens(actions.to(device))  # (B, H, W, 3), about [-1, 1]
         return ((pixels.float().permute(0, 3, 1, 2) + 1) / 2).clamp(0, 1)
 
     def to(self, device: torch.device | str) -> "JanusPolicy":

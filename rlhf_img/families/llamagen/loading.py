@@ -40,6 +40,7 @@ from ..shared_loading import (
     load_with_adapter,
     read_weights,
     resolve_file,
+    whole_on_every_rank,
 )
 from .configuration import CONFIG_NAME, LlamaGenFamilyConfig
 from .gpt import LlamaGenConfig, LlamaGenGPT
@@ -213,7 +214,8 @@ def load(
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
     model = _load_gpt(checkpoint, config, torch_dtype, revision)
-    vq = _load_vq(config.vq, checkpoint, revision).eval().requires_grad_(False)
+    with whole_on_every_rank():  # frozen: never partitioned by ZeRO-3
+        vq = _load_vq(config.vq, checkpoint, revision).eval().requires_grad_(False)
     tokenizer, text_encoder, config.text_encoder = load_text_encoder(
         config.text_encoder, config.text_encoder_dtype, checkpoint, revision)
     policy = LlamaGenPolicy(model, tokenizer, text_encoder, vq, config)

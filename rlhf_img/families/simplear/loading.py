@@ -21,7 +21,13 @@ from dataclasses import replace
 
 import torch
 
-from ...checkpoints import CheckpointError, is_local, parameter_shape, read_json_file, resolve_subpath
+from ...checkpoints import (
+    CheckpointError,
+    is_local,
+    parameter_shape,
+    read_json_file,
+    resolve_subpath,
+)
 from ..causal_vq.configuration import CausalVQConfig
 from ..causal_vq.loading import load_lm, load_tokenizer
 from ..causal_vq.policy import CausalVQPolicy
