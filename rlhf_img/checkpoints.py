@@ -35,7 +35,11 @@ def resolve_subpath(location: str, filename: str, revision: str | None = None, r
             raise CheckpointError(f"{path} not found")
         return None
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         return hf_hub_download(location, filename, revision=revision)

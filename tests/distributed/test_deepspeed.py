@@ -136,3 +136,24 @@ def test_every_family_trains_its_lora_recipe_under_zero3_and_reloads(family, tmp
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rlhf-img: trained 2 steps" in result.stdout
     assert detect_family(out) == family
+
+
+def test_zero3_resume_from_deepspeeds_checkpoint_continues_identically(tmp_path):
+    """A 4-step run, and a 2-step run resumed to 4 from its ZeRO-3 checkpoint (DeepSpeed's own layout: sharded
+    model and optimizer states under `global_step2/`, plus the completion marker): steps 3 and 4 log the same. A
+    constant learning rate, so that stopping at step 2 is the unbroken run's first half (a linear schedule over
+    `max_steps: 2` would already have decayed differently)."""
+    common = ["--logging_steps", "1", "--use_peft", "false", "--beta", "0.04", "--learning_rate", "1e-4",
+              "--lr_scheduler_type", "constant", "--per_device_train_batch_size", "32", "--save_strategy", "steps",
+              "--save_steps", "2"]
+    unbroken, resumed = tmp_path / "unbroken", tmp_path / "resumed"
+    for out, steps, extra in ((unbroken, "4", []), (resumed, "2", []), (resumed, "4", ["--resume_from_checkpoint", "true"])):
+        result = launch("zero3.yaml", 2, out, *common, "--max_steps", steps, *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = resumed / "checkpoint-2"
+    assert (checkpoint / "checkpoint_complete.json").exists() and (checkpoint / "global_step2").is_dir()
+    expected, got = history(unbroken), history(resumed)
+    assert [entry["step"] for entry in got] == [1, 2, 3, 4]
+    for a, b in zip(expected, got, strict=True):  # measured: identical to the last bit on this CPU
+        for key in ("reward", "reward_std", "loss", "kl", "grad_norm"):
+            assert abs(a[key] - b[key]) <= 1e-6 * max(abs(a[key]), 1e-6), (a["step"], key, a[key], b[key])
