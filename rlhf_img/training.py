@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 
@@ -72,13 +73,26 @@ def too_few_prompts(trainer) -> str | None:
             "was trained")
 
 
+def unjoined_processes(trainer) -> str | None:
+    """Why the launched processes would each train alone, or None. A launcher can start N processes that
+    accelerate then runs undistributed (e.g. a GPU config such as `fsdp.yaml` on a machine without GPUs and
+    without `use_cpu`): every process would train and save the same run on its own."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    joined = trainer.accelerator.num_processes
+    if launched <= 1 or joined == launched:
+        return None
+    return (f"{launched} processes were launched but accelerate runs {joined} (distributed type "
+            f"{trainer.accelerator.distributed_type}): each would train alone; on a CPU set use_cpu: true (gloo), "
+            "with GPUs check the launch config")
+
+
 def train(args, model_args, rewards, dataset, policy, peft_config) -> int:
     """Train, save the model and `trainer_state.json` to `args.output_dir`; 1 if a reward broke mid-run or nothing
     could be trained (a run that trains 0 steps never ends as a success)."""
     trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
-    problem = too_few_prompts(trainer)
+    problem = unjoined_processes(trainer) or too_few_prompts(trainer)
     if problem is not None:
-        if trainer.accelerator.is_main_process:
+        if trainer.accelerator.is_main_process and os.environ.get("RANK", "0") == "0":  # unjoined: all are "main"
             print(f"rlhf-img: error: {problem}", file=sys.stderr)
         return 1
     start = time.time()
