@@ -157,3 +157,47 @@ def test_zero3_resume_from_deepspeeds_checkpoint_continues_identically(tmp_path)
     for a, b in zip(expected, got, strict=True):  # measured: identical to the last bit on this CPU
         for key in ("reward", "reward_std", "loss", "kl", "grad_norm"):
             assert abs(a[key] - b[key]) <= 1e-6 * max(abs(a[key]), 1e-6), (a["step"], key, a[key], b[key])
+
+
+FAMILY_FULL_RECIPES = {"causal_vq": "tiny-random-jpeg.yaml", "simplear": "simplear-0.5b-grpo-clip.yaml",
+                       "janus": "janus-pro-7b-grpo-geneval.yaml", "llamagen": "llamagen-xl-grpo.yaml",
+                       "infinity": "infinity-2b-grpo-clip-full.yaml"}
+JANUS_ZERO3_FULL = pytest.mark.xfail(
+    strict=True, reason="known: under ZeRO-3 full fine-tuning, transformers' `kernels` layer wrapper on Janus' "
+    "LlamaAttention finds no `_kernel_funcs` in the training forward (LoRA under ZeRO-3 runs); not solved yet")
+
+
+@pytest.mark.parametrize("family", [pytest.param(name, marks=JANUS_ZERO3_FULL) if name == "janus" else name
+                                    for name in sorted(FAMILY_FULL_RECIPES)])
+def test_every_family_fine_tunes_fully_with_a_kl_reference_under_zero3(family, tmp_path):
+    """The family's shipped full-fine-tuning recipe (beta > 0: TRL builds the frozen reference under ZeRO-3 too) on
+    its stand-in, converted to this project's layout where the family has a converter, 2 processes, 2 steps; the
+    16-bit save reloads as the family."""
+    from tiny_models import tiny_clip_recipe_overrides
+
+    from rlhf_img.cli import main
+    from rlhf_img.families import FAMILIES, detect_family
+
+    tiny = FAMILIES[family].stand_in(str(tmp_path / "stand-in"))
+    checkpoint, family_config = tiny.checkpoint, tiny.load_kwargs.get("family_config")
+    if tiny.converter:
+        checkpoint = str(tmp_path / "converted")
+        convert = ["convert", tiny.converter, tiny.checkpoint, checkpoint, "--dtype", "float32"]
+        assert main(convert + (["--family_config", json.dumps(family_config)] if family_config else [])) == 0
+        with open(os.path.join(checkpoint, f"{family}.json")) as f:
+            family_config = json.load(f)
+    overrides, out = tiny_clip_recipe_overrides(str(tmp_path))
+    model = ["--model_name_or_path", checkpoint, "--family_config", json.dumps(family_config or {})]
+    if tiny.load_kwargs.get("visual_tokenizer"):
+        model += ["--visual_tokenizer", tiny.load_kwargs["visual_tokenizer"]]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
+               os.path.join(REPO, "recipes", "accelerate", "zero3.yaml"), "--num_processes", "2", "--mixed_precision",
+               "no", "--main_process_port", "0", "-m", "rlhf_img.cli", "train",
+               os.path.join(REPO, "recipes", FAMILY_FULL_RECIPES[family]), *model, *overrides, "--use_peft", "false",
+               "--beta", "0.04", "--logging_steps", "1", "--num_generations", "4", "--per_device_train_batch_size", "4"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rlhf-img: trained 2 steps" in result.stdout
+    assert all("kl" in entry for entry in history(out))
+    assert detect_family(out) == family and os.path.exists(os.path.join(out, "model.safetensors"))
