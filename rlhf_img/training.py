@@ -104,8 +104,9 @@ def train(args, model_args, rewards, dataset, policy, peft_config) -> int:
         return 1
     if trainer.state.global_step == 0 and args.max_steps != 0:
         if trainer.accelerator.is_main_process:  # e.g. a launcher that gave each process an empty shard
-            print(f"rlhf-img: error: trained 0 steps (max_steps {args.max_steps}, {len(dataset) if hasattr(dataset, '__len__') else 'an iterable of'} "
-                  f"prompts, {trainer.accelerator.num_processes} process(es)): check the launcher, max_steps, "
+            prompts = len(dataset) if hasattr(dataset, "__len__") else "an iterable of"
+            print(f"rlhf-img: error: trained 0 steps (max_steps {args.max_steps}, {prompts} prompts, "
+                  f"{trainer.accelerator.num_processes} process(es)): check the launcher, max_steps, "
                   "per_device_train_batch_size and num_generations; nothing was saved", file=sys.stderr)
         return 1
     trainer.save_model(args.output_dir)

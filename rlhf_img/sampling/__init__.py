@@ -4,13 +4,7 @@ family's small `NextTokenAdapter`, on `kv_cache`: shared prefill, static cache, 
 of causal LMs with an image-code block (`next_token`), chunked log-probs (`chunked_logprobs`), and per-sample
 random streams that make rollouts independent of how the batch is split (`generators`)."""
 
-from .engine import (
-           NextTokenAdapter,
-           NextTokenPolicy,
-           guided_draw,
-           sample_guided,
-           score_guided,
-)
+from .engine import NextTokenAdapter, NextTokenPolicy, guided_draw, sample_guided, score_guided
 from .generators import SampleGenerators
 from .guidance import guide, sample_actions, scored_logprobs, truncation_mask
 from .next_token import CausalLMAdapter, unwrap_causal_lm

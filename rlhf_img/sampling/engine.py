@@ -167,9 +167,9 @@ def sample_guided(
     if index is not None:
         logits, next_position, mask = logits[index], next_position[index], mask[index]  # (R, ...)
 
+    step = decode_step(adapter)
     static: StaticDecoder | None = None
     if sampler in ("static", "compiled") and num_tokens > 1:
-        step = decode_step(adapter)
         if sampler == "compiled":
             static = compiled_decoder(network, step, device, key=(adapter,))
         else:
@@ -191,8 +191,7 @@ def sample_guided(
             logits = static(network, rows, next_position, mask, written=prefix.mask.size(1) + t)
         else:
             mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
-            hidden = adapter.forward(network, adapter.step_inputs(network, rows), mask, next_position, cache)[:, -1]
-            logits = adapter.head(network)(hidden).float()
+            logits = step(network, rows, next_position, mask, cache)
         next_position = next_position + 1
     return Rollout(actions=codes, logprobs=logprobs)
 

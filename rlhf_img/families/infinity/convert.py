@@ -7,14 +7,6 @@ from ..shared_loading import save_converted
 from .loading import RELEASED_2B_FILES, load
 
 
-def convert_released(checkpoint: str, output_dir: str, family_config: dict, dtype: str = "bfloat16") -> str:
-    """Released Infinity files -> this project's layout in `output_dir` (safetensors throughout): the
-    transformer as a transformers model (`config.json`, `model.safetensors`), `vae/`, `infinity.json` and the
-    T5 tokenizer. The T5 encoder stays where `text_encoder` points. Needed for full fine-tuning with a KL
-    term (TRL rebuilds the reference model from the saved transformers folder)."""
-    return save_converted(load(checkpoint, dtype=dtype, family_config=family_config), output_dir)
-
-
 @register_converter(
     "infinity", family="infinity",
     help="a folder or hub repo with Infinity's .pth files (e.g. FoundationVision/Infinity) -> OUT loadable with "
@@ -26,5 +18,6 @@ def convert_released(checkpoint: str, output_dir: str, family_config: dict, dtyp
 )
 def convert_infinity(source: str, output_dir: str, options) -> str:
     family = options.family_config or RELEASED_2B_FILES
-    out = convert_released(source, output_dir, family, dtype=options.dtype)
+    # the transformer as a transformers model: TRL rebuilds a full-fine-tuning KL reference from that folder
+    out = save_converted(load(source, dtype=options.dtype, family_config=family), output_dir)
     return f"{out} (config.json, model.safetensors, infinity.json, vae/, tokenizer)"

@@ -31,8 +31,13 @@ def caption_features(text_encoder: nn.Module, prompts: PromptBatch) -> tuple[tor
     valid = mask.sum(1, keepdim=True)  # (B, 1)
     index = (torch.arange(length, device=mask.device).unsqueeze(0) + valid) % length  # (B, P)
     features = features.gather(1, index.unsqueeze(-1).expand(-1, -1, features.size(-1)))
-    mask = mask.flip(-1)
+    mask = caption_mask(prompts)
     return features * mask.unsqueeze(-1), mask
+
+
+def caption_mask(prompts: PromptBatch) -> torch.Tensor:
+    """The bool mask `(B, P)` of the left-padded caption features: the right-padded ids' mask, flipped."""
+    return prompts.attention_mask.bool().flip(-1)
 
 
 @dataclass(frozen=True)
@@ -44,10 +49,12 @@ class LlamaGenAdapter:
     text_encoder: nn.Module = field(compare=False)
 
     def _captions(self, network: nn.Module, prompts: PromptBatch, conditional: bool):
-        features, mask = caption_features(self.text_encoder, prompts)  # (B, P, Ccap), (B, P)
-        if not conditional:
-            features = network.unconditional_captions(features.size(0)).to(features.dtype)
-        return features, mask
+        """Caption features `(B, P, Ccap)` float32 and mask `(B, P)`: T5's for the conditional rows, the learned null
+        caption under the same mask for the unconditional ones (T5 is not run for those)."""
+        if conditional:
+            return caption_features(self.text_encoder, prompts)
+        rows = prompts.input_ids.size(0)
+        return network.unconditional_captions(rows).float(), caption_mask(prompts)
 
     def prefix(self, network: nn.Module, prompts: PromptBatch, conditional: bool) -> PrefixRows:
         features, mask = self._captions(network, prompts, conditional)

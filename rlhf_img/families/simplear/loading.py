@@ -42,9 +42,8 @@ INFERENCE_PREFIX = "A highly realistic image of "
 
 def simplear_config(text_vocab_size: int, resolution: int = 1024, prompt_prefix: str = GRPO_PREFIX,
                     visual_tokenizer: str = DEFAULT_VISUAL_TOKENIZER) -> CausalVQConfig:
-    """SimpleAR's layout as a `causal_vq` config: codes after the text vocabulary, grid from the resolution."""
-    if resolution % COSMOS_DOWNSAMPLE:  # also checked in SimpleARConfig.validate; here for direct callers
-        raise CheckpointError(f"simplear: resolution must be a multiple of {COSMOS_DOWNSAMPLE}, got {resolution}")
+    """SimpleAR's layout as a `causal_vq` config: codes after the text vocabulary, grid from the resolution (a
+    multiple of 16, which `SimpleARConfig.validate` checked)."""
     side = resolution // COSMOS_DOWNSAMPLE
     return CausalVQConfig(
         image_code_offset=text_vocab_size,
