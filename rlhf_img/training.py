@@ -115,4 +115,17 @@ def train(args, model_args, rewards, dataset, policy, peft_config) -> int:
         print(f"rlhf-img: trained {trainer.state.global_step} steps in {time.time() - start:.0f}s; "
               f"saved to {args.output_dir}")
         print(f"rlhf-img: {reward_summary(trainer.state.log_history)}")
+    end_processes(trainer)
     return 0
+
+
+def end_processes(trainer) -> None:
+    """Leave together: every rank waits for the others, then the process group is torn down before the
+    interpreter exits. A rank that exits while a peer is still in a collective, or with DeepSpeed's and gloo's
+    communication threads alive, can abort ("terminate called without an active exception", exit -6) after a
+    run that trained and saved."""
+    import torch.distributed as dist
+
+    trainer.accelerator.wait_for_everyone()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

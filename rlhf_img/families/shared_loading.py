@@ -155,10 +155,36 @@ def whole_on_every_rank() -> Iterator[None]:
 
 def gathered(module: nn.Module) -> contextlib.AbstractContextManager:
     """A context in which `module`'s parameters are whole: gathered from their ZeRO-3 partitions for a part of the
-    trainable model used outside its forward (e.g. Janus' VQ decoding images), else nothing to do."""
+    trainable model used outside its forward (e.g. Janus' VQ decoding images), else nothing to do. Parameters an
+    outer context already gathered (TRL's `unwrap_model_for_generation`, as around the in-loop eval) are left to it:
+    DeepSpeed refuses nested gathers of the same parameters."""
     parameters = [p for p in module.parameters() if hasattr(p, "ds_id")]
     if not parameters:
         return contextlib.nullcontext()
     import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-    return deepspeed.zero.GatheredParameters(parameters)
+    partitioned = [p for p in parameters if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
+    return deepspeed.zero.GatheredParameters(partitioned) if partitioned else contextlib.nullcontext()
+
+
+def define_submodel_classes(config) -> None:
+    """Import the modeling module of each sub-model a composite transformers config builds with
+    `AutoModel.from_config` (e.g. Janus' Llama language model), before any model is loaded.
+
+    Why: DeepSpeed's `zero.Init` (ZeRO-3, `zero3_init_flag`) wraps the `__init__` of every module class *defined*
+    inside its context from `__init_subclass__`, which runs before class decorators, and on exit puts back the
+    undecorated `__init__`. Llama's attention is decorated by transformers' `kernels` integration, whose `__init__`
+    gives each instance its `_kernel_funcs`: a class first imported inside the policy's load would lose that for
+    every later instance, and TRL's reference model (built after) fails its first forward. Imported before, the
+    class is patched and restored whole."""
+    from transformers import AutoModel
+
+    for name in getattr(config, "sub_configs", {}):
+        sub_config = getattr(config, name, None)
+        if sub_config is None:
+            continue
+        try:
+            AutoModel._model_mapping[type(sub_config)]  # the lazy mapping imports the modeling module
+        except KeyError:
+            pass  # a sub-model transformers builds by its own class (defined with the parent's module)

@@ -108,96 +108,178 @@ def test_a_run_that_cannot_fill_one_generation_batch_exits_1_naming_the_keys(tmp
     assert "per_device_train_batch_size" in lines[0] and not os.path.exists(tmp_path / "out" / "trainer_state.json")
 
 
-FAMILY_LORA_RECIPES = {"causal_vq": "tiny-random-jpeg.yaml", "simplear": "simplear-0.5b-grpo-clip-lora.yaml",
-                       "janus": "janus-pro-1b-grpo-geneval-lora.yaml", "llamagen": "llamagen-xl-grpo-lora.yaml",
-                       "infinity": "infinity-2b-grpo-clip.yaml"}
+# The CLI with the trainer's RNG-state save blocked at step STOP_IN_SAVE, on every rank: by then DeepSpeed has
+# written its sharded model and optimizer states (`global_stepN/`), not the RNG / trainer state nor the completion
+# marker -- a save cut short. Each rank leaves its pid for the test, which SIGKILLs them there.
+BLOCKING_RUN = """
+import os, sys, time
+import transformers
+from rlhf_img.cli import main
+save_rng = transformers.Trainer._save_rng_state
+def blocking(self, output_dir):
+    if self.state.global_step == int(os.environ["STOP_IN_SAVE"]):
+        with open(os.environ["SENTINEL"] + "-" + os.environ["RANK"], "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(600)
+    return save_rng(self, output_dir)
+transformers.Trainer._save_rng_state = blocking
+sys.exit(main(sys.argv[1:]))
+"""
 
 
-@pytest.mark.parametrize("family", sorted(FAMILY_LORA_RECIPES))
-def test_every_family_trains_its_lora_recipe_under_zero3_and_reloads(family, tmp_path):
-    """The family's shipped LoRA recipe on its stand-in, ZeRO-3 (every parameter partitioned at load, the frozen
-    text encoder and VQ / VAE kept whole), 2 processes, 2 steps; the output reloads as the family."""
-    from tiny_models import tiny_clip_recipe_overrides
+def killed_in_zero3_save(output_dir, stop_in_save: int, *overrides: str) -> None:
+    """Launch 2 DeepSpeed processes, wait until both are inside the save of checkpoint-`stop_in_save`, SIGKILL
+    both workers (torchrun starts each in its own session) and the launcher."""
+    import signal
+    import time
 
-    from rlhf_img.families import FAMILIES, detect_family
-
-    tiny = FAMILIES[family].stand_in(str(tmp_path / "stand-in"))
-    overrides, out = tiny_clip_recipe_overrides(str(tmp_path))
-    model = ["--model_name_or_path", tiny.checkpoint, "--family_config", json.dumps(tiny.load_kwargs.get("family_config") or {})]
-    if tiny.load_kwargs.get("visual_tokenizer"):
-        model += ["--visual_tokenizer", tiny.load_kwargs["visual_tokenizer"]]
-    recipe = os.path.join(REPO, "recipes", FAMILY_LORA_RECIPES[family])
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    script = output_dir.parent / "blocking_run.py"
+    script.write_text(BLOCKING_RUN)
+    sentinel = output_dir.parent / "in-save"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+           "OMP_NUM_THREADS": "1", "STOP_IN_SAVE": str(stop_in_save), "SENTINEL": str(sentinel)}
     command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
                os.path.join(REPO, "recipes", "accelerate", "zero3.yaml"), "--num_processes", "2", "--mixed_precision",
-               "no", "--main_process_port", "0", "-m", "rlhf_img.cli", "train", recipe, *model, *overrides,
-               "--num_generations", "4", "--per_device_train_batch_size", "4"]  # the recipe's own LoRA targets
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "rlhf-img: trained 2 steps" in result.stdout
-    assert detect_family(out) == family
+               "no", "--main_process_port", "0", str(script), "train", RECIPE, "--output_dir", str(output_dir),
+               *overrides]
+    launcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    pid_files = [sentinel.parent / f"in-save-{rank}" for rank in (0, 1)]
+    deadline = time.monotonic() + 300
+    while not all(path.exists() and path.read_text() for path in pid_files):
+        if launcher.poll() is not None:
+            pytest.fail(f"run ended before the save it should be killed in:\n{launcher.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            pytest.fail("run did not reach the save in time")
+        time.sleep(0.1)
+    for path in pid_files:
+        os.kill(int(path.read_text()), signal.SIGKILL)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait(timeout=60)
+    launcher.stderr.close()
 
 
-def test_zero3_resume_from_deepspeeds_checkpoint_continues_identically(tmp_path):
-    """A 4-step run, and a 2-step run resumed to 4 from its ZeRO-3 checkpoint (DeepSpeed's own layout: sharded
-    model and optimizer states under `global_step2/`, plus the completion marker): steps 3 and 4 log the same. A
-    constant learning rate, so that stopping at step 2 is the unbroken run's first half (a linear schedule over
-    `max_steps: 2` would already have decayed differently)."""
+def test_zero3_killed_in_a_save_resumes_from_deepspeeds_last_complete_checkpoint_identically(tmp_path):
+    """Full fine-tuning with a KL reference under ZeRO-3, 6 steps saved every 2. The same run SIGKILLed inside
+    the save of checkpoint-4 (DeepSpeed's sharded states written, the RNG state and completion marker not), then
+    resumed with `--resume_from_checkpoint true`: it skips the half-written checkpoint-4, restarts from
+    checkpoint-2 (DeepSpeed's own layout: `global_step2/` plus the marker) and logs steps 3-6 as the unbroken run.
+    A constant learning rate keeps the comparison about the resume alone."""
+    from rlhf_img.resume import MARKER, checkpoints
+
     common = ["--logging_steps", "1", "--use_peft", "false", "--beta", "0.04", "--learning_rate", "1e-4",
               "--lr_scheduler_type", "constant", "--per_device_train_batch_size", "32", "--save_strategy", "steps",
-              "--save_steps", "2"]
-    unbroken, resumed = tmp_path / "unbroken", tmp_path / "resumed"
-    for out, steps, extra in ((unbroken, "4", []), (resumed, "2", []), (resumed, "4", ["--resume_from_checkpoint", "true"])):
-        result = launch("zero3.yaml", 2, out, *common, "--max_steps", steps, *extra)
-        assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = resumed / "checkpoint-2"
-    assert (checkpoint / "checkpoint_complete.json").exists() and (checkpoint / "global_step2").is_dir()
-    expected, got = history(unbroken), history(resumed)
-    assert [entry["step"] for entry in got] == [1, 2, 3, 4]
+              "--save_steps", "2", "--max_steps", "6"]
+    unbroken, killed = tmp_path / "unbroken", tmp_path / "killed"
+    result = launch("zero3.yaml", 2, unbroken, *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    killed_in_zero3_save(killed, 4, *common)
+    found = {os.path.basename(path): complete for _, path, complete in checkpoints(str(killed))}
+    assert found == {"checkpoint-2": True, "checkpoint-4": False}
+    assert (killed / "checkpoint-2" / "global_step2").is_dir() and (killed / "checkpoint-4" / "global_step4").is_dir()
+    result = launch("zero3.yaml", 2, killed, *common, "--resume_from_checkpoint", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checkpoint-4: incomplete" in result.stderr
+    expected, got = history(unbroken), history(killed)
+    assert [entry["step"] for entry in got] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(expected, got, strict=True):  # measured: identical to the last bit on this CPU
         for key in ("reward", "reward_std", "loss", "kl", "grad_norm"):
             assert abs(a[key] - b[key]) <= 1e-6 * max(abs(a[key]), 1e-6), (a["step"], key, a[key], b[key])
+    assert (killed / "checkpoint-4" / MARKER).exists() and (killed / "checkpoint-6" / MARKER).exists()
 
 
+FAMILY_LORA_RECIPES = {"causal_vq": "tiny-random-jpeg.yaml", "simplear": "simplear-0.5b-grpo-clip-lora.yaml",
+                       "janus": "janus-pro-1b-grpo-geneval-lora.yaml", "llamagen": "llamagen-xl-grpo-lora.yaml",
+                       "infinity": "infinity-2b-grpo-clip.yaml"}
 FAMILY_FULL_RECIPES = {"causal_vq": "tiny-random-jpeg.yaml", "simplear": "simplear-0.5b-grpo-clip.yaml",
                        "janus": "janus-pro-7b-grpo-geneval.yaml", "llamagen": "llamagen-xl-grpo.yaml",
                        "infinity": "infinity-2b-grpo-clip-full.yaml"}
-JANUS_ZERO3_FULL = pytest.mark.xfail(
-    strict=True, reason="known: under ZeRO-3 full fine-tuning, transformers' `kernels` layer wrapper on Janus' "
-    "LlamaAttention finds no `_kernel_funcs` in the training forward (LoRA under ZeRO-3 runs); not solved yet")
+FINAL_EVAL = ["--eval_every", "2", "--eval_max_prompts", "2", "--eval_images_per_prompt", "2", "--eval_seed", "3"]
 
 
-@pytest.mark.parametrize("family", [pytest.param(name, marks=JANUS_ZERO3_FULL) if name == "janus" else name
-                                    for name in sorted(FAMILY_FULL_RECIPES)])
-def test_every_family_fine_tunes_fully_with_a_kl_reference_under_zero3(family, tmp_path):
-    """The family's shipped full-fine-tuning recipe (beta > 0: TRL builds the frozen reference under ZeRO-3 too) on
-    its stand-in, converted to this project's layout where the family has a converter, 2 processes, 2 steps; the
-    16-bit save reloads as the family."""
+def family_run(family: str, recipe: str, config: str, root, *extra: str, convert: bool = False):
+    """The family's shipped `recipe` on its stand-in (converted to this project's layout first where `convert` and
+    the family has a converter), 2 processes, 2 steps, under `recipes/accelerate/<config>`, with the in-loop eval
+    sampling the final weights; returns (output folder, the overrides it ran with)."""
     from tiny_models import tiny_clip_recipe_overrides
 
     from rlhf_img.cli import main
-    from rlhf_img.families import FAMILIES, detect_family
+    from rlhf_img.families import FAMILIES
 
-    tiny = FAMILIES[family].stand_in(str(tmp_path / "stand-in"))
+    tiny = FAMILIES[family].stand_in(str(root / "stand-in"))
     checkpoint, family_config = tiny.checkpoint, tiny.load_kwargs.get("family_config")
-    if tiny.converter:
-        checkpoint = str(tmp_path / "converted")
-        convert = ["convert", tiny.converter, tiny.checkpoint, checkpoint, "--dtype", "float32"]
-        assert main(convert + (["--family_config", json.dumps(family_config)] if family_config else [])) == 0
+    if convert and tiny.converter:
+        checkpoint = str(root / "converted")
+        command = ["convert", tiny.converter, tiny.checkpoint, checkpoint, "--dtype", "float32"]
+        assert main(command + (["--family_config", json.dumps(family_config)] if family_config else [])) == 0
         with open(os.path.join(checkpoint, f"{family}.json")) as f:
             family_config = json.load(f)
-    overrides, out = tiny_clip_recipe_overrides(str(tmp_path))
-    model = ["--model_name_or_path", checkpoint, "--family_config", json.dumps(family_config or {})]
+    overrides, out = tiny_clip_recipe_overrides(str(root))
+    overrides += ["--model_name_or_path", checkpoint, "--family_config", json.dumps(family_config or {}),
+                  "--num_generations", "4", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+                  *FINAL_EVAL, "--eval_prompts", str(root / "prompts.txt"), *extra]
     if tiny.load_kwargs.get("visual_tokenizer"):
-        model += ["--visual_tokenizer", tiny.load_kwargs["visual_tokenizer"]]
+        overrides += ["--visual_tokenizer", tiny.load_kwargs["visual_tokenizer"]]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    recipe = os.path.join(REPO, "recipes", recipe)
     command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
-               os.path.join(REPO, "recipes", "accelerate", "zero3.yaml"), "--num_processes", "2", "--mixed_precision",
-               "no", "--main_process_port", "0", "-m", "rlhf_img.cli", "train",
-               os.path.join(REPO, "recipes", FAMILY_FULL_RECIPES[family]), *model, *overrides, "--use_peft", "false",
-               "--beta", "0.04", "--logging_steps", "1", "--num_generations", "4", "--per_device_train_batch_size", "4"]
+               os.path.join(REPO, "recipes", "accelerate", config), "--num_processes", "2", "--mixed_precision",
+               "no", "--main_process_port", "0", "-m", "rlhf_img.cli", "train", recipe, *overrides]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rlhf-img: trained 2 steps" in result.stdout
-    assert all("kl" in entry for entry in history(out))
-    assert detect_family(out) == family and os.path.exists(os.path.join(out, "model.safetensors"))
+    return out, recipe, overrides
+
+
+def assert_reloads_with_the_same_images(family: str, out: str, recipe: str, overrides: list[str]) -> None:
+    """The saved output, loaded as the family in this (single, non-DeepSpeed) process, samples the images the
+    trained weights sampled inside the run: the in-loop eval's grid of step 2 (same prompts, seeds, chunking),
+    compared on its image tiles (the captions carry rewards) to one uint8 level."""
+    import numpy as np
+    from PIL import Image
+
+    from rlhf_img.eval.evaluate import generate_images
+    from rlhf_img.families import detect_family, load_policy
+    from rlhf_img.images import captioned_grid
+    from rlhf_img.in_loop_eval import load_eval_prompts
+    from rlhf_img.recipes import parse_recipe
+
+    assert detect_family(out) == family
+    args = parse_recipe(recipe, overrides)[0]
+    rows = load_eval_prompts(args.eval_prompts, args.eval_max_prompts)
+    policy = load_policy(out, dtype="float32")
+    with torch.no_grad():
+        images = generate_images(policy, rows, args.eval_images_per_prompt, args.sampling, args.eval_seed,
+                                 batch_prompts=max(1, args.per_device_eval_batch_size // args.eval_images_per_prompt),
+                                 progress=False)
+    blank = [""] * len(images)
+    reloaded = np.asarray(captioned_grid(images, blank, columns=args.eval_images_per_prompt), dtype=np.int16)
+    tiles = np.asarray(captioned_grid(torch.zeros_like(images), blank, columns=args.eval_images_per_prompt)) == 0
+    logged = np.asarray(Image.open(os.path.join(out, "eval", "step_000002.png")).convert("RGB"), dtype=np.int16)
+    assert logged.shape == reloaded.shape and tiles.any()
+    assert np.abs(logged - reloaded)[tiles].max() <= 1, family  # measured: identical; SimpleAR 1 level on 0.02%
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_LORA_RECIPES))
+def test_every_family_trains_its_lora_recipe_under_zero3_and_reloads_with_the_same_images(family, tmp_path):
+    """The family's shipped LoRA recipe (its own LoRA targets) on its stand-in, ZeRO-3 (every parameter partitioned
+    at load, the frozen text encoder and VQ / VAE kept whole), 2 processes, 2 steps; the output (an adapter over
+    the stand-in) reloads as the family, merged, and samples the images the run's final weights sampled."""
+    out, recipe, overrides = family_run(family, FAMILY_LORA_RECIPES[family], "zero3.yaml", tmp_path)
+    assert_reloads_with_the_same_images(family, out, recipe, overrides)
+
+
+@pytest.mark.parametrize("config", ["zero2.yaml", "zero3.yaml"])
+@pytest.mark.parametrize("family", sorted(FAMILY_FULL_RECIPES))
+def test_every_family_fine_tunes_fully_with_a_kl_reference_and_reloads_with_the_same_images(family, config, tmp_path):
+    """The family's shipped full-fine-tuning recipe with beta > 0 (TRL builds the frozen reference: sharded too
+    under ZeRO-3, whole under ZeRO-2) on its stand-in, converted to this project's layout where the family has a
+    converter, 2 processes, 2 steps; the saved model (gathered from its partitions under ZeRO-3,
+    `zero3_save_16bit_model`) reloads as the family and samples the images the run's final weights sampled."""
+    out, recipe, overrides = family_run(family, FAMILY_FULL_RECIPES[family], config, tmp_path, "--use_peft", "false",
+                                        "--beta", "0.04", "--learning_rate", "1e-4", "--warmup_steps", "0",
+                                        convert=True)  # KL > 0 at step 2 needs an update at step 1
+    assert all("kl" in entry for entry in history(out)) and any(entry["kl"] > 0 for entry in history(out))
+    assert os.path.exists(os.path.join(out, "model.safetensors"))
+    assert_reloads_with_the_same_images(family, out, recipe, overrides)
