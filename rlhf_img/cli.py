@@ -8,27 +8,20 @@ file, before anything is written.
 from __future__ import annotations
 
 import argparse
-import textwrap
+import json
 import os
+import shlex
 import sys
+import textwrap
 import time
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import TYPE_CHECKING, Sequence
 
+from .command_errors import fail
 from .recipes import UsageError, parse_recipe, prepare_training, recipe_parser
 from .yaml_files import YamlFileError, read_yaml_mapping
 
 if TYPE_CHECKING:
     from .config import EvalConfig
-
-
-def one_line(message: str) -> str:
-    """`message` on one line whatever it quotes: line breaks and other control characters are escaped."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(message))
-
-
-def fail(message: str) -> NoReturn:
-    print(f"rlhf-img: error: {one_line(message)}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def cmd_train(argv: Sequence[str]) -> int:
@@ -73,45 +66,61 @@ def cmd_pretrain_tokenizer(argv: Sequence[str]) -> int:
     return 0
 
 
-def _recipe_family(argv: Sequence[str]) -> str | None:
-    """The `model_family` a stage recipe names (None if it names none or cannot be read yet)."""
-    if not argv:
-        return None
+SFT_DESCRIPTION = (
+    "SFT or pretrain a model of any family on pre-tokenized image/caption pairs (`rlhf-img encode` output): the "
+    "loss is the family scorer's negative log-likelihood of each image's actions given its caption, a share "
+    "`caption_dropout` scored under the family's unconditional prompt (for CFG); `from_scratch: true` re-draws the "
+    "trainable weights first (pretraining). LoRA with use_peft. A recipe without `model_name_or_path` is the shapes "
+    "world's own SFT (recipes/shapes-sft.yaml: a causal LM built from scratch on rendered images)."
+)
+
+
+def _is_world_sft(argv: Sequence[str]) -> bool:
+    """The shapes world's own SFT recipe (recipes/shapes-sft.yaml) builds its LM from a few shape keys and names
+    no checkpoint; every family recipe names `model_name_or_path`."""
+    if not argv or argv[0].startswith("-"):
+        return False
     try:
-        return read_yaml_mapping(argv[0], "recipe", "not a mapping").get("model_family")
+        recipe = read_yaml_mapping(argv[0], "recipe", "not a mapping")
     except YamlFileError:
-        return None  # the stage's own parsing reports the problem
+        return False  # the family stage's parsing reports the problem
+    return "model_name_or_path" not in recipe and "--model_name_or_path" not in argv
 
 
 def cmd_sft(argv: Sequence[str]) -> int:
-    from .families import FAMILIES
+    if _is_world_sft(argv):
+        from .worlds.sft import WorldSFTConfig, run_sft
 
-    family = FAMILIES.get(_recipe_family(argv) or "")
-    if family is not None and family.sft is not None:
-        config_class, run = family.sft()
-        config = _run_stage(argv, "sft", config_class, f"SFT a {family.name} model on image/caption pairs.")
-        if config is None:
-            return 0
-        if not config.dataset:
-            fail("dataset: set the image/caption pairs to train on")
+        config = _run_stage(argv, "sft", WorldSFTConfig,
+                            "Pretrain/SFT a small causal LM on a world's caption -> image tokens.")
+        if not os.path.isdir(config.visual_tokenizer):
+            fail(f"visual tokenizer not found: {config.visual_tokenizer} (run `rlhf-img pretrain-tokenizer` first)")
         start = time.time()
-        try:
-            path = run(config)
-        except (OSError, ValueError) as error:
-            fail(str(error).splitlines()[0])
-        print(f"rlhf-img: SFT done in {time.time() - start:.0f}s; {family.name} checkpoint in {path}")
+        path = run_sft(config)
+        print(f"rlhf-img: SFT done in {time.time() - start:.0f}s; causal_vq checkpoint in {path}")
+        print(f"rlhf-img: score it with `rlhf-img eval {path}`")
         return 0
-    from .worlds.sft import WorldSFTConfig, run_sft
+    from .config import ImageModelConfig
+    from .upstream.sft import ActionSFTConfig, run_action_sft
 
-    config = _run_stage(argv, "sft", WorldSFTConfig, "Pretrain/SFT a small causal LM on a world's caption -> image tokens.")
-    if config is None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: rlhf-img sft RECIPE.yaml [--key value ...]\n\n{SFT_DESCRIPTION}\n")
+        recipe_parser((ActionSFTConfig, ImageModelConfig), "sft").print_help()
         return 0
-    if not os.path.isdir(config.visual_tokenizer):
-        fail(f"visual tokenizer not found: {config.visual_tokenizer} (run `rlhf-img pretrain-tokenizer` first)")
+    try:
+        args, model_args = parse_recipe(argv[0], list(argv[1:]), (ActionSFTConfig, ImageModelConfig), "sft")
+    except UsageError as error:
+        fail(str(error))
+    if not model_args.model_name_or_path:
+        fail("model_name_or_path: set the checkpoint to fine-tune (a folder or hub id)")
+    if not args.dataset:
+        fail("dataset: set the folder `rlhf-img encode` wrote (encode.json + shards/)")
     start = time.time()
-    path = run_sft(config)
-    print(f"rlhf-img: SFT done in {time.time() - start:.0f}s; causal_vq checkpoint in {path}")
-    print(f"rlhf-img: score it with `rlhf-img eval {path}`")
+    try:
+        path = run_action_sft(args, model_args)
+    except (OSError, ValueError) as error:
+        fail(str(error).splitlines()[0])
+    print(f"rlhf-img: SFT done in {time.time() - start:.0f}s; checkpoint in {path}")
     return 0
 
 
@@ -165,6 +174,18 @@ def parse_eval_config(argv: Sequence[str]) -> EvalConfig:
                              "give one")
         config.checkpoint = checkpoint
     return config
+
+
+def cmd_encode(argv: Sequence[str]) -> int:
+    from .upstream.encode import main as encode_main
+
+    return encode_main(argv)
+
+
+def cmd_dpo(argv: Sequence[str]) -> int:
+    from .upstream.dpo import main as dpo_main
+
+    return dpo_main(argv)
 
 
 def cmd_eval(argv: Sequence[str]) -> int:
@@ -262,13 +283,12 @@ def cmd_rewards(argv: Sequence[str]) -> int:
 
 def cmd_families(argv: Sequence[str]) -> int:
     """What the registry holds: each family, how its checkpoints are recognised, and what it adds (converters of
-    released files, an SFT recipe, a tiny stand-in for the contract suite)."""
+    released files, a tiny stand-in for dry runs and the contract suite)."""
     from .families import CONVERTERS, FAMILIES
 
     for name, family in FAMILIES.items():
         extras = [f"rlhf-img convert {c.name}" for c in CONVERTERS.values() if c.family == name]
-        extras += ["rlhf-img sft"] if family.sft is not None else []
-        extras += ["tiny stand-in"] if family.stand_in is not None else []
+        extras += [f"rlhf-img create-tiny --family {name}"] if family.stand_in is not None else []
         print(f"{name:12s} {family.help}\n{'':12s} detected by: {family.looks_for}")
         if extras:
             print(f"{'':12s} also: {', '.join(extras)}")
@@ -326,43 +346,64 @@ def cmd_serve_reward(argv: Sequence[str]) -> int:
 
 
 def cmd_create_tiny(argv: Sequence[str]) -> int:
+    from .families import FAMILIES
+
+    with_stand_in = sorted(name for name, family in FAMILIES.items() if family.stand_in is not None)
     parser = argparse.ArgumentParser(
-        prog="rlhf-img create-tiny", description="Write a random-weight causal_vq checkpoint (for tests and demos)."
+        prog="rlhf-img create-tiny",
+        description="Write a tiny random-weight checkpoint of a model family, in the family's released on-disk "
+        "format (the stand-ins the tests use), so that any shipped recipe can be dry-run on a CPU: "
+        "`rlhf-img train recipes/X.yaml --model_name_or_path PATH ...` with the overrides this prints.",
     )
     parser.add_argument("path")
-    parser.add_argument("--arch", default="qwen2", choices=["qwen2", "llama"])
-    parser.add_argument("--grid", type=int, nargs=2, default=(4, 4), metavar=("H", "W"))
-    parser.add_argument("--codebook_size", type=int, default=64)
-    parser.add_argument("--hidden_size", type=int, default=64)
-    parser.add_argument("--num_layers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family", default="causal_vq", choices=with_stand_in,
+                        help="Model family (default causal_vq). The options below shape causal_vq only.")
+    causal_vq = parser.add_argument_group("causal_vq only")
+    causal_vq.add_argument("--arch", default=None, choices=["qwen2", "llama"], help="LM architecture (default qwen2).")
+    causal_vq.add_argument("--grid", type=int, nargs=2, default=None, metavar=("H", "W"), help="Code grid (default 4 4).")
+    causal_vq.add_argument("--codebook_size", type=int, default=None, help="VQ codes (default 64).")
+    causal_vq.add_argument("--hidden_size", type=int, default=None, help="LM width (default 64).")
+    causal_vq.add_argument("--num_layers", type=int, default=None, help="LM depth (default 2).")
+    causal_vq.add_argument("--seed", type=int, default=None, help="Weights seed (default 0).")
     options = parser.parse_args(argv)
-    from .families.causal_vq.tiny import save_tiny_causal_vq
+    shaped = {key: value for key in ("arch", "grid", "codebook_size", "hidden_size", "num_layers", "seed")
+              if (value := getattr(options, key)) is not None}
+    if options.family == "causal_vq":
+        from .families.causal_vq.tiny import save_tiny_causal_vq
 
-    save_tiny_causal_vq(
-        options.path,
-        arch=options.arch,
-        grid=tuple(options.grid),
-        codebook_size=options.codebook_size,
-        hidden_size=options.hidden_size,
-        num_layers=options.num_layers,
-        seed=options.seed,
-    )
-    print(f"rlhf-img: wrote {options.path}")
+        save_tiny_causal_vq(options.path, **{key: tuple(v) if key == "grid" else v for key, v in shaped.items()})
+        print(f"rlhf-img: wrote {options.path} (causal_vq)")
+        return 0
+    if shaped:
+        fail(f"--{next(iter(shaped))} shapes causal_vq only; the {options.family} stand-in has a fixed tiny shape")
+    stand_in = FAMILIES[options.family].stand_in(options.path)
+    overrides = ["--model_name_or_path", stand_in.checkpoint, "--model_family", options.family]
+    if stand_in.load_kwargs.get("visual_tokenizer"):
+        overrides += ["--visual_tokenizer", stand_in.load_kwargs["visual_tokenizer"]]
+    if stand_in.load_kwargs.get("family_config"):
+        overrides += ["--family_config", shlex.quote(json.dumps(stand_in.load_kwargs["family_config"]))]
+    print(f"rlhf-img: wrote {options.path} ({options.family}, random weights, released layout)")
+    print("rlhf-img: dry-run a recipe on it with: " + " ".join(overrides) + " --dtype float32 --bf16 false "
+          "--use_cpu true --max_steps 2")
+    if stand_in.converter:
+        print(f"rlhf-img: full fine-tuning with beta > 0 needs it converted first: rlhf-img convert "
+              f"{stand_in.converter} {stand_in.checkpoint} OUT --dtype float32, then --model_name_or_path OUT")
     return 0
 
 
 COMMANDS = {
     "train": (cmd_train, "GRPO-train a model from a recipe: rlhf-img train recipes/X.yaml [--key value ...]"),
     "pretrain-tokenizer": (cmd_pretrain_tokenizer, "Upstream: train a world's VQ tokenizer (recipes/shapes-tokenizer.yaml)."),
-    "sft": (cmd_sft, "Upstream: SFT a world's causal LM (recipes/shapes-sft.yaml) or a family's model (simplear)."),
+    "encode": (cmd_encode, "Upstream: image/caption pairs -> the family's actions in Arrow shards (for sft / pretraining)."),
+    "sft": (cmd_sft, "Upstream: SFT or pretrain any family on `rlhf-img encode` output (or the shapes world's LM)."),
+    "dpo": (cmd_dpo, "Upstream: DPO on images, offline (chosen/rejected pairs) or online (ranked by rewards)."),
     "eval": (cmd_eval, "GenEval's rules on a checkpoint or an image folder: rlhf-img eval CHECKPOINT|EVAL.yaml [--key ...]"),
     "quickstart": (cmd_quickstart, "The main job: eval -> GRPO -> eval on the shapes world."),
     "convert": (cmd_convert, "Convert released weights (Cosmos .jit, Infinity .pth, LlamaGen .pt) to safetensors."),
     "rewards": (cmd_rewards, "List the built-in rewards."),
     "families": (cmd_families, "List the model families and how each is detected."),
     "serve-reward": (cmd_serve_reward, "Serve rewards over HTTP for the `remote` reward: rlhf-img serve-reward X.yaml"),
-    "create-tiny": (cmd_create_tiny, "Write a tiny random causal_vq checkpoint."),
+    "create-tiny": (cmd_create_tiny, "Write a tiny random checkpoint of any family (--family), to dry-run recipes."),
 }
 
 

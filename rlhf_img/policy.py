@@ -92,7 +92,8 @@ class Policy(Protocol):
 
     `rlhf_img/families/causal_vq/` is the reference implementation. The trainer calls `encode_prompts`,
     `sample` (under `torch.no_grad`, on the unwrapped model), `decode`, `logprobs` (with gradients, on the
-    wrapped model) and `save_pretrained`; evaluation calls `encode_prompts`, `sample` with a seeded
+    wrapped model) and `save_pretrained`; the upstream stages (`rlhf_img/upstream/`) call `encode_images` and
+    `logprobs`; evaluation calls `encode_prompts`, `sample` with a seeded
     `generator`, `decode` and `to`. The trainer sets no attribute of a policy: the module it trains (peft-wrapped
     under LoRA) is its own `model`, passed to `sample` / `logprobs`.
 
@@ -128,6 +129,17 @@ class Policy(Protocol):
 
     def decode(self, actions: torch.Tensor) -> torch.Tensor:
         """Pixels `(B, 3, H, W)`, float in [0, 1]."""
+        ...
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """`(H, W)` of the images `decode` returns and `encode_images` takes."""
+        ...
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixels `(B, 3, H, W)` in [0, 1] at `image_size` -> the actions `(B, T)` the model trains on (image codes,
+        or Infinity's bits per scale): what the upstream stages (encode, SFT / pretraining, DPO on given images)
+        teacher-force. Runs the frozen visual tokenizer's encoder under `no_grad`; long integers on its device."""
         ...
 
     def to(self, device: torch.device | str) -> "Policy":

@@ -1,8 +1,8 @@
 """Name -> model family, and name -> visual tokenizer class (open_clip-style registries).
 
-A family package registers itself with `@register_family(...)` on its `load` function (with optional `sft` and
-`stand_in` hooks) and its converters of released files with `@register_converter(...)`; the trainer, the commands
-(`rlhf-img families`, `convert`, `sft`, the `model_family` help) and evaluation only ever read these registries.
+A family package registers itself with `@register_family(...)` on its `load` function (with an optional `stand_in`
+hook) and its converters of released files with `@register_converter(...)`; the trainer, the commands
+(`rlhf-img families`, `convert`, `create-tiny`, the `model_family` help) and evaluation only ever read these registries.
 Visual tokenizers are registered the same way, so a family can decode with another family's tokenizer
 (`causal_vq` with the Cosmos tokenizer of `simplear`) without importing that package.
 """
@@ -32,7 +32,6 @@ class Family:
     `detect(checkpoint, revision) -> NO_MATCH | LAYOUT_MATCH | CONFIG_MATCH` from the checkpoint's own files
     (only small JSON/tokenizer files are read; weights are never downloaded to detect).
     `looks_for`: what `detect` looks for, in words, for the error when nothing matches.
-    `sft`: optional `() -> (config dataclass, run(config) -> output folder)` for `rlhf-img sft`.
     `stand_in`: optional `(folder) -> StandIn`: writes a tiny random-weight checkpoint in the family's real on-disk
     format; the family contract suite (`tests/families/`) runs over every registered family that has one.
     """
@@ -42,7 +41,6 @@ class Family:
     detect: Callable[[str, str | None], int]
     looks_for: str
     help: str
-    sft: Callable[[], tuple[type, Callable]] | None = None
     stand_in: Callable[[str], "StandIn"] | None = None
 
 
@@ -71,7 +69,6 @@ def register_family(
     detect: Callable[[str, str | None], int],
     looks_for: str,
     help: str,
-    sft: Callable[[], tuple[type, Callable]] | None = None,
     stand_in: Callable[[str], StandIn] | None = None,
 ) -> Callable[[Callable[..., Policy]], Callable[..., Policy]]:
     """Register a family's `load` function under `name` (see `Family` for the arguments)."""
@@ -79,7 +76,7 @@ def register_family(
     def decorator(load: Callable[..., Policy]) -> Callable[..., Policy]:
         if name in FAMILIES:
             raise ValueError(f"model family {name!r} is already registered")
-        FAMILIES[name] = Family(name, load, detect, looks_for, help, sft, stand_in)
+        FAMILIES[name] = Family(name, load, detect, looks_for, help, stand_in)
         return load
 
     return decorator

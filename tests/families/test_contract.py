@@ -21,9 +21,8 @@ from rlhf_img import ImageGRPOTrainer, Policy, Sampling, load_policy
 from rlhf_img.families import FAMILIES, detect_family
 from rlhf_img.policy import CFG_MODES
 
-from . import toy_family  # noqa: F401  (registers the `palette` family, as a new family package would)
+from .conftest import FAMILY_NAMES
 
-FAMILY_NAMES = sorted(name for name, family in FAMILIES.items() if family.stand_in is not None)
 # repeated prompts, out of order, of different lengths (rows left-padded differently; groups shared by the prefill)
 PROMPTS = ["a red circle", "two blue squares left of a green triangle", "a red circle", "x"]
 SAMPLING = dict(cfg_scale=3.0, temperature=0.9, top_k=12)
@@ -31,18 +30,6 @@ SAMPLING = dict(cfg_scale=3.0, temperature=0.9, top_k=12)
 
 def _brightness(prompts, images, **kwargs):
     return images.mean(dim=(1, 2, 3)).tolist()
-
-
-@pytest.fixture(scope="module", params=FAMILY_NAMES)
-def stand_in(request, tmp_path_factory):
-    name = request.param
-    return name, FAMILIES[name].stand_in(str(tmp_path_factory.mktemp(name) / "stand-in"))
-
-
-@pytest.fixture(scope="module")
-def policy(stand_in):
-    name, tiny = stand_in
-    return load_policy(tiny.checkpoint, name, **tiny.load_kwargs)
 
 
 def _sample(policy, model=None, *, cfg_mode="guided", sampler="plain", seed=0, prompts=PROMPTS):

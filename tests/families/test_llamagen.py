@@ -204,3 +204,43 @@ def test_llamagen_recipes_parse_with_ar_grpo_sampling():
         args, model_args, _ = parse_recipe(os.path.join(REPO, "recipes", name), ["--bf16", "false", "--use_cpu", "true"])
         assert model_args.model_family == "llamagen" and args.cfg_mode == "sample_only" and args.cfg_scale == 4.0
         assert (args.num_generations, args.beta, args.top_k, args.temperature) == (8, 1.0, 0, 1.0)
+
+
+def _images(batch: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, 8, 8, generator=torch.Generator().manual_seed(seed))  # the stand-in's 8x8 px
+
+
+def test_encode_images_returns_long_row_major_codes_in_the_codebook(policy):
+    codes = policy.encode_images(_images())
+    assert codes.dtype == torch.long and codes.shape == (3, policy.num_actions) == (3, policy.grid_size**2)
+    assert codes.device == next(policy.vq.parameters()).device and not codes.requires_grad
+    assert 0 <= int(codes.min()) and int(codes.max()) < policy.vq.config.num_embeddings
+    with pytest.raises(ValueError, match=r"\(B, 3, 8, 8\).*got shape \(3, 3, 16, 16\)"):
+        policy.encode_images(torch.rand(3, 3, 16, 16))
+
+
+def test_decode_of_encode_equals_the_vqs_own_autoencoding(policy):
+    """`decode(encode_images(x))` against the VQ's modules run by hand: encoder, quant_conv, the nearest
+    L2-normalised code by brute force (cdist), its unit entry, post_quant_conv, decoder. A layout mismatch
+    between the codes `encode_images` returns and the ones `decode` reads would scramble the grid."""
+    images = _images()
+    vq = policy.vq
+    with torch.no_grad():
+        latent = vq.quant_conv(vq.encoder(images * 2 - 1))  # (B, D, h, w)
+        batch, dim, height, width = latent.shape
+        cells = torch.nn.functional.normalize(latent.permute(0, 2, 3, 1).reshape(-1, dim), dim=-1)
+        codebook = torch.nn.functional.normalize(vq.quantize.embedding.weight, dim=-1)
+        nearest = torch.cdist(cells.double(), codebook.double()).argmin(dim=-1)
+        quantized = codebook[nearest].view(batch, height, width, dim).permute(0, 3, 1, 2)
+        expected = ((vq.decoder(vq.post_quant_conv(quantized)) + 1) / 2).clamp(0, 1)
+    codes = policy.encode_images(images)
+    assert torch.equal(codes.flatten(), nearest)
+    assert_close_scaled(policy.decode(codes), expected, relative=1e-5)
+
+
+def test_a_saved_vq_folder_encodes_as_the_released_file(tmp_path, tiny_llamagen, policy):
+    policy.vq.save_pretrained(str(tmp_path / "vq"))  # this project's layout (convert / a training run): encoder kept
+    reloaded = load_policy(tiny_llamagen, "llamagen", dtype="float32", visual_tokenizer=str(tmp_path / "vq"),
+                           family_config=tiny_llamagen_family_config(tiny_llamagen))
+    images = _images(seed=1)
+    assert torch.equal(reloaded.encode_images(images), policy.encode_images(images))

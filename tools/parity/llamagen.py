@@ -1,4 +1,5 @@
-"""Reference outputs of FoundationVision/LlamaGen's own modules for `tests/test_llamagen_parity.py`.
+"""Reference outputs of FoundationVision/LlamaGen's own modules for `tests/test_llamagen_parity.py` and
+`tests/test_llamagen_encoder_parity.py`.
 
     python tools/parity/llamagen.py --reference /path/to/LlamaGen --out tests/data/llamagen_parity [--compare]
 
@@ -24,12 +25,23 @@ Written to `--out` (see its README.md): cfg.json, gpt.safetensors, vq.safetensor
 state_dicts, LlamaGen's key names), reference.safetensors (inputs and outputs), and
 llamagen_reference_keys/{gpt_xl_t2i,vq_16}_keys.json (key names and shapes of the released GPT-XL t2i and VQ-16,
 built from the reference modules with their parameters on the meta device).
+
+The VQ's encoding side, on the same VQ weights (`vq.safetensors`), goes to encoder_reference.safetensors: four
+random 8x8 images in [0, 1] (multiples of 1/255, as 8-bit images are; drawn from their own seeded stream, so the
+other files are unchanged by it), mapped to [-1, 1] as `images * 2 - 1` (the reference's mean = std = 0.5
+normalisation), and for each the reference's `quant_conv(encoder(x))` (`latent`), `encode(x)`'s quantized latent
+and indices (`quantized`; `codes`, reshaped `(B, h*w)` as its `extract_codes_t2i.py` does) and `forward(x)`'s
+reconstruction (`autoencoded`), in float32 and again on a float64 copy of the same module (`*_float64`).
+`--encoder-only` writes just that file: the reference's KV-cached logits (in reference.safetensors) are not
+bitwise reproducible from one machine to another (last-bit differences, within the tests' tolerances), so
+regenerating the encoder data need not rewrite them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import io
 import json
@@ -46,6 +58,8 @@ TINY_GPT = dict(dim=64, n_layer=2, n_head=2, multiple_of=32, vocab_size=64, capt
                 block_size=16)  # a 4x4 grid
 TINY_VQ = dict(codebook_size=64, codebook_embed_dim=8, z_channels=32, ch_mult=[1, 1], ch=32, num_res_blocks=1)
 CFG_SCALE = 3.0
+ENCODER_IMAGES = 4  # 8x8 images: the tiny VQ's 4x4 grid, 64 latent cells in all against 64 codes
+ENCODER_FILE = "encoder_reference.safetensors"
 
 
 def import_reference(path: str):
@@ -192,6 +206,7 @@ def run(ref, seed: int) -> dict:
     cached_guided = run_generate(ref, gpt, features, emb_masks, codes, cfg_scale=CFG_SCALE)
 
     decoded = vq.decode_code(codes, shape=[BATCH, TINY_VQ["codebook_embed_dim"], grid, grid])
+    encoder = run_encoder(vq, grid * 2 ** (len(TINY_VQ["ch_mult"]) - 1), seed)
     reference = {
         "caption_features": features, "caption_mask": emb_masks, "codes": codes,
         "teacher_forced_logits": cond, "uncond_teacher_forced_logits": uncond,
@@ -199,13 +214,34 @@ def run(ref, seed: int) -> dict:
     }
     cfg = {"gpt": TINY_GPT, "vq": TINY_VQ, "cfg_scale": CFG_SCALE, "caption_lengths": list(CAPTION_LENGTHS),
            "grid": grid, "seed": seed}
-    return {"cfg": cfg, "gpt": gpt_state, "vq": vq_state, "reference": reference}
+    return {"cfg": cfg, "gpt": gpt_state, "vq": vq_state, "reference": reference, "encoder": encoder}
 
 
-def write(folder: str, result: dict) -> None:
+@torch.no_grad()
+def run_encoder(vq, image_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """The reference VQ's own encoding of random images (see the module docstring), in float32 and on a float64
+    copy: latents, quantized latents, codes `(B, h*w)` and `forward`'s reconstruction."""
+    generator = torch.Generator().manual_seed(seed + 2)  # its own stream: the other reference data keep theirs
+    images = torch.randint(0, 256, (ENCODER_IMAGES, 3, image_size, image_size), generator=generator).float() / 255
+    out = {"images": images}
+    for suffix, dtype in (("", torch.float32), ("_float64", torch.float64)):
+        module = copy.deepcopy(vq).to(dtype)
+        pixels = images.to(dtype) * 2 - 1
+        quantized, _, (_, _, indices) = module.encode(pixels)
+        out[f"latent{suffix}"] = module.quant_conv(module.encoder(pixels))
+        out[f"quantized{suffix}"] = quantized
+        out[f"codes{suffix}"] = indices.reshape(images.size(0), -1)
+        out[f"autoencoded{suffix}"] = module(pixels)[0]
+    return out
+
+
+def write(folder: str, result: dict, encoder_only: bool = False) -> None:
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in result["encoder"].items()}, os.path.join(folder, ENCODER_FILE))
+    if encoder_only:
+        return
     with open(os.path.join(folder, "cfg.json"), "w") as f:
         json.dump(result["cfg"], f, indent=1)
 
@@ -236,8 +272,36 @@ def compare_with_ours(result: dict) -> dict[str, tuple[float, float]]:
     vq = JanusVQVAE(infer_vq_config(vq_state, cfg["grid"])).eval()
     load_vq_state(vq, vq_state, "reference")
     ours = replay(model, vq, reference, cfg)
-    return {key: (float((value.double() - reference[key].double()).abs().max()), float(reference[key].abs().max()))
-            for key, value in ours.items()}
+    figures = {key: (float((value.double() - reference[key].double()).abs().max()), float(reference[key].abs().max()))
+               for key, value in ours.items()}
+    encoder = result["encoder"]
+    for key, value in replay_encoder(vq, encoder).items():
+        figures[f"encoder {key}"] = (float((value.double() - encoder[key].double()).abs().max()),
+                                     float(encoder[key].abs().max()))
+    return figures
+
+
+def closest_call(latent: torch.Tensor, codebook: torch.Tensor) -> float:
+    """The smallest gap between the nearest and the second-nearest (L2-normalised) code over all latent cells:
+    how far a rounding difference is from flipping a code."""
+    cells = torch.nn.functional.normalize(latent.permute(0, 2, 3, 1).reshape(-1, latent.size(1)).double(), dim=-1)
+    distances = torch.cdist(cells, torch.nn.functional.normalize(codebook.double(), dim=-1))
+    nearest = distances.topk(2, dim=-1, largest=False).values
+    return float((nearest[:, 1] - nearest[:, 0]).min())
+
+
+def replay_encoder(vq, encoder: dict) -> dict[str, torch.Tensor]:
+    """Our encoding of the reference's images (`quantize_images`, as `LlamaGenPolicy.encode_images` runs it) in
+    float32 and on a float64 copy; `autoencoded` is our `decode` of our codes."""
+    from rlhf_img.families.llamagen.vq import quantize_images
+
+    out = {}
+    for suffix, dtype in (("", torch.float32), ("_float64", torch.float64)):
+        module = copy.deepcopy(vq).to(dtype)
+        encoding = quantize_images(module, encoder["images"].to(dtype))
+        out.update({f"latent{suffix}": encoding.latent, f"quantized{suffix}": encoding.quantized,
+                    f"codes{suffix}": encoding.codes, f"autoencoded{suffix}": module.decode(encoding.codes)})
+    return out
 
 
 def replay(model, vq, reference: dict, cfg: dict) -> dict[str, torch.Tensor]:
@@ -270,22 +334,30 @@ def main() -> None:
     parser.add_argument("--out", default="tests/data/llamagen_parity")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--compare", action="store_true", help="also compare this project's modules (prints figures)")
+    parser.add_argument("--encoder-only", action="store_true", help=f"write only {ENCODER_FILE}")
     args = parser.parse_args()
 
     ref = import_reference(args.reference)
     result = run(ref, args.seed)
-    write(args.out, result)
-    print(f"wrote {args.out}")
-    folder = os.path.join(args.out, "llamagen_reference_keys")
-    os.makedirs(folder, exist_ok=True)
-    for name, keys in reference_keys(ref).items():
-        with open(os.path.join(folder, f"{name}_keys.json"), "w") as f:
-            json.dump(keys, f, indent=0)
-    print(f"wrote {folder}")
+    write(args.out, result, encoder_only=args.encoder_only)
+    print(f"wrote {os.path.join(args.out, ENCODER_FILE) if args.encoder_only else args.out}")
+    if not args.encoder_only:
+        folder = os.path.join(args.out, "llamagen_reference_keys")
+        os.makedirs(folder, exist_ok=True)
+        for name, keys in reference_keys(ref).items():
+            with open(os.path.join(folder, f"{name}_keys.json"), "w") as f:
+                json.dump(keys, f, indent=0)
+        print(f"wrote {folder}")
     if args.compare:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         for key, (diff, magnitude) in compare_with_ours(result).items():
             print(f"  {key}: max abs diff {diff:.3g} (reference max abs {magnitude:.3g})")
+        encoder = result["encoder"]
+        for suffix in ("", "_float64"):
+            print(f"  encoder codes{suffix}: closest call (second-nearest minus nearest distance) "
+                  f"{closest_call(encoder['latent' + suffix], result['vq']['quantize.embedding.weight']):.3g}; "
+                  f"{int(encoder['codes' + suffix].unique().numel())} distinct codes of "
+                  f"{encoder['codes' + suffix].numel()}")
     print(f"reference commit {git_commit(args.reference)}")
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from ...checkpoints import CheckpointError, parameter_shape
 from ...policy import PromptBatch
 from ...sampling import CausalLMAdapter, NextTokenPolicy
+from ..image_checks import check_image_size
 from .configuration import CausalVQConfig
 
 
@@ -78,11 +79,27 @@ class CausalVQPolicy(NextTokenPolicy):
         batch = self._tokenize([self.config.prompt_template.format(prompt=p) for p in prompts])
         return PromptBatch(batch.input_ids.to(device), batch.attention_mask.to(device))
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        h, w = self.config.grid
+        factor = self.visual_tokenizer.downsample_factor  # the VQ's `2**levels`, Cosmos' 16
+        return h * factor, w * factor
+
     @torch.no_grad()
     def decode(self, actions: torch.Tensor) -> torch.Tensor:
         h, w = self.config.grid
         device = next(self.visual_tokenizer.parameters()).device
         return self.visual_tokenizer.decode(actions.view(-1, h, w).to(device))
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixels `(B, 3, H, W)` in [0, 1] at `image_size` -> codes `(B, h*w)` in `[0, image_code_count)`, raster
+        order: the actions themselves, not token ids (the engine adds `image_code_offset` when it embeds a code;
+        SFT sequences add it themselves). Any registered visual tokenizer (`vq`, `cosmos`) maps [0, 1] pixels to an
+        `(B, h, w)` grid of codes with `encode`."""
+        check_image_size(images, self.image_size, self.config.family)
+        device = next(self.visual_tokenizer.parameters()).device
+        return self.visual_tokenizer.encode(images.to(device)).flatten(1).long()
 
     def to(self, device: torch.device | str) -> "CausalVQPolicy":
         self.visual_tokenizer.to(device)

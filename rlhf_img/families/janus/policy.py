@@ -15,6 +15,8 @@ from torch import nn
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch
 from ...sampling import NextTokenPolicy, unwrap_causal_lm
+from ..image_checks import check_image_size
+from ..llamagen.vq import quantize_images
 from ..shared_loading import gathered
 from .adapter import JanusAdapter, unconditional_ids
 from .configuration import JanusFamilyConfig
@@ -47,6 +49,8 @@ class JanusPolicy(NextTokenPolicy):
         self.grid = vq.num_patches
         self.num_actions = vq.num_patches**2
         self.code_count = vq.num_embeddings
+        side = self.grid * 2 ** (len(vq.channel_multiplier) - 1)  # one 2x upsampling between resolutions
+        self._image_size = (side, side)
         tokens = model.config.vision_config.num_image_tokens
         if tokens != self.num_actions:
             raise CheckpointError(f"janus: vision_config.num_image_tokens {tokens} != {self.grid}x{self.grid}, the VQ grid")
@@ -66,6 +70,10 @@ class JanusPolicy(NextTokenPolicy):
                     "the understanding tower and image head stay frozen: list the language model's layers in "
                     "lora_target_modules (see README, `janus`), not all-linear"
                 )
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self._image_size
 
     def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> PromptBatch:
         if self.config.prompt_template is None:
@@ -90,6 +98,19 @@ class JanusPolicy(NextTokenPolicy):
         with gathered(janus.model.vqmodel):  # ZeRO-3: the VQ is part of the partitioned model
             pixels = janus.decode_image_tokens(actions.to(device))  # (B, H, W, 3), about [-1, 1]
         return ((pixels.float().permute(0, 3, 1, 2) + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixels `(B, 3, H, W)` in [0, 1] -> codes `(B, T)`, raster order, through the model's VQ.
+
+        Janus' VQ is LlamaGen's VQ-16 architecture (`codebook_l2_norm=True`), so LlamaGen's encoding applies as is:
+        pixels mapped to [-1, 1] (as Janus' image processor does, `decode`'s inverse), the VQ's own encoder, then
+        the L2-normalised nearest-code search that transformers' `JanusVQVAE.encode` leaves out (see
+        `llamagen.vq.quantize_images`)."""
+        check_image_size(images, self.image_size, "janus")
+        vq = unwrap_causal_lm(self.model).model.vqmodel
+        with gathered(vq):  # ZeRO-3: the VQ is part of the partitioned model
+            return quantize_images(vq, images).codes
 
     def to(self, device: torch.device | str) -> "JanusPolicy":
         """Nothing to move: the VQ lives inside `model`, which its owner places."""

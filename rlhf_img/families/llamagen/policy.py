@@ -1,4 +1,5 @@
-"""The `llamagen` policy: LlamaGen's GPT (trainable), a frozen Flan-T5 encoder and the frozen VQ-16 decoder.
+"""The `llamagen` policy: LlamaGen's GPT (trainable), a frozen Flan-T5 encoder and the frozen VQ-16 (its decoder turns
+actions into pixels, its encoder turns given images into actions).
 
 Actions are the image codes of a `grid x grid` token grid (16x16 at 256 px, 32x32 at 512 px), raster order.
 The family config (`LlamaGenFamilyConfig`, saved as `llamagen.json`) says how the policy is assembled.
@@ -15,11 +16,12 @@ from transformers import JanusVQVAE
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch
 from ...sampling import NextTokenPolicy, unwrap_causal_lm
+from ..image_checks import check_image_size
 from ..shared_loading import config_for_saved_model
 from .adapter import LlamaGenAdapter, caption_features
 from .configuration import LlamaGenFamilyConfig
 from .gpt import LlamaGenGPT
-from .vq import set_grid
+from .vq import quantize_images, set_grid
 
 
 def vq_stride(vq: JanusVQVAE) -> int:
@@ -75,6 +77,17 @@ class LlamaGenPolicy(NextTokenPolicy):
         device = next(self.vq.parameters()).device
         pixels = self.vq.decode(actions.to(device).long()).float()
         return ((pixels + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixels `(B, 3, H, W)` in [0, 1] at `image_size` -> codes `(B, grid²)` long on the VQ's device, row-major:
+        the layout `decode` takes and the GPT predicts, so given images can be teacher-forced (SFT, DPO).
+
+        The VQ's encoder, then LlamaGen's L2-normalised nearest-code lookup (`vq.quantize_images`), as the
+        reference's `extract_codes_t2i.py` does. Any other size is refused (`check_image_size`), not resized: the
+        GPT was trained on this grid, and resizing belongs to the caller's data pipeline."""
+        check_image_size(images, self.image_size, "llamagen")
+        return quantize_images(self.vq, images).codes
 
     def to(self, device: torch.device | str) -> "LlamaGenPolicy":
         self.text_encoder.to(device)

@@ -1,19 +1,28 @@
-"""LlamaGen's VQ tokenizer as transformers' `JanusVQVAE`.
+"""LlamaGen's VQ tokenizer as transformers' `JanusVQVAE`, and LlamaGen's own codebook lookup for encoding.
 
 Janus's VQ model is LlamaGen's `tokenizer/tokenizer_image/vq_model.py` reformatted, and transformers ships it
 as `JanusVQVAE`: the same taming-style encoder/decoder (GroupNorm(32), swish, attention at the lowest
-resolution and in the middle block), the same L2-normalised codebook lookup. A LlamaGen state dict loads into
-it after a rename of the container modules (`conv_blocks` -> `down`/`up`, `res` -> `block`, `mid.0/1/2` ->
-`mid.block_1/attn_1/block_2`); the only key left over is the training-time usage counter
-`quantize.codebook_used`, which is dropped. `tests/test_llamagen_parity.py` checks the decoded pixels against
-the reference's `decode_code` on identical weights.
+resolution and in the middle block), `quant_conv` / `post_quant_conv` and the codebook. A LlamaGen state dict
+(encoder, decoder and codebook: all of `vq_ds16_t2i.pt`) loads into it after a rename of the container modules
+(`conv_blocks` -> `down`/`up`, `res` -> `block`, `mid.0/1/2` -> `mid.block_1/attn_1/block_2`); the only key
+left over is the training-time usage counter `quantize.codebook_used`, which is dropped.
+
+Decoding uses `JanusVQVAE.decode` (its lookup L2-normalises the codebook entries, as LlamaGen's `decode_code`
+does). Encoding does not use `JanusVQVAE.encode`: its quantiser picks the nearest *raw* codebook row, whereas
+LlamaGen (`codebook_l2_norm=True`, the released VQ-16) L2-normalises both the latent and the codebook before
+the nearest-code search, so the two pick different codes. `quantize_images` runs the module's own encoder and
+`quant_conv`, then LlamaGen's lookup (`nearest_codes`). `tests/test_llamagen_parity.py` checks the decoded
+pixels against the reference's `decode_code`, and `tests/test_llamagen_encoder_parity.py` the latents, codes
+and autoencoded pixels against its `encode` / `forward`, on identical weights.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import JanusVQVAE, JanusVQVAEConfig
 
 from ...checkpoints import CheckpointError, check_state_dict
@@ -88,3 +97,58 @@ def set_grid(vq: JanusVQVAE, grid_size: int) -> JanusVQVAE:
     vq.config.num_patches = grid_size
     vq.quantize.quant_state_dims = [grid_size, grid_size]
     return vq
+
+
+# Rows of latent vectors compared with the whole codebook at once: bounds the (rows, codebook size) distance
+# matrix (4096 x 16384 float32 = 256 MiB for VQ-16) whatever the batch; rows are independent, so the codes
+# do not depend on it.
+LOOKUP_ROWS = 4096
+
+
+@dataclass
+class VQEncoding:
+    """What `quantize_images` computes, for a batch of B images of h x w latent cells (`h = H / stride`).
+
+    `latent`: `quant_conv(encoder(pixels))` `(B, D, h, w)`, before the lookup (D = codebook dimension);
+    `codes`: `(B, h*w)` long, row-major over the latent grid (the layout `JanusVQVAE.decode` takes);
+    `quantized`: the L2-normalised codebook entries of `codes` `(B, D, h, w)`, what the decoder is fed."""
+
+    latent: torch.Tensor
+    codes: torch.Tensor
+    quantized: torch.Tensor
+
+
+def nearest_codes(latent: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """LlamaGen's lookup (`VectorQuantizer` with `codebook_l2_norm`): latent vectors `(N, D)` and codebook
+    `(K, D)` both L2-normalised, the code at the smallest squared Euclidean distance, `(N,)` long.
+
+    The distance is expanded as |z|^2 + |e|^2 - 2 z.e, as the reference computes it, so that near-ties round
+    the same way; on unit vectors it ranks codes exactly as cosine similarity does. Computed in at least
+    float32 even for a half-precision VQ, where rounding would otherwise decide close calls."""
+    dtype = torch.promote_types(latent.dtype, torch.float32)
+    latent = F.normalize(latent.to(dtype), p=2, dim=-1)
+    codebook = F.normalize(codebook.to(dtype), p=2, dim=-1)
+    codebook_norms = codebook.pow(2).sum(dim=-1)  # (K,)
+    codes = []
+    for rows in latent.split(LOOKUP_ROWS):
+        distances = rows.pow(2).sum(dim=-1, keepdim=True) + codebook_norms - 2 * rows @ codebook.T  # (n, K)
+        codes.append(distances.argmin(dim=-1))
+    return torch.cat(codes) if codes else torch.zeros(0, dtype=torch.long, device=latent.device)
+
+
+@torch.no_grad()
+def quantize_images(vq: JanusVQVAE, images: torch.Tensor) -> VQEncoding:
+    """Pixels `(B, 3, H, W)` in [0, 1] -> LlamaGen's encoding (see `VQEncoding`), on the VQ's device and dtype.
+
+    LlamaGen's VQ takes pixels in [-1, 1] (its training and code-extraction scripts normalise with mean = std =
+    0.5), so the images are mapped there first. The encoder and `quant_conv` are the module's own; the lookup is
+    `nearest_codes`."""
+    weight = vq.quant_conv.weight
+    pixels = images.to(device=weight.device, dtype=weight.dtype) * 2 - 1
+    latent = vq.quant_conv(vq.encoder(pixels))  # (B, D, h, w)
+    batch, dim, height, width = latent.shape
+    flat = latent.permute(0, 2, 3, 1).reshape(-1, dim)  # (B*h*w, D), row-major over the grid
+    codes = nearest_codes(flat, vq.quantize.embedding.weight).view(batch, height * width)
+    entries = F.normalize(vq.quantize.embedding.weight, p=2, dim=-1)[codes]  # (B, h*w, D)
+    quantized = entries.view(batch, height, width, dim).permute(0, 3, 1, 2).contiguous()
+    return VQEncoding(latent=latent, codes=codes, quantized=quantized.to(latent.dtype))

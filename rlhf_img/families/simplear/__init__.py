@@ -2,8 +2,8 @@
 
 This file (registration), `configuration.py` (`CosmosConfig`), `cosmos.py` + `cosmos_layers.py` (modeling: the
 Cosmos tokenizer, our implementation with the published state-dict layout), `loading.py` (the released layout and
-this project's `simplear.json`; the policy is `causal_vq`'s), `convert.py` (`rlhf-img convert cosmos`), `sft.py`
-(upstream SFT on image/caption pairs), `tiny.py` (stand-ins in the released format).
+this project's `simplear.json`; the policy is `causal_vq`'s), `convert.py` (`rlhf-img convert cosmos`), `tiny.py`
+(stand-ins in the released format). SFT and pretraining are the shared upstream stages (`rlhf_img/upstream/`).
 """
 
 from __future__ import annotations
@@ -37,12 +37,6 @@ def detect(checkpoint: str, revision: str | None = None) -> int:
     return NO_MATCH
 
 
-def _sft():
-    from .sft import SimpleARSFTConfig, run_simplear_sft
-
-    return SimpleARSFTConfig, run_simplear_sft
-
-
 def stand_in(folder: str) -> StandIn:
     from .tiny import save_tiny_simplear
 
@@ -56,7 +50,6 @@ load = register_family(
     detect=detect,
     looks_for=f"{CONFIG_NAME}, or a tokenizer with SimpleAR's special tokens {' '.join(SPECIAL_TOKENS)}",
     help="SimpleAR: Qwen2.5 + Cosmos DV8x16x16 codes (released Daniel0724/SimpleAR-* folders)",
-    sft=_sft,
 )(loading.load)
 
 __all__ = ["CONFIG_NAME", "CosmosConfig", "CosmosDiscreteTokenizer", "SimpleARPolicy", "load"]

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -20,6 +21,7 @@ from rlhf_img.families import StandIn, register_family
 from rlhf_img.families.causal_vq.loading import load_lm, load_tokenizer
 from rlhf_img.families.causal_vq.tiny import byte_level_tokenizer
 from rlhf_img.families.configuration import FamilyConfig
+from rlhf_img.families.image_checks import check_image_size
 from rlhf_img.families.registry import CONFIG_MATCH, NO_MATCH
 from rlhf_img.policy import PromptBatch
 from rlhf_img.sampling import CausalLMAdapter, NextTokenPolicy
@@ -52,6 +54,20 @@ class PalettePolicy(NextTokenPolicy):
         encoded = self.processing_class(prompts, padding=True, padding_side="left", return_tensors="pt",
                                         add_special_tokens=False)
         return PromptBatch(encoded.input_ids.to(device), encoded.attention_mask.to(device))
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        side = self.config.grid * self.config.patch
+        return side, side
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Each patch's mean colour -> the index of the nearest palette colour `(B, grid²)`: the palette's encoder,
+        so that `decode` paints every patch with the colour closest to what it was."""
+        check_image_size(images, self.image_size, "palette")
+        means = F.avg_pool2d(images.float(), self.config.patch)  # (B, 3, grid, grid)
+        colours = means.flatten(2).transpose(1, 2)  # (B, grid², 3)
+        return torch.cdist(colours, self.palette.to(images.device).float()[None]).argmin(-1)
 
     @torch.no_grad()
     def decode(self, actions: torch.Tensor) -> torch.Tensor:
