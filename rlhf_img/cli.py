@@ -76,15 +76,16 @@ SFT_DESCRIPTION = (
 
 
 def _is_world_sft(argv: Sequence[str]) -> bool:
-    """The shapes world's own SFT recipe (recipes/shapes-sft.yaml) builds its LM from a few shape keys and names
-    no checkpoint; every family recipe names `model_name_or_path`."""
+    """The shapes world's own SFT recipe (recipes/shapes-sft.yaml) builds its LM from a few shape keys and renders
+    its own data: it names neither a checkpoint nor a dataset, which every family SFT recipe does."""
     if not argv or argv[0].startswith("-"):
         return False
     try:
         recipe = read_yaml_mapping(argv[0], "recipe", "not a mapping")
     except YamlFileError:
         return False  # the family stage's parsing reports the problem
-    return "model_name_or_path" not in recipe and "--model_name_or_path" not in argv
+    keys = ("model_name_or_path", "dataset")
+    return not any(key in recipe or f"--{key}" in argv for key in keys)
 
 
 def cmd_sft(argv: Sequence[str]) -> int:
@@ -370,13 +371,14 @@ def cmd_create_tiny(argv: Sequence[str]) -> int:
               if (value := getattr(options, key)) is not None}
     if options.family == "causal_vq":
         from .families.causal_vq.tiny import save_tiny_causal_vq
+        from .families.registry import StandIn
 
         save_tiny_causal_vq(options.path, **{key: tuple(v) if key == "grid" else v for key, v in shaped.items()})
-        print(f"rlhf-img: wrote {options.path} (causal_vq)")
-        return 0
-    if shaped:
+        stand_in = StandIn(options.path)
+    elif shaped:
         fail(f"--{next(iter(shaped))} shapes causal_vq only; the {options.family} stand-in has a fixed tiny shape")
-    stand_in = FAMILIES[options.family].stand_in(options.path)
+    else:
+        stand_in = FAMILIES[options.family].stand_in(options.path)
     overrides = ["--model_name_or_path", stand_in.checkpoint, "--model_family", options.family]
     if stand_in.load_kwargs.get("visual_tokenizer"):
         overrides += ["--visual_tokenizer", stand_in.load_kwargs["visual_tokenizer"]]

@@ -1,11 +1,15 @@
-"""Upstream stage (b): pretrain/SFT a small transformers causal LM on caption -> image-token sequences.
+"""Upstream stage (b) of the shapes world: pretrain a small transformers causal LM on caption -> image codes.
 
     rlhf-img sft recipes/shapes-sft.yaml [--key value ...]
 
-Sequences are `<|t2i|> caption <|soi|> code_1 ... code_hw` with the loss on the image codes only; ~10% of
-captions are dropped (`<|t2i|> <|soi|> codes`) so the model also learns the unconditional distribution that
-classifier-free guidance needs. Prompts are drawn tag-balanced from the world's train split (held-out prompts
-are never seen). Training is transformers' `Trainer`; the result is a `causal_vq` checkpoint folder.
+The world's data and model, the project's shared stages: prompts are drawn tag-balanced from the world's train
+split (held-out prompts are never seen) and rendered to an image folder (`NNNNNN.png` + `.txt` caption); a fresh
+Llama / Qwen2 of the recipe's shape is written as a `causal_vq` checkpoint with the world's word-level tokenizer and
+the stage-(a) VQ; `rlhf-img encode` turns the folder into Arrow shards of codes through that checkpoint, and the
+shared SFT stage (`rlhf_img/upstream/sft.py`) trains it: the loss on the image codes only, ~10% of captions dropped
+(the family's unconditional prompt `<|t2i|> <|soi|>`) so that the model also learns what classifier-free guidance
+needs. The intermediate folders stay under `output_dir/upstream/` (`init/`, `pairs/`, `encoded/`: a rerun reuses
+the rendered pairs and the finished shards); the trained checkpoint is `output_dir` itself.
 """
 
 from __future__ import annotations
@@ -14,22 +18,22 @@ import os
 import random
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
+from tqdm.auto import tqdm
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
-    Trainer,
-    TrainingArguments,
 )
 
 from ..families.causal_vq.configuration import CausalVQConfig
-from ..families.causal_vq.sft import collate, image_token_example, save_causal_vq
+from ..families.causal_vq.sft import save_causal_vq
 from ..families.causal_vq.vq import VQTokenizer
+from ..upstream.sft import ActionSFTConfig
 from . import shapes
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|t2i|>", "<|soi|>", "<|unk|>"]
@@ -37,8 +41,9 @@ PROMPT_TEMPLATE = "<|t2i|> {prompt} <|soi|>"
 
 
 @dataclass
-class WorldSFTConfig(TrainingArguments):
-    """transformers `TrainingArguments` plus the model and data of the world."""
+class WorldSFTConfig(ActionSFTConfig):
+    """The shared SFT stage's keys (transformers `TrainingArguments` + `caption_dropout`) plus the world's model
+    shape and data; `dataset` is left unset: the stage renders and encodes its own."""
 
     visual_tokenizer: str = field(default="runs/shapes-tokenizer", metadata={"help": "VQ tokenizer folder (stage a)."})
     arch: str = field(default="llama", metadata={"help": "LM architecture: 'llama' or 'qwen2'.", "choices": ["llama", "qwen2"]})
@@ -74,37 +79,27 @@ def world_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-@torch.no_grad()
-def build_examples(config: WorldSFTConfig, tokenizer, vq: VQTokenizer) -> list[dict]:
-    """Tag-balanced (prompt, image) pairs from the train split, image encoded to codes."""
+def render_pairs(config: WorldSFTConfig, folder: str) -> str:
+    """`num_examples` tag-balanced (prompt, image) pairs of the train split as `NNNNNN.png` + `NNNNNN.txt` in
+    `folder` (kept when complete: a rerun reuses it); returns the folder."""
+    done = os.path.join(folder, ".complete")
+    if os.path.exists(done):
+        return folder
+    os.makedirs(folder, exist_ok=True)
     rng = random.Random(config.seed)
     train_rows, _ = shapes.split_prompts()
     by_tag: dict[str, list[dict]] = {}
     for row in train_rows:
         by_tag.setdefault(row["tag"], []).append(row)
     tags = sorted(by_tag)
-    offset = len(tokenizer)
-    examples, batch_rows, batch_images = [], [], []
-
-    def flush() -> None:
-        images = torch.from_numpy(np.stack(batch_images)).permute(0, 3, 1, 2).float() / 255
-        codes = vq.encode(images).flatten(1) + offset  # (B, h*w) token ids
-        for row, row_codes in zip(batch_rows, codes.tolist()):
-            caption = "" if rng.random() < config.caption_dropout else row["prompt"]
-            prompt_ids = tokenizer(PROMPT_TEMPLATE.format(prompt=caption), add_special_tokens=False).input_ids
-            examples.append(image_token_example(prompt_ids, row_codes))
-        batch_rows.clear()
-        batch_images.clear()
-
-    for _ in range(config.num_examples):
+    for index in tqdm(range(config.num_examples), desc="sft: rendering pairs", dynamic_ncols=True,
+                      disable=config.disable_tqdm):
         row = rng.choice(by_tag[rng.choice(tags)])
-        batch_rows.append(row)
-        batch_images.append(shapes.render_prompt(row, rng.randrange(2**31)))
-        if len(batch_rows) == 256:
-            flush()
-    if batch_rows:
-        flush()
-    return examples
+        Image.fromarray(shapes.render_prompt(row, rng.randrange(2**31))).save(os.path.join(folder, f"{index:06d}.png"))
+        with open(os.path.join(folder, f"{index:06d}.txt"), "w") as f:
+            f.write(row["prompt"])
+    open(done, "w").close()
+    return folder
 
 
 def build_model(config: WorldSFTConfig, vocab_size: int, tokenizer):
@@ -126,17 +121,13 @@ def build_model(config: WorldSFTConfig, vocab_size: int, tokenizer):
     return Qwen2ForCausalLM(Qwen2Config(**common))
 
 
-def run_sft(config: WorldSFTConfig) -> str:
-    """Train and write the `causal_vq` checkpoint to `config.output_dir`; returns that path."""
+def write_initial_checkpoint(config: WorldSFTConfig, path: str) -> str:
+    """A fresh LM of the recipe's shape (seeded), the world's tokenizer and the stage-(a) VQ as a `causal_vq`
+    checkpoint: what `rlhf-img encode` encodes with and the SFT stage starts from."""
     torch.manual_seed(config.seed)
-    if not os.path.isdir(config.visual_tokenizer):
-        raise FileNotFoundError(f"visual tokenizer not found: {config.visual_tokenizer} (run pretrain-tokenizer first)")
     vq = VQTokenizer.from_pretrained(config.visual_tokenizer).eval()
     tokenizer = world_tokenizer()
-    examples = build_examples(config, tokenizer, vq)
     model = build_model(config, len(tokenizer) + vq.codebook_size, tokenizer)
-    trainer = Trainer(model=model, args=config, train_dataset=examples, data_collator=collate(tokenizer.pad_token_id))
-    trainer.train()
     family_config = CausalVQConfig(
         image_code_offset=len(tokenizer),
         image_code_count=vq.codebook_size,
@@ -145,6 +136,23 @@ def run_sft(config: WorldSFTConfig) -> str:
         special_tokens=["<|t2i|>", "<|soi|>"],
         add_special_tokens=False,
     )
-    save_causal_vq(config.output_dir, model, tokenizer, config.visual_tokenizer, family_config)
-    trainer.save_state()
-    return config.output_dir
+    save_causal_vq(path, model, tokenizer, config.visual_tokenizer, family_config)
+    return path
+
+
+def run_sft(config: WorldSFTConfig) -> str:
+    """Render, encode and train; the `causal_vq` checkpoint is written to `config.output_dir`, returned."""
+    from ..config import ImageModelConfig
+    from ..upstream.encode import EncodeConfig, run_encode
+    from ..upstream.sft import run_action_sft
+
+    if not os.path.isdir(config.visual_tokenizer):
+        raise FileNotFoundError(f"visual tokenizer not found: {config.visual_tokenizer} (run pretrain-tokenizer first)")
+    work = os.path.join(config.output_dir, "upstream")
+    initial = write_initial_checkpoint(config, os.path.join(work, "init"))
+    pairs = render_pairs(config, os.path.join(work, "pairs"))
+    encoded = os.path.join(work, "encoded")
+    run_encode(EncodeConfig(model_name_or_path=initial, dataset=pairs, output_dir=encoded, batch_size=256,
+                            shard_size=20000, use_cpu=config.use_cpu, seed=config.seed))
+    config.dataset = encoded
+    return run_action_sft(config, ImageModelConfig(model_name_or_path=initial, dtype="float32"))
