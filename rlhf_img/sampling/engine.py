@@ -211,10 +211,13 @@ def score_guided(
     logits never exist at once. A family whose forward already returns per-action logits passes an identity head.
       - no unconditional branch scored (`none`, `sample_only`, or scale 1): the conditional rows only;
       - `guided_detached_uncond`: the unconditional rows under `no_grad` (no activations kept for backward);
-      - `guided`: both branches in one forward, gradients through both."""
+      - `guided`: both branches in one forward, gradients through both; at `cfg_scale` 0 (the unconditional
+        distribution, which the upstream stages score for dropped captions) the unconditional branch alone."""
     batch = actions.size(0)
     if not sampling.uses_uncond_when_scoring:
         return chunked_scored_logprobs(head, hidden_states((True,)), actions, sampling, chunk_size=chunk_size)
+    if sampling.cfg_scale == 0.0 and sampling.cfg_mode == "guided":  # u + 0 * (c - u): the unconditional branch alone
+        return chunked_scored_logprobs(head, hidden_states((False,)), actions, sampling, chunk_size=chunk_size)
     if sampling.cfg_mode == "guided_detached_uncond":
         cond = hidden_states((True,))
         with torch.no_grad():

@@ -46,6 +46,10 @@ class ActionSFTConfig(TrainingArguments):
                                  "before training (the architecture is the checkpoint's config; the visual tokenizer "
                                  "and text encoder stay as loaded)."})
     max_examples: int | None = field(default=None, metadata={"help": "Train on the first N rows only."})
+    logprob_chunk_size: int = field(
+        default=512, metadata={"help": "Positions whose logits the scorer computes at a time (per-chunk activation "
+                               "checkpointing: memory grows with the chunk, not with the image's length); 0: all "
+                               "at once, faster when (batch x actions x codes) logits fit."})
     # defaults for this stage (transformers' own are for text models on GPUs)
     output_dir: str = field(default="runs/sft", metadata={"help": "Where the trained family checkpoint is written."})
     remove_unused_columns: bool = field(
@@ -58,6 +62,8 @@ class ActionSFTConfig(TrainingArguments):
         super().__post_init__()
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.logprob_chunk_size < 0:
+            raise ValueError(f"logprob_chunk_size must be >= 0 (0: unchunked), got {self.logprob_chunk_size}")
 
 
 def collate_actions(rows: Sequence[dict]) -> dict:
@@ -107,7 +113,8 @@ class ActionSFTTrainer(Trainer):
         captions, actions = inputs["captions"], inputs["actions"]
         conditional = torch.rand(len(captions), generator=self._dropout_generator) >= self.args.caption_dropout
         prompts = self.policy.encode_prompts(captions, actions.device)
-        logps = action_logprobs(self.policy, model, prompts, actions, conditional.to(actions.device))
+        logps = action_logprobs(self.policy, model, prompts, actions, conditional.to(actions.device),
+                                chunk_size=self.args.logprob_chunk_size)
         loss = -logps.mean()
         return (loss, {"logps": logps}) if return_outputs else loss
 
