@@ -150,13 +150,14 @@ def test_one_grpo_step_saves_a_model_that_reloads_to_identical_images(stand_in, 
 
 
 def _shipped_grpo_recipes(family: str) -> list[str]:
-    """The shipped GRPO recipes (they name rewards; SFT stages do not) whose `model_family` is `family`."""
+    """The shipped GRPO recipes (they name rewards; SFT stages do not, DPO recipes add a `mode`) whose
+    `model_family` is `family`."""
     found = []
     for name in sorted(os.listdir(os.path.join(REPO, "recipes"))):
         if name.endswith(".yaml"):
             with open(os.path.join(REPO, "recipes", name)) as f:
                 recipe = yaml.safe_load(f)
-            if recipe.get("model_family") == family and "rewards" in recipe:
+            if recipe.get("model_family") == family and "rewards" in recipe and "mode" not in recipe:
                 found.append(name)
     return found
 
