@@ -103,10 +103,11 @@ class ActionSFTTrainer(Trainer):
                  **kwargs) -> None:
         """`model`: what to train, default `policy.model` (pass the peft-wrapped model under LoRA)."""
         self.policy = policy
-        super().__init__(model=policy.model if model is None else model, args=args, train_dataset=train_dataset, data_collator=collate_actions,
-                         processing_class=policy.processing_class, **kwargs)
+        super().__init__(model=policy.model if model is None else model, args=args, train_dataset=train_dataset,
+                         data_collator=collate_actions, processing_class=policy.processing_class, **kwargs)
         self.policy.to(self.args.device)
-        # caption dropout draws from its own stream (seeded per process), never from the global RNG
+        # caption dropout draws from its own stream (seeded per process), never from the global RNG; a resumed run
+        # starts that stream again (which rows drop changes, their share does not)
         self._dropout_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + args.process_index)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
