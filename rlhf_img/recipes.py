@@ -151,6 +151,17 @@ def parse_recipe(recipe_path: str | None, overrides: Sequence[str], dataclass_ty
     return configs
 
 
+def check_run_keys(args, model_args) -> None:
+    """What every training command (train, dpo) checks first: `resume_from_checkpoint` resolved (`true` -> the
+    latest complete checkpoint-N in output_dir; a path must be a complete checkpoint) and a checkpoint named."""
+    try:
+        args.resume_from_checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if not model_args.model_name_or_path:
+        raise UsageError("recipe key 'model_name_or_path' is required (a local checkpoint folder or a hub id)")
+
+
 def prepare_training(recipe_path: str, overrides: Sequence[str]):
     """Everything that can fail on user input, before anything is written: configs, the `RewardSet` (its models
     loaded), prompts, model. Returns `(args, model_args, rewards, dataset, policy, peft_config)`."""
@@ -161,12 +172,7 @@ def prepare_training(recipe_path: str, overrides: Sequence[str]):
     from .rewards import RewardConfigError, RewardSet
 
     args, model_args, data_args = parse_recipe(recipe_path, overrides)
-    try:  # `true` -> the latest complete checkpoint-N in output_dir; a path must be a complete checkpoint
-        args.resume_from_checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    if not model_args.model_name_or_path:
-        raise UsageError("recipe key 'model_name_or_path' is required (a local checkpoint folder or a hub id)")
+    check_run_keys(args, model_args)
     if not data_args.dataset:
         raise UsageError("recipe key 'dataset' is required (a prompt file or a `datasets` name)")
     if not args.reward_specs:

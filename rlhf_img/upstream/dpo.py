@@ -46,7 +46,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..config import ImageModelConfig, PromptDataConfig, SamplingOptions, parse_structured
 from ..policy import Policy, Sampling
-from ..recipes import UsageError, parse_recipe, recipe_parser
+from ..recipes import UsageError, check_run_keys, parse_recipe, recipe_parser
 from ..rewards.loading import RewardConfigError, RewardSpec
 from ..rewards.reward_set import RewardSet, check_unique_names
 from ..sampling.generators import SampleGenerators, sample_seed
@@ -447,7 +447,6 @@ def prepare_dpo(recipe_path: str, overrides: Sequence[str], write_pairs: bool = 
     from ..checkpoints import CheckpointError
     from ..data import load_prompt_dataset
     from ..families import load_policy
-    from ..resume import resolve_resume
 
     try:
         args, model_args, data_args = parse_recipe(recipe_path, overrides, DPO_DATACLASSES, "dpo")
@@ -457,12 +456,7 @@ def prepare_dpo(recipe_path: str, overrides: Sequence[str], write_pairs: bool = 
                              "ONLINE_RECIPE --output_dir DIR` writes ranked pairs from a model") from None
         raise
     online = write_pairs or args.mode == "online"
-    try:
-        args.resume_from_checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    if not model_args.model_name_or_path:
-        raise UsageError("recipe key 'model_name_or_path' is required (a local checkpoint folder or a hub id)")
+    check_run_keys(args, model_args)
     if not data_args.dataset:
         what = "prompts" if online else "a pair table (prompt, chosen, rejected)"
         raise UsageError(f"recipe key 'dataset' is required ({what})")

@@ -22,16 +22,25 @@ deepspeed = pytest.importorskip("deepspeed", reason="the `deepspeed` extra (make
 RECIPE = os.path.join(REPO, "recipes", "tiny-random-jpeg.yaml")
 
 
-def launch(config: str, processes: int, output_dir, *overrides: str) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file recipes/accelerate/<config> --num_processes N --mixed_precision no -m
-    rlhf_img.cli train recipes/tiny-random-jpeg.yaml ...` on CPU."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-           "OMP_NUM_THREADS": "1"}
-    command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
-               os.path.join(REPO, "recipes", "accelerate", config), "--num_processes", str(processes),
-               "--mixed_precision", "no", "--main_process_port", "0", "-m", "rlhf_img.cli", "train", RECIPE,
-               "--output_dir", str(output_dir), *overrides]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+def ds_env(**extra: str) -> dict:
+    """The environment of every launch here: DeepSpeed on the CPU, offline, one thread per process."""
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+            "OMP_NUM_THREADS": "1", **extra}
+
+
+def accelerate_command(config: str, processes: int, *target: str) -> list[str]:
+    """`accelerate launch --config_file recipes/accelerate/<config> --num_processes N --mixed_precision no TARGET`."""
+    return [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
+            os.path.join(REPO, "recipes", "accelerate", config), "--num_processes", str(processes),
+            "--mixed_precision", "no", "--main_process_port", "0", *target]
+
+
+def launch(config: str, processes: int, output_dir, *overrides: str, recipe: str = RECIPE) -> subprocess.CompletedProcess:
+    """`accelerate launch ... -m rlhf_img.cli train RECIPE --output_dir OUT ...` on CPU (default recipe:
+    recipes/tiny-random-jpeg.yaml)."""
+    command = accelerate_command(config, processes, "-m", "rlhf_img.cli", "train", recipe, "--output_dir",
+                                 str(output_dir), *overrides)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=ds_env(), cwd=REPO)
 
 
 def history(output_dir) -> list[dict]:
@@ -136,12 +145,9 @@ def killed_in_zero3_save(output_dir, stop_in_save: int, *overrides: str) -> None
     script = output_dir.parent / "blocking_run.py"
     script.write_text(BLOCKING_RUN)
     sentinel = output_dir.parent / "in-save"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-           "OMP_NUM_THREADS": "1", "STOP_IN_SAVE": str(stop_in_save), "SENTINEL": str(sentinel)}
-    command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
-               os.path.join(REPO, "recipes", "accelerate", "zero3.yaml"), "--num_processes", "2", "--mixed_precision",
-               "no", "--main_process_port", "0", str(script), "train", RECIPE, "--output_dir", str(output_dir),
-               *overrides]
+    env = ds_env(STOP_IN_SAVE=str(stop_in_save), SENTINEL=str(sentinel))
+    command = accelerate_command("zero3.yaml", 2, str(script), "train", RECIPE, "--output_dir", str(output_dir),
+                                 *overrides)
     launcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
     pid_files = [sentinel.parent / f"in-save-{rank}" for rank in (0, 1)]
@@ -221,12 +227,8 @@ def family_run(family: str, recipe: str, config: str, root, *extra: str, convert
                   *FINAL_EVAL, "--eval_prompts", str(root / "prompts.txt"), *extra]
     if tiny.load_kwargs.get("visual_tokenizer"):
         overrides += ["--visual_tokenizer", tiny.load_kwargs["visual_tokenizer"]]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     recipe = os.path.join(REPO, "recipes", recipe)
-    command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
-               os.path.join(REPO, "recipes", "accelerate", config), "--num_processes", "2", "--mixed_precision",
-               "no", "--main_process_port", "0", "-m", "rlhf_img.cli", "train", recipe, *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    result = launch(config, 2, out, *overrides, recipe=recipe)  # overrides name the same output_dir
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rlhf-img: trained 2 steps" in result.stdout
     return out, recipe, overrides
