@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --upgrade pip 2>&1 | grep -v "is ignored" || true
 	# torch first, pinned: the CUDA build (runs on CPU too) from the local wheel cache / PyPI
 	$(PIP) install torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" || true
-	$(PIP) install -e '.[dev,deepspeed]' 2>&1 | grep -v "is ignored" || true
+	$(PIP) install -e '.[dev,deepspeed,ocr,judge]' 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import rlhf_img, torch, trl; print('rlhf-img', rlhf_img.__version__, '| torch', torch.__version__, '| trl', trl.__version__)"
 	touch $(STAMP)
 

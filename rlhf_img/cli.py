@@ -128,8 +128,10 @@ def cmd_sft(argv: Sequence[str]) -> int:
 EVAL_DESCRIPTION = (
     "Score a checkpoint (or a folder of images) with GenEval's rules: sample N images per prompt with fixed "
     "seeds, detect objects (the shapes world's exact detector, or Mask2Former + CLIP colours as GenEval), judge "
-    "strictly, print GenEval's per-tag table. With --output_dir: images/ in GenEval's layout, results.jsonl "
-    "(GenEval's fields) and table.json. Every option below is also a key of an eval YAML file (`rlhf-img eval "
+    "strictly, print GenEval's per-tag table. --metric ocr reads rendered text back with PP-OCRv4 (CVTG-2K word "
+    "accuracy, normalised edit distance); --metric vqa asks GenEval 2-style atom questions of a VQA model "
+    "(Soft-TIFA). With --output_dir: images/ in GenEval's layout, results.jsonl (one record per image; GenEval's "
+    "fields for geneval) and table.json. Every option below is also a key of an eval YAML file (`rlhf-img eval "
     "EVAL.yaml [--key value ...]`, flags override the file); the family and sampling options are the training "
     "recipe's keys of the same names. `rlhf-img eval geneval --checkpoint X --metadata M ...` is an alias with "
     "GenEval's defaults (Mask2Former, 4 images per prompt, guided CFG 4)."
@@ -399,7 +401,7 @@ COMMANDS = {
     "encode": (cmd_encode, "Upstream: image/caption pairs -> the family's actions in Arrow shards (for sft / pretraining)."),
     "sft": (cmd_sft, "Upstream: SFT or pretrain any family on `rlhf-img encode` output (or the shapes world's LM)."),
     "dpo": (cmd_dpo, "Upstream: DPO on images, offline (chosen/rejected pairs) or online (ranked by rewards)."),
-    "eval": (cmd_eval, "GenEval's rules on a checkpoint or an image folder: rlhf-img eval CHECKPOINT|EVAL.yaml [--key ...]"),
+    "eval": (cmd_eval, "GenEval / OCR / VQA scores of a checkpoint or an image folder: rlhf-img eval CHECKPOINT|EVAL.yaml [--key ...]"),
     "quickstart": (cmd_quickstart, "The main job: eval -> GRPO -> eval on the shapes world."),
     "convert": (cmd_convert, "Convert released weights (Cosmos .jit, Infinity .pth, LlamaGen .pt) to safetensors."),
     "rewards": (cmd_rewards, "List the built-in rewards."),

@@ -282,8 +282,9 @@ class EvalConfig(SamplingOptions, FamilyOptions):
     )
     prompts: str | None = field(
         default="shapes-held-out",
-        metadata={"help": "Prompt set: 'shapes-held-out', 'shapes-train', or a GenEval evaluation_metadata.jsonl "
-                  "(flag alias: --metadata).", "aliases": ["--metadata"]},
+        metadata={"help": "Prompt set: 'shapes-held-out', 'shapes-train', a GenEval evaluation_metadata.jsonl, a "
+                  "VQA prompt file (.jsonl rows with `prompt` and `atoms`; metric vqa) or a text-rendering prompt "
+                  "file (.txt, flow_grpo's format; metric ocr) (flag alias: --metadata).", "aliases": ["--metadata"]},
     )
     output_dir: str | None = field(
         default=None,
@@ -329,9 +330,35 @@ class EvalConfig(SamplingOptions, FamilyOptions):
         default=None, metadata={"help": "object_names.txt, one class a line; default: GenEval's 80 COCO names."}
     )
     batch_size: int = field(default=8, metadata={"help": "Images per detector batch."})
+    metric: str = field(
+        default="geneval",
+        metadata={"help": "What to judge: 'geneval' (GenEval's rules on detections: detector, ...); 'ocr' (text "
+                  "rendering read back by PP-OCRv4, needs rlhf-img[ocr]: CVTG-2K word accuracy and normalised edit "
+                  "distance; prompts: a .txt file, one prompt with one \"quoted\" target per line); 'vqa' (GenEval "
+                  "2-style atom questions, Soft-TIFA: vqa_answerer).",
+                  "choices": ["geneval", "ocr", "vqa"]},
+    )
+    vqa_answerer: str = field(
+        default="shapes",
+        metadata={"help": "metric vqa: who answers the atom questions: 'shapes' (the shapes world's exact detector) "
+                  "or 'vlm' (a VLM behind an OpenAI-compatible endpoint: judge_base_url, judge_model).",
+                  "choices": ["shapes", "vlm"]},
+    )
+    judge_base_url: str | None = field(
+        default=None,
+        metadata={"help": "OpenAI-compatible endpoint of the VQA model, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang "
+                  "or `transformers serve`)."},
+    )
+    judge_model: str | None = field(default=None, metadata={"help": "The served model's name at judge_base_url."})
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY",
+        metadata={"help": "Environment variable holding the endpoint's API key (never the key itself)."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()  # FamilyOptions: family_config -> a mapping
+        if self.metric == "vqa" and self.vqa_answerer == "vlm" and not (self.judge_base_url and self.judge_model):
+            raise ValueError("vqa_answerer vlm needs judge_base_url and judge_model (the endpoint and its model)")
         for key in ("images_per_prompt", "batch_prompts", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")

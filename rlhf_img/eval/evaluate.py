@@ -18,7 +18,8 @@ from ..families import load_policy
 from ..policy import Policy, Sampling
 from ..rewards.geneval import GenEvalScorer, build_scorer
 from ..geneval_rules import TAGS
-from .geneval_folder import result_record, results_table, save_image_folder
+from .geneval_folder import save_image_folder
+from .judges import ImageJudge, as_judge
 
 
 def load_for_eval(
@@ -64,7 +65,7 @@ def generate_images(policy: Policy, rows: Sequence[dict], images_per_prompt: int
 def evaluate_policy(
     policy: Policy,
     rows: Sequence[dict],
-    scorer: GenEvalScorer | None = None,
+    scorer: ImageJudge | GenEvalScorer | None = None,
     images_per_prompt: int = 16,
     sampling: Sampling | None = None,
     seed: int = 0,
@@ -75,12 +76,14 @@ def evaluate_policy(
     progress: bool = True,
     model: torch.nn.Module | None = None,
 ) -> tuple[dict[str, float], list[dict], torch.Tensor | None]:
-    """(table, GenEval results records, images if `keep_images`) of `policy` on `rows` (GenEval metadata rows).
+    """(table, one record per image, images if `keep_images`) of `policy` on `rows` (prompt rows with the
+    metadata the judge reads).
 
-    `scorer` defaults to the shapes world's exact detector; `image_dir` also saves the images in GenEval's
-    layout (the records' `filename`s are relative to it either way).
+    `scorer`: an `ImageJudge` (`eval/judges.py`) or a `GenEvalScorer`; default GenEval's rules on the shapes
+    world's exact detector. `image_dir` also saves the images in GenEval's layout (the records' `filename`s are
+    relative to it either way).
     """
-    scorer = scorer or build_scorer("shapes")
+    judge = as_judge(scorer or build_scorer("shapes"))
     sampling = sampling or Sampling()
     records, kept = [], []
     for start, images in sample_chunks(policy, rows, images_per_prompt, sampling, seed, batch_prompts, progress,
@@ -92,19 +95,20 @@ def evaluate_policy(
             names = [os.path.join(f"{start + i // images_per_prompt:05d}", "samples", f"{i % images_per_prompt:04d}.png")
                      for i in range(len(images))]
         metadata = [chunk_rows[i // images_per_prompt] for i in range(len(images))]
-        judgements, detections = scorer.judge(images, metadata, "strict")
-        records.extend(map(result_record, names, metadata, judgements, detections))
+        records.extend({"filename": name, **record} for name, record in zip(names, judge.judge(images, metadata)))
         if keep_images:
             kept.append(images)
-    return results_table(records), records, (torch.cat(kept) if keep_images else None)
+    return judge.table(records), records, (torch.cat(kept) if keep_images else None)
 
 
 def format_table(table: dict[str, float], title: str = "") -> str:
-    """GenEval's summary layout: one line per tag, then overall."""
+    """GenEval's summary layout: one line per entry (GenEval's tags in its order, then any other), overall last."""
     lines = [title] if title else []
-    for tag in (*TAGS, "overall"):
-        if tag in table:
-            lines.append(f"  {tag:<14s} {table[tag]:.4f}")
+    order = [tag for tag in TAGS if tag in table] + [key for key in table if key not in TAGS and key != "overall"]
+    for key in order + (["overall"] if "overall" in table else []):
+        value = table[key]
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"  {key:<{max(14, len(key))}s} {text}")
     return "\n".join(lines)
 
 

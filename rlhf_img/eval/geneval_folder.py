@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -20,8 +20,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..images import to_pil
-from ..rewards.geneval import GenEvalScorer
 from ..geneval_rules import summarize
+
+if TYPE_CHECKING:
+    from .protocol import ImageJudge
 
 
 def read_metadata(path: str) -> list[dict]:
@@ -92,11 +94,12 @@ def load_image(path: str) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).float() / 255
 
 
-def score_image_folder(scorer: GenEvalScorer, image_dir: str, batch_size: int = 8) -> list[dict]:
-    """GenEval's per-image results for a folder (images batched by size)."""
+def score_image_folder(judge: "ImageJudge", image_dir: str, batch_size: int = 8) -> list[dict]:
+    """One record per image of a folder in GenEval's layout (images batched by size), by `judge`
+    (`eval/judges.py`; GenEval's results lines for `GenEvalJudge`)."""
     items = list_image_folder(image_dir)
     records = []
-    for start in tqdm(range(0, len(items), batch_size), desc="geneval: scoring", dynamic_ncols=True):
+    for start in tqdm(range(0, len(items), batch_size), desc=f"{judge.name}: scoring", dynamic_ncols=True):
         chunk = items[start : start + batch_size]
         images = [load_image(path) for path, _ in chunk]
         if len({tuple(image.shape) for image in images}) == 1:
@@ -104,9 +107,8 @@ def score_image_folder(scorer: GenEvalScorer, image_dir: str, batch_size: int = 
         else:  # mixed sizes: one image at a time
             groups = [([item], image[None]) for item, image in zip(chunk, images)]
         for group, batch in groups:
-            judgements, detections = scorer.judge(batch, [meta for _, meta in group], "strict")
-            for (path, meta), judgement, found in zip(group, judgements, detections):
-                records.append(result_record(path, meta, judgement, found))
+            judged = judge.judge(batch, [meta for _, meta in group])
+            records.extend({"filename": path, **record} for (path, _), record in zip(group, judged))
     return records
 
 

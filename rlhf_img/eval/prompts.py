@@ -1,6 +1,9 @@
-"""Prompt sets evaluation runs on: the shapes world's splits by name, or any GenEval `evaluation_metadata.jsonl`."""
+"""Prompt sets evaluation runs on: the shapes world's splits by name, or a prompt file of the metric's format."""
 
 from __future__ import annotations
+
+import json
+import os
 
 from ..worlds import shapes
 from .geneval_folder import read_metadata
@@ -11,8 +14,45 @@ PROMPT_SETS = {
 }
 
 
-def load_prompt_set(source: str) -> list[dict]:
-    """GenEval metadata rows (`tag`, `include`, `exclude`, `prompt`) of a named set or a `.jsonl` file."""
+def load_prompt_set(source: str, metric: str = "geneval") -> list[dict]:
+    """Rows of a named set or a file, as `metric` reads them: GenEval metadata rows (`tag`, `include`, `exclude`,
+    `prompt`) for `geneval`; rows with a `text` target for `ocr` (a flow_grpo `.txt` file, or `.jsonl` rows with
+    `prompt` and `text`); rows with `atoms` or GenEval metadata for `vqa` (`eval/vqa/`)."""
+    if metric == "ocr":
+        if source in PROMPT_SETS:
+            raise ValueError(f"metric ocr: {source!r} has no text to render; give a text-rendering prompt file "
+                             "(.txt, one prompt with one \"quoted\" target per line), e.g. "
+                             "recipes/prompts/text-rendering-test.txt")
+        if source.endswith(".jsonl"):
+            return read_prompt_rows(source)  # `text` optional per row: the quote of the prompt otherwise
+        from .text_prompts import read_text_prompts
+
+        return read_text_prompts(source)
+    if metric == "vqa" and source not in PROMPT_SETS:
+        from .vqa.files import read_prompt_file
+
+        return read_prompt_file(source)
     if source in PROMPT_SETS:
         return PROMPT_SETS[source]()
     return read_metadata(source)
+
+
+def read_prompt_rows(path: str) -> list[dict]:
+    """JSON objects, one a line, each with a `prompt` string; ValueError naming `path:line` otherwise."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise ValueError(f"{path}:{number}: each line must be an object with a 'prompt' string")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no prompts")
+    return rows
