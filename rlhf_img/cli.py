@@ -348,6 +348,25 @@ def cmd_serve_reward(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_create_tiny_judge(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rlhf-img create-tiny-judge",
+        description="Write a tiny random LLaVA (~170k parameters, built offline) that `transformers serve` serves "
+        "behind the OpenAI-compatible API vLLM and SGLang speak, to try the `vlm_judge` and `vqa` rewards on a CPU "
+        "(recipes/tiny-random-ocr-judge.yaml). It judges nothing: it answers with digits that differ per image.",
+    )
+    parser.add_argument("path")
+    parser.add_argument("--seed", type=int, default=0, help="Weights seed (default 0).")
+    options = parser.parse_args(argv)
+    from .rewards.tiny_judge import build_tiny_llava
+
+    build_tiny_llava(options.path, seed=options.seed)
+    print(f"rlhf-img: wrote {options.path} (a tiny random LLaVA judge)")
+    print(f"rlhf-img: serve it with: transformers serve {shlex.quote(options.path)} --device cpu --host 127.0.0.1 "
+          "--port 8765   (pip install 'transformers[serving]')")
+    return 0
+
+
 def cmd_create_tiny(argv: Sequence[str]) -> int:
     from .families import FAMILIES
 
@@ -408,6 +427,7 @@ COMMANDS = {
     "families": (cmd_families, "List the model families and how each is detected."),
     "serve-reward": (cmd_serve_reward, "Serve rewards over HTTP for the `remote` reward: rlhf-img serve-reward X.yaml"),
     "create-tiny": (cmd_create_tiny, "Write a tiny random checkpoint of any family (--family), to dry-run recipes."),
+    "create-tiny-judge": (cmd_create_tiny_judge, "Write a tiny random LLaVA to serve as a VLM judge (vlm_judge / vqa) on a CPU."),
 }
 
 

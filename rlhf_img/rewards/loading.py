@@ -103,7 +103,9 @@ def _import_from_module(module_name: str, attribute: str, spec_name: str) -> Any
 def resolve_reward(spec: RewardSpec) -> Callable:
     """The callable for `spec`: classes are instantiated with `kwargs`, functions get them bound."""
     name = spec.name
-    if name == "remote" and spec.timeout is not None:  # one `timeout` key for every reward: the client's own
+    # one `timeout` key for every reward: a reward that bounds its own requests (`remote`, `vlm_judge`) takes it as
+    # its per-request timeout, since the trainer's watchdog is off for it
+    if spec.timeout is not None and getattr(REWARD_REGISTRY.get(name), "handles_timeout", False):
         if spec.kwargs.get("timeout", spec.timeout) != spec.timeout:
             raise RewardConfigError(f"reward {spec.display_name!r}: 'timeout' is set twice ({spec.timeout:g} on the "
                                     f"entry, {spec.kwargs['timeout']!r} in kwargs); keep the entry's")
