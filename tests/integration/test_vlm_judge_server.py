@@ -3,6 +3,7 @@ random LLaVA built offline (tests/vlm_server.py). The image really reaches the m
 parsed from the model's real answer, gibberish is an error naming the reward (or no score), and a repeated
 question does not reach the server again."""
 
+import re
 import time
 
 import pytest
@@ -115,3 +116,29 @@ def test_the_check_names_the_served_model_when_another_is_asked(tiny_vlm_server)
                                                 r"it serves \['.*tiny-llava'\]"):
         build_rewards([{"name": "vlm_judge", "kwargs": {"base_url": tiny_vlm_server.base_url,
                                                         "model": "unifiedreward"}}])
+
+
+def test_the_vqa_reward_scores_atoms_with_the_real_servers_answers(tiny_vlm_server):
+    """GenEval 2-style atoms asked of the real server: a count atom scores 1 exactly when the model's real answer
+    starts with the expected number; the tiny model answers a yes/no question with digits, which is no answer: one
+    line naming the question (raise) or no score (mask), never 0."""
+    from rlhf_img.eval.vqa.answerers import QUESTION_SUFFIX
+
+    url, model = tiny_vlm_server.base_url, tiny_vlm_server.model
+    question = "How many circles are in the image?"
+    client = VlmClient(url, model, cache=False)
+    replies = client.ask([(BLACK, question + QUESTION_SUFFIX), (WHITE, question + QUESTION_SUFFIX)], max_tokens=8)
+    first_numbers = [int(re.match(r"\d+", reply.text).group(0)) for reply in replies]  # the tiny model writes digits
+    count_atoms = [[{"type": "count", "question": question, "answer": str(number), "subject": "circle",
+                     "count": number}] for number in (first_numbers[0], first_numbers[0] + 1)]
+    (vqa,) = build_rewards([{"name": "vqa", "kwargs": {"answerer": "vlm", "base_url": url, "model": model}}])
+    scores = score_rewards([vqa], ["two circles", "two circles"], IMAGES[:1].repeat(2, 1, 1, 1),
+                           {"atoms": count_atoms})
+    assert scores.flatten().tolist() == [1.0, 0.0]  # the expected number, then one more than it was answered
+
+    yes_no = [[{"type": "object", "question": "Are there any circles in the image?", "subject": "circle"}]] * 2
+    with pytest.raises(RewardError, match="Are there any circles in the image"):
+        score_rewards([vqa], ["a circle", "a circle"], IMAGES, {"atoms": yes_no})
+    (masked,) = build_rewards([{"name": "vqa", "kwargs": {"answerer": "vlm", "base_url": url, "model": model,
+                                                          "on_failure": "mask"}}])
+    assert score_rewards([masked], ["a circle", "a circle"], IMAGES, {"atoms": yes_no}).isnan().all()
