@@ -12,15 +12,18 @@ the image-code rows of the LM head, prefills each distinct prompt once (a group 
 `static` / `compiled` decodes on a static cache (compiled: `torch.compile`, CUDA graphs on GPU).
 
 The same run then times every `sampler` of the shared engine on a Janus-shaped (transformers'
-`JanusForConditionalGeneration`: image embeddings -> aligner -> Llama -> generation head) and a LlamaGen-shaped
-(GPT with 2D RoPE over a 120-token caption prefix) random model (`--families`): plain vs shared vs static vs
-compiled, the tokens each draws for one seed checked identical to plain's, time as a ratio to plain.
+`JanusForConditionalGeneration`: image embeddings -> aligner -> Llama -> generation head), a LlamaGen-shaped
+(GPT with 2D RoPE over a 120-token caption prefix) and an Emu3-shaped (transformers' `Emu3ForConditionalGeneration`:
+visual tokens in the text vocabulary, an end-of-line token forced after each row of the grid, BAAI's ~200-token
+negative prompt as the unconditional row) random model (`--families`): plain vs shared vs static vs compiled, the
+tokens each draws for one seed checked identical to plain's, time as a ratio to plain. Image tok/s counts the
+sampled codes (Emu3 also feeds one end-of-line token per row: `grid + 1` decode steps per row).
 
 Each decode step must read every weight once plus the KV cache so far; the benchmark prints those bytes per
 step (the bandwidth bound of a decode step) and the bandwidth each sampler achieved; with `--hbm_gbps` (e.g.
 4800 for an H200) also the fraction of that bound reached.
 
-    python bench/rollouts.py [--batch 32] [--json out.json] [--families janus,llamagen|none]
+    python bench/rollouts.py [--batch 32] [--json out.json] [--families janus,llamagen,emu3|none]
     python bench/rollouts.py --device cuda --dtype bfloat16 --grid 32 --hbm_gbps 4800   # 1,024-token grid
 """
 
@@ -42,6 +45,7 @@ from transformers.utils import logging
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from rlhf_img import Sampling, load_policy  # noqa: E402
 from rlhf_img.families.causal_vq.tiny import save_tiny_causal_vq  # noqa: E402
+from rlhf_img.families.emu3.tiny import save_tiny_emu3  # noqa: E402
 from rlhf_img.families.janus.tiny import save_tiny_janus  # noqa: E402
 from rlhf_img.families.llamagen.tiny import save_tiny_llamagen, tiny_llamagen_family_config  # noqa: E402
 from rlhf_img.policy import SAMPLERS  # noqa: E402
@@ -136,6 +140,11 @@ def build_family_model(family: str, args: argparse.Namespace, directory: str):
         path = save_tiny_janus(directory, hidden_size=args.hidden_size, num_layers=args.num_layers, grid=args.grid,
                                codebook_size=args.codebook_size, seed=0)
         return load_policy(path, "janus", dtype="float32")
+    if family == "emu3":
+        path = save_tiny_emu3(directory, hidden_size=args.hidden_size, num_layers=args.num_layers,
+                              num_heads=args.num_heads, codebook_size=args.codebook_size, seed=0)
+        side = args.grid * 8  # the stand-in's VQ: 8x, as released
+        return load_policy(path, "emu3", dtype="float32", family_config={"image_area": side * side})
     path = save_tiny_llamagen(directory, dim=args.hidden_size, n_layer=args.num_layers, n_head=args.num_heads,
                               codebook_size=args.codebook_size, seed=0)
     stride = 2  # the stand-in's VQ: two resolutions
@@ -145,6 +154,7 @@ def build_family_model(family: str, args: argparse.Namespace, directory: str):
 
 
 FAMILY_SAMPLERS = ("plain", "shared", "static", "compiled")
+FAMILY_MODELS = ("janus", "llamagen", "emu3")  # what `build_family_model` builds
 
 
 def family_table(family: str, args: argparse.Namespace, dtype: torch.dtype) -> dict:
@@ -224,9 +234,9 @@ def main() -> None:
                         "in the JSON (auto: compiled on CUDA, shared elsewhere)")
     parser.add_argument("--baselines", default="generate,peer_loop", help="comma-separated baselines to time: "
                         "generate (transformers generate + CFG), peer_loop (T2I-R1 / AR-GRPO style loop)")
-    parser.add_argument("--families", default="janus,llamagen",
-                        help="comma-separated families whose random model also gets a sampler table (janus, llamagen), "
-                        "or 'none'")
+    parser.add_argument("--families", default="janus,llamagen,emu3",
+                        help="comma-separated families whose random model also gets a sampler table (janus, llamagen, "
+                        "emu3), or 'none'")
     parser.add_argument("--family_samplers", default=",".join(FAMILY_SAMPLERS),
                         help="comma-separated samplers timed on those families (plain is always timed: the reference)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per method (best is reported)")
@@ -251,8 +261,9 @@ def main() -> None:
         parser.error(f"--baselines: unknown {sorted(set(baselines) - {'generate', 'peer_loop'})}; "
                      "choose from generate, peer_loop")
     families = [name.strip() for name in args.families.split(",") if name.strip() and name.strip() != "none"]
-    if set(families) - {"janus", "llamagen"}:
-        parser.error(f"--families: unknown {sorted(set(families) - {'janus', 'llamagen'})}; choose from janus, llamagen")
+    if set(families) - set(FAMILY_MODELS):
+        parser.error(f"--families: unknown {sorted(set(families) - set(FAMILY_MODELS))}; choose from "
+                     f"{', '.join(FAMILY_MODELS)}")
     args.family_samplers = [name.strip() for name in args.family_samplers.split(",") if name.strip()]
     if set(args.family_samplers) - set(FAMILY_SAMPLERS):
         parser.error(f"--family_samplers: unknown {sorted(set(args.family_samplers) - set(FAMILY_SAMPLERS))}; "

@@ -3,7 +3,7 @@
     policy = load_policy("checkpoints/shapes-tiny")                      # family found from its files
     policy = load_policy("Daniel0724/SimpleAR-0.5B-RL", model_family="simplear", family_config={...})
 
-Each family is a package here (`causal_vq/`, `simplear/`, `infinity/`, `janus/`, `llamagen/`) that registers its
+Each family is a package here (`causal_vq/`, `simplear/`, `infinity/`, `janus/`, `llamagen/`, `emu3/`) that registers its
 `load` with `@register_family`; adding one is a new package plus one import line below.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 from ..checkpoints import CheckpointError, is_local
 from ..policy import Policy
-from . import causal_vq, infinity, janus, llamagen, simplear  # noqa: E402,F401  (registers the built-in families)
+from . import causal_vq, emu3, infinity, janus, llamagen, simplear  # noqa: E402,F401  (registers the built-in families)
 from .registry import (
     CONFIG_MATCH,
     CONVERTERS,

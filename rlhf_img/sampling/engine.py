@@ -87,6 +87,10 @@ class NextTokenAdapter(Protocol):
         `model` itself (the possibly wrapped module: peft / DDP / FSDP hooks must fire)."""
         ...
 
+    # Optional: `forced_after(index: int) -> tuple[int, ...]`, the step inputs (values `step_inputs` takes that the
+    # head never scores, e.g. Emu3's end-of-line) written after action `index` without being sampled or scored.
+    # Not declared here so that adapters without structural tokens need not define it (`forced_inputs`).
+
 
 def decode_step(adapter: NextTokenAdapter) -> DecodeStep:
     """The decode step of every loop: one code per row through the cached forward, then the head's logits."""
@@ -96,6 +100,14 @@ def decode_step(adapter: NextTokenAdapter) -> DecodeStep:
         return adapter.head(network)(hidden).float()  # (R, K)
 
     return step
+
+
+def forced_inputs(adapter: NextTokenAdapter, num_tokens: int) -> list[tuple[int, ...]]:
+    """Per action `t < num_tokens`: the step inputs the adapter's `forced_after(t)` writes after it (a structural
+    token such as Emu3's end-of-line: fed through the same decode step, never drawn, never given a log-prob);
+    empty tuples for an adapter that declares none."""
+    declared = getattr(adapter, "forced_after", None)
+    return [tuple(declared(t)) if declared is not None else () for t in range(num_tokens)]
 
 
 def guided_draw(
@@ -152,7 +164,8 @@ def sample_guided(
     Returns codes `(B, T)` and their log-probs under the distribution they were drawn from (guided when CFG is
     on), so `|sampling logp - scored logp|` shows numerical drift and `sample_only`'s off-policy gap.
     `generator` goes unchanged to `sample_actions` each step, with the batch's rows in their given order (the
-    shared prefill copies cache rows; it never reorders samples)."""
+    shared prefill copies cache rows; it never reorders samples). An adapter's `forced_after` tokens (see
+    `NextTokenAdapter`) are fed after their action through the same decode step, so every sampler keeps them."""
     batch, device = prompts.input_ids.size(0), prompts.input_ids.device
     config = adapter.cache_config(network)
     sampler = resolve_sampler(sampling.sampler, network, device, config)
@@ -168,31 +181,37 @@ def sample_guided(
         logits, next_position, mask = logits[index], next_position[index], mask[index]  # (R, ...)
 
     step = decode_step(adapter)
+    forced = forced_inputs(adapter, num_tokens - 1)  # structural tokens fed after an action, never drawn
+    num_fed = num_tokens - 1 + sum(map(len, forced))  # decode steps after the prefill
     static: StaticDecoder | None = None
-    if sampler in ("static", "compiled") and num_tokens > 1:
+    if sampler in ("static", "compiled") and num_fed > 0:
         if sampler == "compiled":
             static = compiled_decoder(network, step, device, key=(adapter,))
         else:
             static = StaticDecoder(step, device, compile_step=False)
-        mask = static.start(config, cache, index, prefix.mask, num_tokens - 1)  # (R, S), fixed for all steps
+        mask = static.start(config, cache, index, prefix.mask, num_fed)  # (R, S), fixed for all steps
         del cache  # the prefix now lives in the static cache
     elif index is not None:
         cache.reorder_cache(index)  # copy each prefilled row to the samples that use it (index_select on dim 0)
 
     codes = torch.empty(batch, num_tokens, dtype=torch.long, device=device)
     logprobs = torch.empty(batch, num_tokens, dtype=torch.float32, device=device)
+    written = prefix.mask.size(1)  # cache positions holding a token
     for t in range(num_tokens):
         code, logprobs[:, t] = guided_draw(logits, batch, with_uncond, sampling, generator)
         codes[:, t] = code
         if t == num_tokens - 1:
             break
-        rows = torch.cat([code, code]) if with_uncond else code  # (R,)
-        if static is not None:
-            logits = static(network, rows, next_position, mask, written=prefix.mask.size(1) + t)
-        else:
-            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
-            logits = step(network, rows, next_position, mask, cache)
-        next_position = next_position + 1
+        # the drawn code, then any forced token: one decode step each; the logits after the last one are drawn from
+        for fed in (code, *(torch.full_like(code, value) for value in forced[t])):
+            rows = torch.cat([fed, fed]) if with_uncond else fed  # (R,)
+            if static is not None:
+                logits = static(network, rows, next_position, mask, written=written)
+            else:
+                mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
+                logits = step(network, rows, next_position, mask, cache)
+            next_position = next_position + 1
+            written += 1
     return Rollout(actions=codes, logprobs=logprobs)
 
 

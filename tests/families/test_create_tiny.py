@@ -13,10 +13,10 @@ from rlhf_img.families import detect_family
 
 RECIPES = {"causal_vq": "tiny-random-jpeg.yaml", "simplear": "simplear-0.5b-grpo-clip-lora.yaml",
            "janus": "janus-pro-1b-grpo-geneval-lora.yaml", "llamagen": "llamagen-xl-grpo-lora.yaml",
-           "infinity": "infinity-2b-grpo-clip.yaml"}
+           "infinity": "infinity-2b-grpo-clip.yaml", "emu3": "emu3-gen-grpo-geneval-lora.yaml"}
 
 
-@pytest.mark.slow  # five real 2-step GRPO runs (~40 s together)
+@pytest.mark.slow  # six real 2-step GRPO runs (~45 s together)
 @pytest.mark.parametrize("family", sorted(RECIPES))
 def test_create_tiny_then_a_shipped_recipe_runs_on_it_with_the_printed_overrides(family, tmp_path, capsys):
     from tiny_models import tiny_clip_recipe_overrides

@@ -9,8 +9,8 @@ the policy), and the model can score them teacher-forced.
 Idempotence (`encode(decode(encode(x))) == encode(x)`) is measured, not required, on the random-weight stand-ins:
 a random decoder does not map a code's pixels back near that code's latent, so it generally fails there. Measured on
 this suite's four shapes images (share of actions kept): causal_vq 0.30, infinity (bits) 0.56, janus 0.08, llamagen
-0.06, simplear 1.00 (0.88 on uniform noise images), palette 1.00 (its decoder paints the code's own colour). On the
-trained shapes VQ it nearly holds, and is asserted to that extent (`test_shapes_tiny_...`).
+0.06, emu3 0.34, simplear 1.00 (0.88 on uniform noise images), palette 1.00 (its decoder paints the code's own
+colour). On the trained shapes VQ it nearly holds, and is asserted to that extent (`test_shapes_tiny_...`).
 """
 
 from __future__ import annotations
@@ -101,6 +101,24 @@ def _palette_autoencode(policy: Policy, images: torch.Tensor) -> torch.Tensor:
     return palette[nearest].permute(0, 3, 1, 2).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
 
 
+def _emu3_autoencode(policy: Policy, images: torch.Tensor) -> torch.Tensor:
+    """transformers' Emu3 at the model level: `get_image_tokens` (VQ encode, codes to BPE ids, end-of-line per row)
+    then `decode_image_tokens` (back to codes, VQ decode), on pixels normalised with the image processor's mean and
+    std, un-normalised after; the VQ in eval mode (its temporal BatchNorm3d layers)."""
+    emu3 = policy.model.model
+    processor = policy.processing_class.image_processor
+    mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    height, width = images.shape[-2:]
+    sizes = torch.tensor([[height, width]] * images.size(0))
+    emu3.vqmodel.eval()
+    tokens = emu3.get_image_tokens((images - mean) / std, sizes).view(images.size(0), -1)  # (B, h * (w + 1))
+    tail = tokens.new_zeros(images.size(0), 3)  # end-of-frame, end-of-image, EOS: dropped by decode_image_tokens
+    factor = emu3.vqmodel.spatial_scale_factor
+    pixels = emu3.decode_image_tokens(torch.cat([tokens, tail], 1), height=height // factor, width=width // factor)
+    return (pixels.float() * std + mean).clamp(0, 1)
+
+
 @dataclass(frozen=True)
 class VisualTokenizer:
     """What this suite knows of a family's visual tokenizer: actions lie in `[0, action_count(policy))`, and
@@ -119,6 +137,7 @@ TOKENIZERS = {
     "llamagen": VisualTokenizer(lambda policy: policy.vq.config.num_embeddings,
                                 lambda policy, x: _janus_vqvae_autoencode(policy.vq, x)),
     "palette": VisualTokenizer(lambda policy: policy.config.code_count, _palette_autoencode),
+    "emu3": VisualTokenizer(lambda policy: policy.code_count, _emu3_autoencode),
 }
 
 
@@ -162,8 +181,8 @@ def test_encoded_images_are_long_actions_in_the_samplers_range(policy, tokenizer
 def test_decoding_encoded_images_is_the_visual_tokenizers_own_autoencoding(policy, tokenizer, examples):
     """Same weights, same codes, a different path through the tokenizer's modules: equal up to float32 rounding
     through the decoder. Measured largest difference 2.4e-6 (simplear; 1.3e-6 causal_vq, 1.0e-6 infinity, 1.4e-6
-    janus, 5e-7 llamagen, 0 palette) on pixels up to 1; the bound is 20x that, while one code picked differently
-    moves its patch by far more."""
+    janus, 5e-7 llamagen, 0 emu3 and palette) on pixels up to 1; the bound is 20x that, while one code picked
+    differently moves its patch by far more."""
     images = examples[1]
     with torch.no_grad():
         expected = tokenizer.autoencode(policy, images)
