@@ -94,3 +94,16 @@ def reward_metrics(result: GroupAdvantages) -> dict[str, float]:
         "reward_std": nanstd(result.rewards).item(),
         "frac_reward_zero_std": result.is_std_zero.float().mean().item(),
     }
+
+
+def zero_spread_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """`(N / G,)` bool: the groups of rewards `(N, R)` (NaN = no score) whose weighted total reward cannot rank two
+    of their images -- fewer than two scored images, or all scored totals equal (TRL's `isclose(std, 0)`). Such a
+    group gives every image advantage 0 under `scale_rewards` group / batch / none; dynamic sampling refills it."""
+    unscorable = torch.isnan(rewards_per_func).all(dim=1)
+    totals = (rewards_per_func * weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+    totals[unscorable] = torch.nan
+    grouped = totals.view(-1, num_generations)  # (N / G, G)
+    scored = torch.isfinite(grouped).sum(dim=1)
+    std = nanstd(grouped, dim=1) if num_generations > 1 else torch.zeros(grouped.size(0), device=grouped.device)
+    return (scored < 2) | torch.isclose(std, torch.zeros_like(std))

@@ -433,8 +433,13 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-V", "--version"):
+        from ._version import __version__
+
+        print(f"rlhf-img {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: rlhf-img COMMAND [...]\n\ncommands:")
+        print("usage: rlhf-img [--version] COMMAND [...]\n\ncommands:")
         for name, (_, help_text) in COMMANDS.items():
             print(f"  {name:18s} {help_text}")
         print("\n`rlhf-img COMMAND --help` for a command's options.")

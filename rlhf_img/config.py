@@ -149,6 +149,41 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
         default=3,
         metadata={"help": "Warn once when grad_norm was exactly 0 at this many consecutive logged steps (0: never)."},
     )
+    # learning aids, each off by default (README, "Getting more from a run")
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={"help": "DAPO's dynamic sampling: a group whose images all get the same total reward (advantage 0 "
+                  "for all) is dropped and its rows resampled, in place, for a new prompt drawn from the training "
+                  "set, up to `max_resample_rounds` rounds; groups still without spread then stay (advantage 0). "
+                  "Costs extra sampling only where groups had no spread; logs dynamic_sampling/{dropped_groups, "
+                  "unfilled_groups, resample_rounds, reward_before_refill} (`reward` then describes the trained "
+                  "batch). Needs a map-style dataset (rlhf_img/dynamic_sampling.py)."},
+    )
+    max_resample_rounds: int = field(
+        default=3,
+        metadata={"help": "dynamic_sampling: resampling rounds per rollout batch at most (>= 1); each round "
+                  "resamples only the groups still without spread."},
+    )
+    keep_best: bool = field(
+        default=False,
+        metadata={"help": "Save the weights of the in-loop eval step with the best `best_metric` instead of the last "
+                  "ones: a CPU copy of the trainable weights (the adapter under LoRA, the whole model otherwise) is "
+                  "kept at each new best and put back when training ends; the step is printed and written to "
+                  "output_dir/best_step.json (and trainer_state.json's best_global_step / best_metric). Ties keep "
+                  "the earlier step; step 0 (before training) competes. Needs eval_every > 0; one process or DDP "
+                  "(refused under DeepSpeed / FSDP)."},
+    )
+    best_metric: str | None = field(
+        default=None,
+        metadata={"help": "keep_best: the in-loop eval key to compare, e.g. eval_geneval/overall, eval_reward, "
+                  "eval_rewards/<name>/mean ('eval/...' as the dashboards spell it works too). Default: "
+                  "eval_geneval/overall when the in-loop eval computes GenEval, else eval_reward."},
+    )
+    best_metric_mode: str = field(
+        default="max",
+        metadata={"help": "keep_best: 'max' (the highest best_metric wins) or 'min' (the lowest wins).",
+                  "choices": ["max", "min"]},
+    )
     # TRL defaults changed for image generation:
     disable_dropout: bool = field(
         default=True,
@@ -182,6 +217,18 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
             raise ValueError("eval_every > 0 needs eval_prompts (e.g. 'shapes-held-out' or a prompt file)")
         if self.eval_images_per_prompt < 1 or (self.eval_max_prompts is not None and self.eval_max_prompts < 1):
             raise ValueError("eval_images_per_prompt and eval_max_prompts must be >= 1")
+        if isinstance(self.max_resample_rounds, bool) or self.max_resample_rounds < 1:
+            raise ValueError(f"max_resample_rounds must be an int >= 1, got {self.max_resample_rounds!r}")
+        if self.keep_best and self.eval_every == 0:
+            raise ValueError("keep_best needs the in-loop eval: set eval_every > 0 and eval_prompts")
+        if self.best_metric_mode not in ("max", "min"):
+            raise ValueError(f"best_metric_mode must be 'max' or 'min', got {self.best_metric_mode!r}")
+        if self.best_metric is not None:
+            self.best_metric = "eval_" + self.best_metric[len("eval/"):] if self.best_metric.startswith("eval/") \
+                else self.best_metric
+            if not self.best_metric.startswith("eval_"):
+                raise ValueError("best_metric must be an in-loop eval key (eval_geneval/overall, eval_reward, "
+                                 f"eval_rewards/<name>/mean), got {self.best_metric!r}")
         self.rewards = parse_structured(self.rewards, "rewards")
         if self.rewards is not None:
             if isinstance(self.rewards, (str, dict)):

@@ -15,6 +15,9 @@ Logged (through transformers' logger, so to every dashboard TRL reports to and t
   and a GenEval scorer is at hand (a loaded geneval/shapes_geneval reward, or the shapes world's detector);
 - `eval/grid`: one row per prompt, `eval_images_per_prompt` columns, also saved as
   `output_dir/eval/step_XXXXXX.png`.
+
+With `keep_best`, each eval's `best_metric` is compared and the best step's weights are the ones left in the
+model when training ends (best_weights.py).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import transformers
 from transformers import TrainerCallback
 from trl.models import unwrap_model_for_generation
 
+from .best_weights import BestWeights, resolve_best_metric
 from .dashboards import log_image
 from .eval.evaluate import evaluate_policy, generate_images
 from .eval.prompts import PROMPT_SETS, load_prompt_set
@@ -117,10 +121,25 @@ class InLoopEvaluation(TrainerCallback):
         # process count: the chunking seeds the generator, so it must stay put for the images to stay put
         self.batch_prompts = max(1, args.per_device_eval_batch_size // self.images_per_prompt)
         self.last_step = -1
+        self.best = None  # keep_best: the best step's weights (best_weights.py)
+        if args.keep_best:
+            metric = resolve_best_metric(args.best_metric, self.logged_keys())
+            self.best = BestWeights(metric, args.best_metric_mode, args.output_dir)
+
+    def logged_keys(self) -> list[str]:
+        """The keys each eval logs (`metrics`)."""
+        keys = ["eval_reward", *(f"eval_rewards/{name}/mean" for name in self.trainer.image_rewards.names)]
+        if self.scorer is not None:
+            tags = {row["tag"] for row in self.rows}
+            keys += [f"eval_geneval/{tag}" for tag in TAGS if tag in tags] + ["eval_geneval/overall"]
+        return keys
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step == 0:  # a resumed run evaluated its checkpoint's step before saving it
             self.evaluate(0)
+        elif self.best is not None and self.trainer.accelerator.is_main_process:
+            logger.warning("keep_best: resumed at step %d: only the in-loop evals from here on compete (the best "
+                           "weights of the run before it are not in the checkpoint)", state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
@@ -128,6 +147,8 @@ class InLoopEvaluation(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.evaluate(state.global_step)  # the final policy, when max_steps is not a multiple of eval_every
+        if self.best is not None:  # keep_best: the best step's weights back in the model, before the final save
+            self.best.finish(self.trainer.model, state, self.trainer.accelerator.is_main_process)
 
     def evaluate(self, step: int) -> dict[str, float] | None:
         """Evaluate the current policy (every process samples, in lockstep, as sharded weights need); the main
@@ -160,6 +181,8 @@ class InLoopEvaluation(TrainerCallback):
         finally:
             model.train(was_training)
         if not accelerator.is_main_process:
+            if self.best is not None:
+                self.best.update(trainer.model, step, None, accelerator)  # takes the main process's value
             return None
         rows = [row for row in self.rows for _ in range(self.images_per_prompt)]
         prompts = [row["prompt"] for row in rows]
@@ -171,6 +194,8 @@ class InLoopEvaluation(TrainerCallback):
         transformers.Trainer.log(trainer, dict(logs))  # not TRL's log: that would flush the training metrics
         trainer.control.should_log = should_log
         self.log_grid(images, prompts, rewards, step)
+        if self.best is not None:
+            self.best.update(trainer.model, step, logs, accelerator)
         return logs
 
     def metrics(self, rewards: torch.Tensor, table: dict[str, float] | None) -> dict[str, float]:

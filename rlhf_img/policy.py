@@ -24,7 +24,7 @@ SAMPLERS = ("auto", "plain", "shared", "static", "compiled")
 class Sampling:
     """How actions are drawn and which distribution their log-probs are taken under.
 
-    `cfg_mode` (see README, "CFG modes"):
+    `cfg_mode` (see docs/concepts/cfg-modes.md):
       - `none`: no guidance; sample and score the conditional distribution.
       - `sample_only`: sample from the guided distribution, score the conditional one.
       - `guided`: sample and score the guided distribution, gradients through both branches.
@@ -34,7 +34,7 @@ class Sampling:
     distribution over the scored logits (the taken action is always kept in the support).
     `logprob_chunk_size`: teacher-forced scoring computes logits for this many positions at a time (with
     per-chunk activation checkpointing), so its memory grows with the chunk, not with T; 0: all at once.
-    `sampler`: how next-token families run their KV-cached loop (README, "Fast sampling"); every choice draws
+    `sampler`: how next-token families run their KV-cached loop (docs/scaling.md, "Fast sampling"); every choice draws
     the same tokens for a seed: `plain` (the reference: one prefill per row, growing cache), `shared` (each
     distinct prompt prefilled once, its cache shared by the group), `static` (shared + a preallocated static
     cache), `compiled` (static + a `torch.compile`d decode step, CUDA graphs on GPU; eager if compile fails),

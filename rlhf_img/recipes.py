@@ -14,8 +14,10 @@ from typing import Any, NoReturn, Sequence
 
 from .checkpoints import CheckpointError, resolve_subpath
 from .config import ImageGRPOConfig, ImageModelConfig, PromptDataConfig
+from .model_card import remember_recipe
 from .recipe_paths import RecipePathError, resolve_recipe_paths
 from .resume import resolve_resume
+from .trl_keys import inapplicable_key
 from .yaml_files import YamlFileError, read_yaml_mapping
 
 DESCRIPTION = "rlhf-img: post-train autoregressive text-to-image models with GRPO on TRL."
@@ -148,6 +150,7 @@ def parse_recipe(recipe_path: str | None, overrides: Sequence[str], dataclass_ty
             resolve_recipe_paths(configs, recipe, recipe_path, overrides)
     except RecipePathError as error:
         raise UsageError(str(error)) from None
+    remember_recipe(configs, recipe_path, overrides, recipe)  # for the output folder's model card (model_card.py)
     return configs
 
 
@@ -172,6 +175,9 @@ def prepare_training(recipe_path: str, overrides: Sequence[str]):
     from .rewards import RewardConfigError, RewardSet
 
     args, model_args, data_args = parse_recipe(recipe_path, overrides)
+    refusal = inapplicable_key(args, model_args)  # a TRL key that would do nothing for images (trl_keys.py)
+    if refusal is not None:
+        raise UsageError(refusal)
     check_run_keys(args, model_args)
     if not data_args.dataset:
         raise UsageError("recipe key 'dataset' is required (a prompt file or a `datasets` name)")

@@ -22,14 +22,17 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import nanstd, use_adapter
 
 from .advantages import group_advantages, reward_metrics
+from .best_weights import KeepBestError
 from .config import ImageGRPOConfig
 from .dashboards import log_image
+from .dynamic_sampling import RolloutRows, refill_zero_spread_groups
 from .fsdp import unsharded_root
 from .guards import TrainingGuards, unscored_counts
 from .images import captioned_grid
 from .in_loop_eval import InLoopEvaluation
+from .model_card import write_model_card
 from .monitors import rollout_monitors
-from .policy import Policy, PromptBatch
+from .policy import Policy, PromptBatch, Rollout
 from .resume import resolve_resume, save_marked_checkpoint
 from .rewards.reward_set import RewardEntry, RewardSet
 from .sampling.generators import SampleGenerators
@@ -92,6 +95,12 @@ class ImageGRPOTrainer(GRPOTrainer):
         if check_trainable is not None:
             check_trainable(self.model)  # e.g. janus refuses LoRA adapters outside its language model
         self.policy.to(self.accelerator.device)
+        if args.dynamic_sampling and not (hasattr(train_dataset, "__len__") and hasattr(train_dataset, "__getitem__")):
+            raise ValueError("dynamic_sampling draws refill prompts by index: it needs a map-style dataset (a "
+                             "datasets.Dataset or a list of rows), not an iterable one")
+        if args.keep_best and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            raise KeepBestError("keep_best is not supported under DeepSpeed or FSDP (the weights are sharded across "
+                                "processes); run without it and keep checkpoints (save_strategy: steps) to pick by eval_*")
         if args.eval_every > 0:  # fixed prompts and seeds every eval_every steps (in_loop_eval.py)
             self.add_callback(InLoopEvaluation(self))
         self.guards = TrainingGuards(  # silent-failure guards (guards.py); a callback so resume restores them
@@ -110,15 +119,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         batch = self.policy.encode_prompts(prompts, device)
 
         start = time.perf_counter()
-        with (
-            torch.no_grad(),
-            self._no_checkpointing(),
-            unwrap_model_for_generation(
-                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
-            ) as unwrapped_model,
-            unsharded_root(unwrapped_model),  # FSDP2: the samplers bypass the root's forward (rlhf_img/fsdp.py)
-            self.accelerator.autocast(),
-        ):
+        with self._generation_model() as unwrapped_model:
             generators = self._rollout_generators(mode, len(prompts), device)  # per-image streams: see method
             rollout = self.policy.sample(unwrapped_model, batch, self.sampling, generators)
         sampled = time.perf_counter()
@@ -126,6 +127,14 @@ class ImageGRPOTrainer(GRPOTrainer):
         decoded = time.perf_counter()
         rewards_local = self.image_rewards.score(prompts, images, columns).to(device)
         scored = time.perf_counter()
+        if mode == "train" and self.args.dynamic_sampling:  # zero-spread groups resampled in place (dynamic_sampling.py)
+            rows = RolloutRows(prompts, columns, rollout.actions, rollout.logprobs, images, rewards_local)
+            for key, value in self._refill(rows).items():
+                self._metrics[mode][key].append(value)
+            prompts, columns, images, rewards_local = rows.prompts, rows.columns, rows.images, rows.rewards
+            rollout = Rollout(rows.actions, rows.logprobs)
+            batch = self.policy.encode_prompts(prompts, device)  # new prompts: padded afresh
+            scored = time.perf_counter()  # timing/reward_seconds includes the refill rounds
 
         actions = rollout.actions
         completion_mask = torch.ones_like(actions, dtype=batch.attention_mask.dtype)
@@ -220,12 +229,46 @@ class ImageGRPOTrainer(GRPOTrainer):
         `global_step * gradient_accumulation_steps + _step % gradient_accumulation_steps`, which a resumed run
         recomputes: so 1 process x batch 2B and 2 processes x batch B sample the same images."""
         if mode == "train":
-            accumulation = self.args.gradient_accumulation_steps
-            generation = self.state.global_step * accumulation + self._step % accumulation
+            generation = self._train_generation()
         else:
             generation, self._eval_generations = self._eval_generations, self._eval_generations + 1
         first = self.accelerator.process_index * count
         return SampleGenerators.for_samples(self.args.seed, mode, generation, range(first, first + count), device)
+
+    def _train_generation(self) -> int:
+        """The number of the current training rollout batch: its micro-step, which a resumed run recomputes."""
+        accumulation = self.args.gradient_accumulation_steps
+        return self.state.global_step * accumulation + self._step % accumulation
+
+    @contextlib.contextmanager
+    def _generation_model(self):
+        """The model to sample from: no grad, no checkpointing, unwrapped (ZeRO-3 weights gathered), autocast."""
+        with (
+            torch.no_grad(),
+            self._no_checkpointing(),
+            unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+            ) as unwrapped_model,
+            unsharded_root(unwrapped_model),  # FSDP2: the samplers bypass the root's forward (rlhf_img/fsdp.py)
+            self.accelerator.autocast(),
+        ):
+            yield unwrapped_model
+
+    def _refill(self, rows: RolloutRows) -> dict[str, float]:
+        """`dynamic_sampling`: refill this batch's zero-spread groups in place; the metrics to log."""
+        device = self.accelerator.device
+
+        def sample(prompts, generators):
+            with self._generation_model() as unwrapped_model:
+                rollout = self.policy.sample(unwrapped_model, self.policy.encode_prompts(prompts, device), self.sampling,
+                                             generators)
+            return rollout.actions, rollout.logprobs
+
+        return refill_zero_spread_groups(
+            rows, self.train_dataset, sample, self.image_rewards.score, self.policy.decode,
+            self.reward_weights.to(device), self.num_generations, self.args.max_resample_rounds, self.args.seed,
+            self._train_generation(), self.accelerator.process_index,
+        )
 
     def _no_checkpointing(self):
         """Gradient checkpointing off for no-grad passes (TRL's helper), a no-op when it is not on."""
@@ -319,6 +362,11 @@ class ImageGRPOTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial) -> None:
         """TRL's checkpoint save, then a completion marker: resuming never picks a half-written folder."""
         save_marked_checkpoint(self, super()._save_checkpoint, model, trial)
+
+    def create_model_card(self, model_name: str | None = None, tags=None, **unused) -> None:
+        """rlhf-img's card (model_card.py) instead of TRL's text-model card: TRL writes it at each checkpoint save
+        and transformers' `push_to_hub` right before uploading the folder."""
+        write_model_card(self, "grpo", tags=[tags] if isinstance(tags, str) else tags)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`resume_from_checkpoint`: a checkpoint folder, or True / 'true' for the latest complete one."""

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from .best_weights import KeepBestError
 from .rewards import RewardError
 from .trainer import ImageGRPOTrainer
 
@@ -89,7 +90,11 @@ def unjoined_processes(trainer) -> str | None:
 def train(args, model_args, rewards, dataset, policy, peft_config) -> int:
     """Train, save the model and `trainer_state.json` to `args.output_dir`; 1 if a reward broke mid-run or nothing
     could be trained (a run that trains 0 steps never ends as a success)."""
-    trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
+    try:
+        trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
+    except KeepBestError as error:  # e.g. a best_metric the in-loop eval does not log: one line, nothing written
+        print(f"rlhf-img: error: {error}", file=sys.stderr)
+        return 2
     problem = unjoined_processes(trainer) or too_few_prompts(trainer)
     if problem is not None:
         if trainer.accelerator.is_main_process and os.environ.get("RANK", "0") == "0":  # unjoined: all are "main"
@@ -109,8 +114,9 @@ def train(args, model_args, rewards, dataset, policy, peft_config) -> int:
                   f"{trainer.accelerator.num_processes} process(es)): check the launcher, max_steps, "
                   "per_device_train_batch_size and num_generations; nothing was saved", file=sys.stderr)
         return 1
+    trainer.save_state()  # trainer_state.json: the full log history; first, so push_to_hub uploads it too
     trainer.save_model(args.output_dir)
-    trainer.save_state()  # trainer_state.json: the full log history next to the model
+    trainer.create_model_card()  # README.md: rlhf-img's model card (model_card.py), main process only
     if trainer.accelerator.is_main_process:
         print(f"rlhf-img: trained {trainer.state.global_step} steps in {time.time() - start:.0f}s; "
               f"saved to {args.output_dir}")

@@ -1,6 +1,6 @@
 """`vlm_judge`: a VLM served behind any OpenAI-compatible endpoint scores each image against its prompt.
 
-The judge runs in its own process, on its own GPU, under vLLM / SGLang / `transformers serve` (README, "VLM judge");
+The judge runs in its own process, on its own GPU, under vLLM / SGLang / `transformers serve` (docs/rewards.md, "vlm_judge");
 this reward asks it one question per image (`vlm_client.VlmClient`: bounded concurrency, timeouts, retries, cache)
 and turns each answer into a number:
 

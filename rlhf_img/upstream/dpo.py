@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 from ..config import ImageModelConfig, PromptDataConfig, SamplingOptions, parse_structured
+from ..model_card import write_model_card
 from ..policy import Policy, Sampling
 from ..recipes import UsageError, check_run_keys, parse_recipe, recipe_parser
 from ..rewards.loading import RewardConfigError, RewardSpec
@@ -409,6 +410,10 @@ class ImageDPOTrainer(Trainer):
             self.policy.save_pretrained(output_dir or self.args.output_dir,
                                         model=self.accelerator.unwrap_model(self.model))
 
+    def create_model_card(self, model_name: str | None = None, tags=None, **unused) -> None:
+        """rlhf-img's card (model_card.py) instead of transformers' text-model card, also on `push_to_hub`."""
+        write_model_card(self, "dpo", tags=[tags] if isinstance(tags, str) else tags)
+
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint save, then GRPO's completion marker (`resume_from_checkpoint: true` skips
         half-written checkpoints)."""
@@ -518,8 +523,9 @@ def run_dpo(run: PreparedDPO) -> int:
         print(f"rlhf-img: error: trained 0 steps (max_steps {args.max_steps}, {len(run.dataset)} rows); nothing was "
               "saved", file=sys.stderr)
         return 1
+    trainer.save_state()  # first, so that push_to_hub (in save_model) uploads trainer_state.json too
     trainer.save_model(args.output_dir)
-    trainer.save_state()
+    trainer.create_model_card()  # README.md: rlhf-img's model card (model_card.py), main process only
     if trainer.accelerator.is_main_process:
         print(f"rlhf-img: DPO ({args.mode}, {args.loss_type}) trained {trainer.state.global_step} steps in "
               f"{time.time() - start:.0f}s; saved to {args.output_dir}")

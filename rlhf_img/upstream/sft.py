@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from ..model_card import write_model_card
 from ..policy import Policy
 from .likelihood import action_logprobs
 
@@ -125,6 +126,10 @@ class ActionSFTTrainer(Trainer):
             self.policy.save_pretrained(output_dir or self.args.output_dir,
                                         model=self.accelerator.unwrap_model(self.model))
 
+    def create_model_card(self, model_name: str | None = None, tags=None, **unused) -> None:
+        """rlhf-img's card (model_card.py) instead of transformers' text-model card, also on `push_to_hub`."""
+        write_model_card(self, "sft", tags=[tags] if isinstance(tags, str) else tags)
+
 
 def check_encoded_matches(info, policy: Policy, family: str, path: str) -> None:
     """The shards were encoded by this family at this image size (a mismatch would train on foreign codes)."""
@@ -164,6 +169,7 @@ def run_action_sft(args: ActionSFTConfig, model_args) -> str:
             check_trainable(model)
     trainer = ActionSFTTrainer(policy, args, dataset, model=model)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_state()  # first, so that push_to_hub (in save_model) uploads trainer_state.json too
     trainer.save_model(args.output_dir)
-    trainer.save_state()
+    trainer.create_model_card()  # README.md: rlhf-img's model card (model_card.py), main process only
     return os.path.abspath(args.output_dir)

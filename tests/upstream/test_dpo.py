@@ -11,6 +11,7 @@ from conftest import REPO
 from datasets import Dataset
 from families import toy_family  # noqa: F401  (registers the `palette` family, as the contract suite does)
 from numerics import assert_close_scaled
+from huggingface_hub import ModelCard
 from peft import LoraConfig
 from PIL import Image
 
@@ -283,6 +284,8 @@ def test_shipped_recipes_run_two_steps_and_the_output_trains_with_rlhf_img_train
     history = json.load(open(tmp_path / "online" / "trainer_state.json"))["log_history"]
     assert [entry["step"] for entry in history if "reward" in entry] == [1, 2]
     assert detect_family(str(tmp_path / "online")) == "causal_vq"
+    card = ModelCard.load(tmp_path / "online" / "README.md")  # rlhf-img's model card (model_card.py)
+    assert {"rlhf-img", "dpo", "causal_vq"} <= set(card.data.tags) and "## Rewards" in card.text
 
     pairs_dir = tmp_path / "pairs"
     assert main(["pairs", online, "--output_dir", str(pairs_dir), "--max_prompts", "8", "--num_generations", "4",

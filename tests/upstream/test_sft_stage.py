@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 from conftest import REPO
+from huggingface_hub import ModelCard
 
 from rlhf_img.cli import main
 
@@ -49,6 +50,8 @@ def test_encode_then_sft_then_the_output_trains_with_rlhf_img_train(encoded, tmp
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     assert os.path.exists(out / ("adapter_model.safetensors" if use_peft else "model.safetensors"))
     assert detect_family(str(out)) == "causal_vq"
+    card = ModelCard.load(out / "README.md")  # rlhf-img's model card (model_card.py)
+    assert {"rlhf-img", "sft", "causal_vq"} <= set(card.data.tags) and "| steps | 2 of max_steps 2 |" in card.text
     policy = load_policy(str(out))
     rollout = policy.sample(policy.model, policy.encode_prompts(["a red circle"]), Sampling(),
                             generator=torch.Generator().manual_seed(0))

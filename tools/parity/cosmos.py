@@ -217,7 +217,7 @@ def write_readme(out: str, commit: str, config: dict, perturbed: list[str], extr
     lines = [
         "Reference outputs of NVIDIA's Cosmos tokenizer code, for `tests/test_cosmos_parity.py`.",
         "",
-        "Written by `tools/parity/cosmos.py` (see its docstring and the README's \"Regenerating parity data\"):",
+        "Written by `tools/parity/cosmos.py` (see its docstring and docs/contributing/parity-data.md):",
         "",
         "```bash",
         "PYTHONPATH=/tmp/parity-deps python tools/parity/cosmos.py --reference /path/to/Cosmos-Tokenizer --out tests/data/cosmos_parity",

@@ -23,7 +23,7 @@ unconditional rows from its own cache, so no padding is involved on either side)
 
 Written to `--out`: `model/` (the checkpoint), `reference.safetensors`, `settings.json`, and a README.md.
 `--compare` runs our policy on the committed files and prints token agreement, the largest log-prob difference
-and the largest decode difference, the figures in the family's README section.
+and the largest decode difference, the figures in docs/families/emu3.md.
 """
 
 from __future__ import annotations

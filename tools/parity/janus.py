@@ -98,7 +98,7 @@ def main() -> None:
             warpers += [TopPLogitsWarper(rule["top_p"])] if rule["top_p"] < 1 else []
             cond = raw[: len(PROMPTS)]
             warped = torch.stack([LogitsProcessorList(warpers)(inputs.input_ids, cond[:, t]) for t in range(cond.size(1))], 1)
-            taken = tokens.unsqueeze(-1)  # our scorer keeps the taken code in the support (README, "CFG modes")
+            taken = tokens.unsqueeze(-1)  # our scorer keeps the taken code in the support (docs/concepts/cfg-modes.md)
             warped = warped.scatter(-1, taken, cond.gather(-1, taken) / rule["temperature"])
             with torch.no_grad():
                 for kind, mode, expected in (("guided", "guided", gathered(processed, tokens)),

@@ -56,7 +56,7 @@ class ShapesAnswerer:
     one fact, checked on its own: an object is present; the count of a class is exactly / at least / fewer than
     `count`; at least `count` objects of the class have the colour; `count` of the subjects are each `relation`
     of the same `target_count` targets (GenEval's box rule). Where GenEval judges only its most confident
-    detections, this asks whether the image holds such objects at all (see the README's agreement figures).
+    detections, this asks whether the image holds such objects at all (see the agreement figures in docs/rewards.md, "vqa").
     """
 
     name = "shapes"

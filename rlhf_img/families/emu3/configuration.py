@@ -48,7 +48,7 @@ class Emu3FamilyConfig(FamilyConfig):
     `prompt_template`: the caption's text (`{prompt}` replaced); BAAI's demo appends
     " masterpiece, film grained, best quality.".
     `negative_prompt`: the text of CFG's unconditional row, which is built as BAAI builds it: BOS + this text + the
-    same image header (transformers' docs example leaves the header out; see README, `emu3`).
+    same image header (transformers' docs example leaves the header out; see docs/families/emu3.md).
     `attention_dropout`: Emu3's attention dropout (released config: 0.1). Besides the decoder layers' `nn.Dropout`
     it is a float read inside the attention call, which the trainers' `disable_dropout` cannot reach; 0 keeps
     sampling and scoring the same function in train mode.

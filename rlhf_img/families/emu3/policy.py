@@ -102,7 +102,7 @@ class Emu3Policy(NextTokenPolicy):
             if outside:
                 raise ValueError(
                     f"emu3: LoRA adapters on {len(outside)} module(s) outside the text model ({outside[:3]} ...); the "
-                    "VQ stays frozen: list the text model's layers in lora_target_modules (see README, `emu3`)"
+                    "VQ stays frozen: list the text model's layers in lora_target_modules (see docs/families/emu3.md)"
                 )
 
     @property

@@ -4,7 +4,7 @@ Prompts are Janus' chat format plus `<begin_of_image>` (what `JanusProcessor(...
 builds), left-padded; the unconditional prompt is derived per row (see `adapter.py`). The trainable `model` is
 the whole `JanusForConditionalGeneration` with only its language model trainable: the understanding tower
 (`vision_model`, `aligner`), the VQ and the image-generation embeddings, aligner and head stay frozen, as in
-T2I-R1. LoRA adapters must sit in the language model (`lora_target_modules`: see README, `janus`).
+T2I-R1. LoRA adapters must sit in the language model (`lora_target_modules`: see docs/families/janus.md).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class JanusPolicy(NextTokenPolicy):
                 raise ValueError(
                     f"janus: LoRA adapters on {len(outside)} module(s) outside the language model ({outside[:3]} ...); "
                     "the understanding tower and image head stay frozen: list the language model's layers in "
-                    "lora_target_modules (see README, `janus`), not all-linear"
+                    "lora_target_modules (see docs/families/janus.md), not all-linear"
                 )
 
     @property
