@@ -40,7 +40,7 @@ class SamplingOptions:
         metadata={
             "help": "Classifier-free guidance mode: 'none' (no guidance), 'sample_only' (sample guided, score the "
             "conditional branch), 'guided' (sample and score the guided distribution), 'guided_detached_uncond' "
-            "(guided, unconditional branch detached). See README, 'CFG modes'.",
+            "(guided, unconditional branch detached). See docs/concepts/cfg-modes.md.",
             "choices": list(CFG_MODES),
         },
     )
@@ -61,7 +61,7 @@ class SamplingOptions:
             "'shared' (each distinct prompt prefilled once, its KV cache shared by its group), 'static' (shared + "
             "a preallocated static KV cache), 'compiled' (static + torch.compile'd decode step, CUDA graphs on GPU; "
             "eager with one warning if compile fails), 'auto' ('compiled' on CUDA, 'shared' elsewhere). Same "
-            "distribution and, for a seed, the same tokens up to float rounding. See README, 'Fast sampling'.",
+            "distribution and, for a seed, the same tokens up to float rounding. See docs/scaling.md, 'Fast sampling'.",
             "choices": list(SAMPLERS),
         },
     )
@@ -129,7 +129,7 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
         metadata={"help": "Score this many image tokens at a time in the log-prob pass (per-chunk activation "
                   "checkpointing), so its memory grows with the chunk, not with the grid; 0: all at once."},
     )
-    # guards against silent failures (README, "When things go wrong"); 0 turns a guard off
+    # guards against silent failures (docs/troubleshooting.md); 0 turns a guard off
     no_score_patience: int = field(
         default=1,
         metadata={"help": "Stop the run when no reward scored any image (NaN/None/inf for all) in this many "
@@ -149,7 +149,7 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
         default=3,
         metadata={"help": "Warn once when grad_norm was exactly 0 at this many consecutive logged steps (0: never)."},
     )
-    # learning aids, each off by default (README, "Getting more from a run")
+    # learning aids, each off by default (docs/concepts/learning.md)
     dynamic_sampling: bool = field(
         default=False,
         metadata={"help": "DAPO's dynamic sampling: a group whose images all get the same total reward (advantage 0 "
@@ -258,7 +258,7 @@ class FamilyOptions:
     model_family: str | None = field(
         default=None,
         metadata={"help": f"Model family, one of those registered: {', '.join(repr(name) for name in FAMILIES)} "
-                  "(`rlhf-img families`; README, 'Model families'); default: found from the checkpoint's files."},
+                  "(`rlhf-img families`; docs/families/index.md); default: found from the checkpoint's files."},
     )
     visual_tokenizer: str | None = field(
         default=None,

@@ -7,7 +7,7 @@ conditions can be legitimate for a while, so each warns once on the console afte
 occurrences and keeps a streak counter on the dashboards (`guards/...`). Patience 0 turns a guard off.
 
 The streaks are saved in checkpoints (`trainer_state.json`, `stateful_callbacks`) and restored on resume, so
-a resumed run logs the same counters as an uninterrupted one. README, "When things go wrong", lists each
+a resumed run logs the same counters as an uninterrupted one. docs/troubleshooting.md lists each
 guard, what it prints and how to tune it.
 """
 

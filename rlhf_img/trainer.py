@@ -195,7 +195,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         metrics["rollout/images_per_second"].append(len(prompts) / max(sampled - start, 1e-9))
         monitors = rollout_monitors(images, num_generations, self.accelerator.gather,
                                     self.image_rewards.image_embedder())  # a CLIP reward's embeddings, if any
-        for key, value in monitors.items():  # within-group diversity (README, "When things go wrong")
+        for key, value in monitors.items():  # within-group diversity (docs/troubleshooting.md)
             metrics[key].append(value)
 
         local_rewards = {name: rewards_local[:, i].tolist() for i, name in enumerate(self.image_rewards.names)}
