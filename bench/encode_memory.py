@@ -55,25 +55,56 @@ def child(args: argparse.Namespace) -> None:
     """Run one encode in this process and print its summary and this process's peak RSS."""
     from rlhf_img.upstream.encode import EncodeConfig, run_encode
 
-    config = EncodeConfig(model_name_or_path=args.checkpoint, dataset=args.dataset, output_dir=args.output_dir,
-                          shard_size=args.shard_size, batch_size=args.batch_size, num_workers=args.num_workers,
-                          max_examples=args.max_examples, use_cpu=True)
+    config = EncodeConfig(
+        model_name_or_path=args.checkpoint,
+        dataset=args.dataset,
+        output_dir=args.output_dir,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        max_examples=args.max_examples,
+        use_cpu=True,
+    )
     summary = run_encode(config)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(RESULT_PREFIX + json.dumps({"peak_rss_mib": peak_mib, "seconds": summary["seconds"],
-                                      "images_per_second": summary["images_per_second"],
-                                      "num_encoded": summary["num_encoded"], "num_rows": summary["num_rows"],
-                                      "encoded_this_run": summary["encoded_this_run"],
-                                      "reused_shards": summary["reused_shards"]}),
-          flush=True)
+    print(
+        RESULT_PREFIX
+        + json.dumps(
+            {
+                "peak_rss_mib": peak_mib,
+                "seconds": summary["seconds"],
+                "images_per_second": summary["images_per_second"],
+                "num_encoded": summary["num_encoded"],
+                "num_rows": summary["num_rows"],
+                "encoded_this_run": summary["encoded_this_run"],
+                "reused_shards": summary["reused_shards"],
+            }
+        ),
+        flush=True,
+    )
 
 
-def child_command(args: argparse.Namespace, dataset: str, output_dir: str,
-                  max_examples: int | None = None) -> list[str]:
-    return [sys.executable, os.path.abspath(__file__), "--child", "--dataset", dataset, "--output_dir", output_dir,
-            "--checkpoint", args.checkpoint, "--shard_size", str(args.shard_size), "--batch_size",
-            str(args.batch_size), "--num_workers", str(args.num_workers),
-            *(["--max_examples", str(max_examples)] if max_examples else [])]
+def child_command(
+    args: argparse.Namespace, dataset: str, output_dir: str, max_examples: int | None = None
+) -> list[str]:
+    return [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        "--dataset",
+        dataset,
+        "--output_dir",
+        output_dir,
+        "--checkpoint",
+        args.checkpoint,
+        "--shard_size",
+        str(args.shard_size),
+        "--batch_size",
+        str(args.batch_size),
+        "--num_workers",
+        str(args.num_workers),
+        *(["--max_examples", str(max_examples)] if max_examples else []),
+    ]
 
 
 def run_child(command: list[str]) -> dict:
@@ -82,7 +113,7 @@ def run_child(command: list[str]) -> dict:
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"encode child failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
 def rows(output_dir: str) -> list[tuple]:
@@ -99,8 +130,9 @@ def kill_check(args: argparse.Namespace, dataset: str, reference_dir: str, workd
     target = os.path.join(output_dir, "shards", f"shard-{num_shards // 2 - 1:05d}.arrow")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(os.path.join(workdir, "killed.log"), "w") as log:
-        process = subprocess.Popen(child_command(args, dataset, output_dir), stdout=log, stderr=subprocess.STDOUT,
-                                   env=env, cwd=REPO)
+        process = subprocess.Popen(
+            child_command(args, dataset, output_dir), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+        )
         while not os.path.exists(target) and process.poll() is None:
             time.sleep(0.005)
         process.send_signal(signal.SIGKILL)
@@ -111,11 +143,18 @@ def kill_check(args: argparse.Namespace, dataset: str, reference_dir: str, workd
     rerun = run_child(child_command(args, dataset, output_dir))
     after, reference = rows(output_dir), rows(reference_dir)
     keys = [key for key, *_ in after]
-    return {"killed_by_sigkill": process.returncode == -signal.SIGKILL, "shards_finished_at_kill": finished,
-            "num_shards": num_shards, "temporary_files_at_kill": len(temporary),
-            "rerun_encoded": rerun["encoded_this_run"], "rerun_reused_shards": rerun["reused_shards"],
-            "rerun_seconds": rerun["seconds"],
-            "rows": len(after), "unique_keys": len(set(keys)), "equals_uninterrupted_run": after == reference}
+    return {
+        "killed_by_sigkill": process.returncode == -signal.SIGKILL,
+        "shards_finished_at_kill": finished,
+        "num_shards": num_shards,
+        "temporary_files_at_kill": len(temporary),
+        "rerun_encoded": rerun["encoded_this_run"],
+        "rerun_reused_shards": rerun["reused_shards"],
+        "rerun_seconds": rerun["seconds"],
+        "rows": len(after),
+        "unique_keys": len(set(keys)),
+        "equals_uninterrupted_run": after == reference,
+    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -127,8 +166,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--shard_size", type=int, default=500)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_workers", type=int, default=2)
-    parser.add_argument("--kill_check", action="store_true",
-                        help="also kill an encode of the largest set midway and rerun it")
+    parser.add_argument(
+        "--kill_check", action="store_true", help="also kill an encode of the largest set midway and rerun it"
+    )
     parser.add_argument("--workdir", default=None, help="where images and outputs go (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -155,33 +195,53 @@ def main(argv=None) -> dict | None:
             baseline = run_child(child_command(args, folder, os.path.join(workdir, "encoded-baseline"), 1))
         result = run_child(child_command(args, folder, os.path.join(workdir, f"encoded-{size}")))
         results.append({"pairs": size, **result})
-        print(f"{size} pairs: peak RSS {result['peak_rss_mib']:.0f} MiB, {result['images_per_second']:.0f} images/s",
-              flush=True)
+        print(
+            f"{size} pairs: peak RSS {result['peak_rss_mib']:.0f} MiB, {result['images_per_second']:.0f} images/s",
+            flush=True,
+        )
     first, last = results[0], results[-1]
-    figures = {"source": f"{args.source_size}x{args.source_size} {args.format}", "shard_size": args.shard_size,
-               "batch_size": args.batch_size, "num_workers": args.num_workers, "runs": results,
-               "baseline_peak_rss_mib": baseline["peak_rss_mib"],
-               "peak_rss_ratio": last["peak_rss_mib"] / first["peak_rss_mib"],
-               "throughput_ratio": last["images_per_second"] / first["images_per_second"]}
-    print(f"\nsource images {figures['source']}, shard_size {args.shard_size}, batch {args.batch_size}, "
-          f"{args.num_workers} loader threads, CPU")
+    figures = {
+        "source": f"{args.source_size}x{args.source_size} {args.format}",
+        "shard_size": args.shard_size,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "runs": results,
+        "baseline_peak_rss_mib": baseline["peak_rss_mib"],
+        "peak_rss_ratio": last["peak_rss_mib"] / first["peak_rss_mib"],
+        "throughput_ratio": last["images_per_second"] / first["images_per_second"],
+    }
+    print(
+        f"\nsource images {figures['source']}, shard_size {args.shard_size}, batch {args.batch_size}, "
+        f"{args.num_workers} loader threads, CPU"
+    )
     print(f"{'pairs':>7} {'peak RSS MiB':>13} {'above 1 pair':>13} {'images/s':>9} {'seconds':>8}")
     print(f"{1:>7} {baseline['peak_rss_mib']:>13.0f} {0:>13.0f} {'':>9} {'':>8}")
     for result in results:
-        print(f"{result['pairs']:>7} {result['peak_rss_mib']:>13.0f} "
-              f"{result['peak_rss_mib'] - baseline['peak_rss_mib']:>13.0f} {result['images_per_second']:>9.0f} "
-              f"{result['seconds']:>8.1f}")
-    print(f"{last['pairs']}/{first['pairs']} ratio: peak RSS x{figures['peak_rss_ratio']:.3f}, "
-          f"images/s x{figures['throughput_ratio']:.2f}")
+        print(
+            f"{result['pairs']:>7} {result['peak_rss_mib']:>13.0f} "
+            f"{result['peak_rss_mib'] - baseline['peak_rss_mib']:>13.0f} {result['images_per_second']:>9.0f} "
+            f"{result['seconds']:>8.1f}"
+        )
+    print(
+        f"{last['pairs']}/{first['pairs']} ratio: peak RSS x{figures['peak_rss_ratio']:.3f}, "
+        f"images/s x{figures['throughput_ratio']:.2f}"
+    )
     if args.kill_check:
-        check = kill_check(args, os.path.join(workdir, f"pairs-{last['pairs']}"),
-                           os.path.join(workdir, f"encoded-{last['pairs']}"), workdir, last["pairs"])
+        check = kill_check(
+            args,
+            os.path.join(workdir, f"pairs-{last['pairs']}"),
+            os.path.join(workdir, f"encoded-{last['pairs']}"),
+            workdir,
+            last["pairs"],
+        )
         figures["kill_check"] = check
-        print(f"kill check on {last['pairs']} pairs: SIGKILL after {check['shards_finished_at_kill']} of "
-              f"{check['num_shards']} shards ({check['temporary_files_at_kill']} half-written file left); rerun kept "
-              f"{check['rerun_reused_shards']} and encoded {check['rerun_encoded']} pairs in "
-              f"{check['rerun_seconds']:.1f}s; {check['rows']} rows, {check['unique_keys']} unique keys, equal to the "
-              f"uninterrupted run: {check['equals_uninterrupted_run']}")
+        print(
+            f"kill check on {last['pairs']} pairs: SIGKILL after {check['shards_finished_at_kill']} of "
+            f"{check['num_shards']} shards ({check['temporary_files_at_kill']} half-written file left); rerun kept "
+            f"{check['rerun_reused_shards']} and encoded {check['rerun_encoded']} pairs in "
+            f"{check['rerun_seconds']:.1f}s; {check['rows']} rows, {check['unique_keys']} unique keys, equal to the "
+            f"uninterrupted run: {check['equals_uninterrupted_run']}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)

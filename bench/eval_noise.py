@@ -54,15 +54,22 @@ def measure(policy, prompts: int, images_per_prompt: int, seeds: int, eval_batch
     values, seconds = [], []
     for seed in range(seeds):
         start = time.perf_counter()
-        table, _, _ = evaluate_policy(policy, rows, scorer, images_per_prompt, sampling, seed,
-                                      batch_prompts=batch_prompts, progress=False)
+        table, _, _ = evaluate_policy(
+            policy, rows, scorer, images_per_prompt, sampling, seed, batch_prompts=batch_prompts, progress=False
+        )
         seconds.append(time.perf_counter() - start)
         values.append(table["overall"])
     std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return {"prompts": len(rows), "images_per_prompt": images_per_prompt, "images": len(rows) * images_per_prompt,
-            "mean": statistics.fmean(values), "standard_error": std,
-            "standard_error_uncertainty": std / math.sqrt(2 * (len(values) - 1)) if len(values) > 1 else float("nan"),
-            "seconds": statistics.median(seconds), "values": values}
+    return {
+        "prompts": len(rows),
+        "images_per_prompt": images_per_prompt,
+        "images": len(rows) * images_per_prompt,
+        "mean": statistics.fmean(values),
+        "standard_error": std,
+        "standard_error_uncertainty": std / math.sqrt(2 * (len(values) - 1)) if len(values) > 1 else float("nan"),
+        "seconds": statistics.median(seconds),
+        "values": values,
+    }
 
 
 def main(argv=None) -> int:
@@ -84,13 +91,24 @@ def main(argv=None) -> int:
     for prompts, images_per_prompt in parse_sizes(args.sizes):
         row = measure(policy, prompts, images_per_prompt, args.seeds, args.eval_batch, args.prompts)
         results.append(row)
-        print(f"{row['prompts']:>8d} x {row['images_per_prompt']:<6d} {row['images']:>6d} {row['mean']:>7.3f} "
-              f"{row['standard_error']:>8.3f} {row['standard_error_uncertainty']:>6.3f} {row['seconds']:>8.1f}",
-              flush=True)
+        print(
+            f"{row['prompts']:>8d} x {row['images_per_prompt']:<6d} {row['images']:>6d} {row['mean']:>7.3f} "
+            f"{row['standard_error']:>8.3f} {row['standard_error_uncertainty']:>6.3f} {row['seconds']:>8.1f}",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"checkpoint": args.checkpoint, "prompts": args.prompts, "seeds": args.seeds,
-                       "torch_threads": torch.get_num_threads(), "rows": results}, f, indent=2)
+            json.dump(
+                {
+                    "checkpoint": args.checkpoint,
+                    "prompts": args.prompts,
+                    "seeds": args.seeds,
+                    "torch_threads": torch.get_num_threads(),
+                    "rows": results,
+                },
+                f,
+                indent=2,
+            )
     return 0
 
 

@@ -64,8 +64,9 @@ def measure(judge: TextRenderingJudge, images: torch.Tensor, rows: list[dict], r
         record["latency_s"] = min(run[index]["latency_s"] for run in runs)
     table = judge.table(records)
     latencies = [record["latency_s"] for record in records]
-    table.update(latency_min_s=min(latencies), latency_median_s=statistics.median(latencies),
-                 latency_max_s=max(latencies))
+    table.update(
+        latency_min_s=min(latencies), latency_median_s=statistics.median(latencies), latency_max_s=max(latencies)
+    )
     return table, records
 
 
@@ -74,8 +75,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--compare", default="det_limit_side_len=736",
-                        help="a second engine setting, KEY=INT[,KEY=INT]; 'none' to skip")
+    parser.add_argument(
+        "--compare", default="det_limit_side_len=736", help="a second engine setting, KEY=INT[,KEY=INT]; 'none' to skip"
+    )
     parser.add_argument("--show", action="store_true", help="print every image's target and what was read")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
@@ -88,16 +90,22 @@ def main() -> None:
         settings[args.compare] = {"threads": args.threads, **{key: int(value) for key, value in extra.items()}}
 
     figures = {}
-    print(f"{len(rows)} rendered {images.shape[-1]}x{images.shape[-2]} images, {args.threads} thread(s), "
-          f"fastest of {args.repeats} reads per image, torch threads {torch.get_num_threads()}")
-    print(f"{'setting':<28s} {'exact':>6s} {'reward':>7s} {'word acc':>8s} {'NED':>7s} {'min ms':>7s} "
-          f"{'median ms':>9s} {'max ms':>7s}")
+    print(
+        f"{len(rows)} rendered {images.shape[-1]}x{images.shape[-2]} images, {args.threads} thread(s), "
+        f"fastest of {args.repeats} reads per image, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{'setting':<28s} {'exact':>6s} {'reward':>7s} {'word acc':>8s} {'NED':>7s} {'min ms':>7s} "
+        f"{'median ms':>9s} {'max ms':>7s}"
+    )
     for label, kwargs in settings.items():
         table, records = measure(TextRenderingJudge(**kwargs), images, rows, args.repeats)
         figures[label] = {"kwargs": kwargs, **table}
-        print(f"{label:<28s} {table['exact_match']:6.3f} {table['reward']:7.3f} {table['word_accuracy']:8.3f} "
-              f"{table['ned']:7.3f} {1000 * table['latency_min_s']:7.0f} {1000 * table['latency_median_s']:9.0f} "
-              f"{1000 * table['latency_max_s']:7.0f}")
+        print(
+            f"{label:<28s} {table['exact_match']:6.3f} {table['reward']:7.3f} {table['word_accuracy']:8.3f} "
+            f"{table['ned']:7.3f} {1000 * table['latency_min_s']:7.0f} {1000 * table['latency_median_s']:9.0f} "
+            f"{1000 * table['latency_max_s']:7.0f}"
+        )
         if args.show or label == "native size":
             for record in records:
                 if args.show or not record["exact_match"]:

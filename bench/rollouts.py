@@ -35,7 +35,6 @@ import os
 import sys
 import tempfile
 import time
-
 import warnings
 
 import torch
@@ -92,8 +91,19 @@ def build_model(args: argparse.Namespace, directory: str):
 
 
 @torch.no_grad()
-def peer_style_sample(model, ids, mask, uncond_ids, uncond_mask, num_tokens: int, cfg_scale: float, code_offset: int,
-                      code_count: int, pad_id: int, temperature: float = 1.0) -> torch.Tensor:
+def peer_style_sample(
+    model,
+    ids,
+    mask,
+    uncond_ids,
+    uncond_mask,
+    num_tokens: int,
+    cfg_scale: float,
+    code_offset: int,
+    code_count: int,
+    pad_id: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """Image codes `(B, T)` sampled as T2I-R1 / AR-GRPO do: cond + uncond rows `(2B, L)` in one batch, a
     `DynamicCache`, full-vocabulary logits each step, then the image codes sliced out, CFG, softmax, multinomial."""
     batch = ids.size(0)
@@ -109,8 +119,13 @@ def peer_style_sample(model, ids, mask, uncond_ids, uncond_mask, num_tokens: int
         if t == num_tokens - 1:
             break
         rows_mask = torch.cat([rows_mask, rows_mask.new_ones(2 * batch, 1)], dim=1)
-        out = model(input_ids=torch.cat([code, code]) + code_offset, attention_mask=rows_mask, cache=cache,
-                    use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=torch.cat([code, code]) + code_offset,
+            attention_mask=rows_mask,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
     return torch.cat(codes, dim=1)
 
 
@@ -130,27 +145,56 @@ def decode_step_bytes(model, rows: int, prefix_length: int, num_tokens: int, cod
     steps = max(num_tokens - 1, 1)
     mean_positions = prefix_length + (steps + 1) / 2  # step t (1..T-1) attends over prefix + t positions
     kv_bytes = kv_per_position * mean_positions
-    return {"weight_bytes": decoder_bytes + head_bytes, "kv_bytes_per_step": kv_bytes,
-            "bytes_per_step": decoder_bytes + head_bytes + kv_bytes, "decode_steps": steps}
+    return {
+        "weight_bytes": decoder_bytes + head_bytes,
+        "kv_bytes_per_step": kv_bytes,
+        "bytes_per_step": decoder_bytes + head_bytes + kv_bytes,
+        "decode_steps": steps,
+    }
 
 
 def build_family_model(family: str, args: argparse.Namespace, directory: str):
     """A random model of `family` at the benchmark's width, depth and grid (a `grid x grid` image)."""
     if family == "janus":
-        path = save_tiny_janus(directory, hidden_size=args.hidden_size, num_layers=args.num_layers, grid=args.grid,
-                               codebook_size=args.codebook_size, seed=0)
+        path = save_tiny_janus(
+            directory,
+            hidden_size=args.hidden_size,
+            num_layers=args.num_layers,
+            grid=args.grid,
+            codebook_size=args.codebook_size,
+            seed=0,
+        )
         return load_policy(path, "janus", dtype="float32")
     if family == "emu3":
-        path = save_tiny_emu3(directory, hidden_size=args.hidden_size, num_layers=args.num_layers,
-                              num_heads=args.num_heads, codebook_size=args.codebook_size, seed=0)
+        path = save_tiny_emu3(
+            directory,
+            hidden_size=args.hidden_size,
+            num_layers=args.num_layers,
+            num_heads=args.num_heads,
+            codebook_size=args.codebook_size,
+            seed=0,
+        )
         side = args.grid * 8  # the stand-in's VQ: 8x, as released
         return load_policy(path, "emu3", dtype="float32", family_config={"image_area": side * side})
-    path = save_tiny_llamagen(directory, dim=args.hidden_size, n_layer=args.num_layers, n_head=args.num_heads,
-                              codebook_size=args.codebook_size, seed=0)
+    path = save_tiny_llamagen(
+        directory,
+        dim=args.hidden_size,
+        n_layer=args.num_layers,
+        n_head=args.num_heads,
+        codebook_size=args.codebook_size,
+        seed=0,
+    )
     stride = 2  # the stand-in's VQ: two resolutions
-    return load_policy(path, "llamagen", dtype="float32",
-                       family_config={**tiny_llamagen_family_config(path), "num_heads": args.num_heads,
-                                      "image_size": args.grid * stride})
+    return load_policy(
+        path,
+        "llamagen",
+        dtype="float32",
+        family_config={
+            **tiny_llamagen_family_config(path),
+            "num_heads": args.num_heads,
+            "image_size": args.grid * stride,
+        },
+    )
 
 
 FAMILY_SAMPLERS = ("plain", "shared", "static", "compiled")
@@ -179,8 +223,9 @@ def family_table(family: str, args: argparse.Namespace, dtype: torch.dtype) -> d
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
-            seconds = time_it(run, args.repeats, num_tokens, args.device,
-                              num_tokens if sampler == "compiled" else min(4, num_tokens))
+            seconds = time_it(
+                run, args.repeats, num_tokens, args.device, num_tokens if sampler == "compiled" else min(4, num_tokens)
+            )
         fell_back = any("torch.compile of the decode step failed" in str(w.message) for w in caught)
         actions, logprobs = drawn[num_tokens].actions, drawn[num_tokens].logprobs
         if reference is None:
@@ -188,18 +233,22 @@ def family_table(family: str, args: argparse.Namespace, dtype: torch.dtype) -> d
         differs = actions != reference  # (B, T)
         first = int(differs.any(0).nonzero()[0]) if bool(differs.any()) else num_tokens  # first column that differs
         rows[sampler] = {
-            "seconds": seconds, "tok_s": args.batch * num_tokens / seconds,
+            "seconds": seconds,
+            "tok_s": args.batch * num_tokens / seconds,
             "same_tokens_as_plain": not bool(differs.any()),
-            "identical_images": int((~differs.any(1)).sum()), "images": args.batch,
+            "identical_images": int((~differs.any(1)).sum()),
+            "images": args.batch,
             # the float32 rounding that can flip a near-tie draw: |logp - plain's| over the tokens before any differ
-            "max_logp_difference_before_divergence": float((logprobs[:, :first] - reference_logprobs[:, :first]).abs().max())
-            if first > 0 else 0.0,
+            "max_logp_difference_before_divergence": float(
+                (logprobs[:, :first] - reference_logprobs[:, :first]).abs().max()
+            )
+            if first > 0
+            else 0.0,
             "compile_fell_back": fell_back,
         }
     for figures in rows.values():
         figures["speedup_vs_plain"] = rows["plain"]["seconds"] / figures["seconds"]
-    return {"image_tokens": num_tokens, "samplers": rows,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {"image_tokens": num_tokens, "samplers": rows, "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def time_it(fn, repeats: int, num_tokens: int, device: str, warmup_tokens: int) -> float:
@@ -218,8 +267,9 @@ def time_it(fn, repeats: int, num_tokens: int, device: str, warmup_tokens: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=32, help="images per rollout batch")
     parser.add_argument("--group", type=int, default=8, help="images per prompt (num_generations)")
     parser.add_argument("--grid", type=int, default=16, help="image tokens per side (16 -> 256 tokens, 32 -> 1,024)")
@@ -229,22 +279,38 @@ def main() -> None:
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--num_heads", type=int, default=8)
     parser.add_argument("--cfg_scale", type=float, default=4.0)
-    parser.add_argument("--samplers", default="auto,static",
-                        help=f"comma-separated `Sampling.sampler` values to time, from {SAMPLERS}; the first is 'ours' "
-                        "in the JSON (auto: compiled on CUDA, shared elsewhere)")
-    parser.add_argument("--baselines", default="generate,peer_loop", help="comma-separated baselines to time: "
-                        "generate (transformers generate + CFG), peer_loop (T2I-R1 / AR-GRPO style loop)")
-    parser.add_argument("--families", default="janus,llamagen,emu3",
-                        help="comma-separated families whose random model also gets a sampler table (janus, llamagen, "
-                        "emu3), or 'none'")
-    parser.add_argument("--family_samplers", default=",".join(FAMILY_SAMPLERS),
-                        help="comma-separated samplers timed on those families (plain is always timed: the reference)")
+    parser.add_argument(
+        "--samplers",
+        default="auto,static",
+        help=f"comma-separated `Sampling.sampler` values to time, from {SAMPLERS}; the first is 'ours' "
+        "in the JSON (auto: compiled on CUDA, shared elsewhere)",
+    )
+    parser.add_argument(
+        "--baselines",
+        default="generate,peer_loop",
+        help="comma-separated baselines to time: "
+        "generate (transformers generate + CFG), peer_loop (T2I-R1 / AR-GRPO style loop)",
+    )
+    parser.add_argument(
+        "--families",
+        default="janus,llamagen,emu3",
+        help="comma-separated families whose random model also gets a sampler table (janus, llamagen, emu3), or 'none'",
+    )
+    parser.add_argument(
+        "--family_samplers",
+        default=",".join(FAMILY_SAMPLERS),
+        help="comma-separated samplers timed on those families (plain is always timed: the reference)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per method (best is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    parser.add_argument("--hbm_gbps", type=float, default=None,
-                        help="peak memory bandwidth in GB/s (H200: 4800): report the fraction of the decode-step bound")
+    parser.add_argument(
+        "--hbm_gbps",
+        type=float,
+        default=None,
+        help="peak memory bandwidth in GB/s (H200: 4800): report the fraction of the decode-step bound",
+    )
     parser.add_argument("--json", default=None, help="write the figures to this path")
     args = parser.parse_args()
     logging.set_verbosity_error()
@@ -258,16 +324,21 @@ def main() -> None:
         parser.error(f"--samplers: {unknown or 'none given'}; choose from {SAMPLERS}")
     baselines = [name.strip() for name in args.baselines.split(",") if name.strip()]
     if set(baselines) - {"generate", "peer_loop"}:
-        parser.error(f"--baselines: unknown {sorted(set(baselines) - {'generate', 'peer_loop'})}; "
-                     "choose from generate, peer_loop")
+        parser.error(
+            f"--baselines: unknown {sorted(set(baselines) - {'generate', 'peer_loop'})}; "
+            "choose from generate, peer_loop"
+        )
     families = [name.strip() for name in args.families.split(",") if name.strip() and name.strip() != "none"]
     if set(families) - set(FAMILY_MODELS):
-        parser.error(f"--families: unknown {sorted(set(families) - set(FAMILY_MODELS))}; choose from "
-                     f"{', '.join(FAMILY_MODELS)}")
+        parser.error(
+            f"--families: unknown {sorted(set(families) - set(FAMILY_MODELS))}; choose from {', '.join(FAMILY_MODELS)}"
+        )
     args.family_samplers = [name.strip() for name in args.family_samplers.split(",") if name.strip()]
     if set(args.family_samplers) - set(FAMILY_SAMPLERS):
-        parser.error(f"--family_samplers: unknown {sorted(set(args.family_samplers) - set(FAMILY_SAMPLERS))}; "
-                     f"choose from {FAMILY_SAMPLERS}")
+        parser.error(
+            f"--family_samplers: unknown {sorted(set(args.family_samplers) - set(FAMILY_SAMPLERS))}; "
+            f"choose from {FAMILY_SAMPLERS}"
+        )
     dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     dtype = getattr(torch, dtype_name, None)
     if not isinstance(dtype, torch.dtype):
@@ -317,8 +388,18 @@ def main() -> None:
 
     def peer_loop(n: int) -> None:
         with torch.inference_mode():
-            codes = peer_style_sample(model, batch.input_ids, batch.attention_mask, uncond_ids, uncond_mask, n,
-                                      args.cfg_scale, cfg.image_code_offset, cfg.image_code_count, policy.pad_token_id)
+            codes = peer_style_sample(
+                model,
+                batch.input_ids,
+                batch.attention_mask,
+                uncond_ids,
+                uncond_mask,
+                n,
+                args.cfg_scale,
+                cfg.image_code_offset,
+                cfg.image_code_count,
+                policy.pad_token_id,
+            )
         assert codes.shape == (args.batch, n)
 
     tokens = args.batch * num_tokens
@@ -348,9 +429,15 @@ def main() -> None:
     result = {
         "ours_sampler": first_ours.removeprefix("ours_"),
         "ours_tok_s": tokens / seconds[first_ours],
-        "methods": {key: {"label": labels[key], "seconds": value, "tok_s": tokens / value,
-                          "achieved_gb_s": bound["bytes_per_step"] * bound["decode_steps"] / value / 1e9}
-                    for key, value in seconds.items()},
+        "methods": {
+            key: {
+                "label": labels[key],
+                "seconds": value,
+                "tok_s": tokens / value,
+                "achieved_gb_s": bound["bytes_per_step"] * bound["decode_steps"] / value / 1e9,
+            }
+            for key, value in seconds.items()
+        },
         **bound,
         "hbm_gbps": args.hbm_gbps,
         "batch": args.batch,
@@ -373,38 +460,52 @@ def main() -> None:
         for figures in result["methods"].values():
             figures["hbm_fraction"] = figures["achieved_gb_s"] / args.hbm_gbps
 
-    print(f"rollouts: batch {args.batch} (group {args.group}), {num_tokens} image tokens each, CFG {args.cfg_scale}, "
-          f"vocab {result['vocab']} ({cfg.image_code_count} image codes), {args.device} {dtype_name}, "
-          f"{result['threads']} threads")
-    print(f"decode-step bound: {bound['bytes_per_step'] / 1e6:.2f} MB read per step (weights "
-          f"{bound['weight_bytes'] / 1e6:.2f} MB + KV cache {bound['kv_bytes_per_step'] / 1e6:.2f} MB on average over "
-          f"{bound['decode_steps']} steps, {2 * args.batch} rows)")
+    print(
+        f"rollouts: batch {args.batch} (group {args.group}), {num_tokens} image tokens each, CFG {args.cfg_scale}, "
+        f"vocab {result['vocab']} ({cfg.image_code_count} image codes), {args.device} {dtype_name}, "
+        f"{result['threads']} threads"
+    )
+    print(
+        f"decode-step bound: {bound['bytes_per_step'] / 1e6:.2f} MB read per step (weights "
+        f"{bound['weight_bytes'] / 1e6:.2f} MB + KV cache {bound['kv_bytes_per_step'] / 1e6:.2f} MB on average over "
+        f"{bound['decode_steps']} steps, {2 * args.batch} rows)"
+    )
     header = f"{'sampler':<40}{'seconds':>9}{'image tok/s':>13}{'vs generate':>13}{'vs peer loop':>14}{'GB/s':>9}"
     if args.hbm_gbps:
         header += f"{'of HBM bound':>14}"
     print(header)
     for key, figures in result["methods"].items():
-        versus = [f"{seconds[base] / seconds[key]:>{width}.2f}" if base in seconds else f"{'-':>{width}}"
-                  for base, width in (("hf_generate", 13), ("peer_loop", 14))]
-        line = (f"{figures['label']:<40}{figures['seconds']:>9.2f}{figures['tok_s']:>13.0f}{''.join(versus)}"
-                f"{figures['achieved_gb_s']:>9.2f}")
+        versus = [
+            f"{seconds[base] / seconds[key]:>{width}.2f}" if base in seconds else f"{'-':>{width}}"
+            for base, width in (("hf_generate", 13), ("peer_loop", 14))
+        ]
+        line = (
+            f"{figures['label']:<40}{figures['seconds']:>9.2f}{figures['tok_s']:>13.0f}{''.join(versus)}"
+            f"{figures['achieved_gb_s']:>9.2f}"
+        )
         if args.hbm_gbps:
             line += f"{figures['hbm_fraction']:>14.1%}"
         print(line)
     if families:
         result["families"] = {family: family_table(family, args, dtype) for family in families}
-        print(f"\nevery sampler on other families' random models ({args.hidden_size} wide, {args.num_layers} layers, "
-              f"batch {args.batch}, CFG {args.cfg_scale}); one seed: images identical to plain's, and the largest "
-              "log-prob difference before any token differs (float32 rounding, which can flip a near-tie draw)")
-        print(f"{'family':<10}{'sampler':<10}{'seconds':>9}{'image tok/s':>13}{'vs plain':>10}{'identical':>11}"
-              f"{'max |dlogp|':>13}")
+        print(
+            f"\nevery sampler on other families' random models ({args.hidden_size} wide, {args.num_layers} layers, "
+            f"batch {args.batch}, CFG {args.cfg_scale}); one seed: images identical to plain's, and the largest "
+            "log-prob difference before any token differs (float32 rounding, which can flip a near-tie draw)"
+        )
+        print(
+            f"{'family':<10}{'sampler':<10}{'seconds':>9}{'image tok/s':>13}{'vs plain':>10}{'identical':>11}"
+            f"{'max |dlogp|':>13}"
+        )
         for family, table in result["families"].items():
             for sampler, figures in table["samplers"].items():
                 note = " (compile failed: eager)" if figures["compile_fell_back"] else ""
                 identical = f"{figures['identical_images']}/{figures['images']}"
-                print(f"{family:<10}{sampler:<10}{figures['seconds']:>9.2f}{figures['tok_s']:>13.0f}"
-                      f"{figures['speedup_vs_plain']:>10.2f}{identical:>11}"
-                      f"{figures['max_logp_difference_before_divergence']:>13.1e}{note}")
+                print(
+                    f"{family:<10}{sampler:<10}{figures['seconds']:>9.2f}{figures['tok_s']:>13.0f}"
+                    f"{figures['speedup_vs_plain']:>10.2f}{identical:>11}"
+                    f"{figures['max_logp_difference_before_divergence']:>13.1e}{note}"
+                )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -62,8 +62,13 @@ class PeakMemory:
                 self.resettable = True
             except OSError:
                 pass
-        self.kind = ("cuda_max_memory_allocated" if self.cuda else
-                     "rss_high_water" if self.resettable else "ru_maxrss (process lifetime, never reset)")
+        self.kind = (
+            "cuda_max_memory_allocated"
+            if self.cuda
+            else "rss_high_water"
+            if self.resettable
+            else "ru_maxrss (process lifetime, never reset)"
+        )
 
     @staticmethod
     def _clear_rss_peak() -> None:
@@ -128,6 +133,7 @@ class StageMeter:
         def timed(*args, **kwargs):
             with self.stage(name_of_call(*args, **kwargs)):
                 return function(*args, **kwargs)
+
         return timed
 
 
@@ -158,16 +164,26 @@ def save_random_simplear(args: argparse.Namespace, directory: str) -> tuple[str,
     tokenizer = byte_level_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
     config = Qwen2Config(
-        vocab_size=max(args.text_vocab, len(tokenizer)) + COSMOS_CODES, hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate_size, num_hidden_layers=args.num_layers,
-        num_attention_heads=args.num_heads, num_key_value_heads=args.num_kv_heads, max_position_embeddings=32768,
-        rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        vocab_size=max(args.text_vocab, len(tokenizer)) + COSMOS_CODES,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads,
+        num_key_value_heads=args.num_kv_heads,
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
     lm_path, cosmos_path = os.path.join(directory, "lm"), os.path.join(directory, "cosmos")
     Qwen2ForCausalLM(config).to(getattr(torch, args.dtype)).save_pretrained(lm_path)
     tokenizer.save_pretrained(lm_path)
-    cosmos = CosmosConfig.dv8x16x16() if args.cosmos == "dv8x16x16" else CosmosConfig.tiny(channels=args.cosmos_channels)
+    cosmos = (
+        CosmosConfig.dv8x16x16() if args.cosmos == "dv8x16x16" else CosmosConfig.tiny(channels=args.cosmos_channels)
+    )
     CosmosDiscreteTokenizer(cosmos).save_pretrained(cosmos_path)
     return lm_path, cosmos_path
 
@@ -176,18 +192,23 @@ def load_random_simplear(args: argparse.Namespace, paths: tuple[str, str], grid:
     """The saved checkpoint through the `simplear` family loader, at G*16 px, image codes after `text_vocab` ids."""
     lm_path, cosmos_path = paths
     text_vocab = Qwen2Config.from_pretrained(lm_path).vocab_size - COSMOS_CODES
-    return load_policy(lm_path, "simplear", visual_tokenizer=cosmos_path, dtype=args.dtype,
-                       family_config={"resolution": grid * COSMOS_DOWNSAMPLE, "image_code_offset": text_vocab})
+    return load_policy(
+        lm_path,
+        "simplear",
+        visual_tokenizer=cosmos_path,
+        dtype=args.dtype,
+        family_config={"resolution": grid * COSMOS_DOWNSAMPLE, "image_code_offset": text_vocab},
+    )
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    return (sum(p.numel() for p in model.parameters()),
-            sum(p.numel() for p in model.parameters() if p.requires_grad))
+    return (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
 # ------------------------------------------------------------------------------------------- one run
-def run_one(args: argparse.Namespace, paths: tuple[str, str], mode: str, grid: int, group: int,
-            device: torch.device) -> dict:
+def run_one(
+    args: argparse.Namespace, paths: tuple[str, str], mode: str, grid: int, group: int, device: torch.device
+) -> dict:
     """Train `1 + 2 * warmup` steps (num_iterations 2: a generation every other step); the last step's stages."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -199,18 +220,31 @@ def run_one(args: argparse.Namespace, paths: tuple[str, str], mode: str, grid: i
     batch = args.prompts * group
     with tempfile.TemporaryDirectory() as output_dir:
         config = ImageGRPOConfig(
-            output_dir=output_dir, per_device_train_batch_size=batch, num_generations=group,
-            max_steps=1 + 2 * args.warmup, num_iterations=2, beta=args.beta, learning_rate=1e-5,
-            use_cpu=device.type == "cpu", bf16=dtype == torch.bfloat16 and device.type == "cuda",
-            report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1, seed=args.seed,
+            output_dir=output_dir,
+            per_device_train_batch_size=batch,
+            num_generations=group,
+            max_steps=1 + 2 * args.warmup,
+            num_iterations=2,
+            beta=args.beta,
+            learning_rate=1e-5,
+            use_cpu=device.type == "cpu",
+            bf16=dtype == torch.bfloat16 and device.type == "cuda",
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+            logging_steps=1,
+            seed=args.seed,
             activation_checkpointing=not args.no_activation_checkpointing,
-            cfg_mode=args.cfg_mode, cfg_scale=args.cfg_scale, logprob_chunk_size=args.logprob_chunk_size,
+            cfg_mode=args.cfg_mode,
+            cfg_scale=args.cfg_scale,
+            logprob_chunk_size=args.logprob_chunk_size,
             rewards=json.dumps([{"name": "jpeg_compressibility"}]),
         )
         peft_config = None
         if mode == "lora":
-            peft_config = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear",
-                                     task_type="CAUSAL_LM")
+            peft_config = LoraConfig(
+                r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
+            )
         prompts = Dataset.from_dict({"prompt": [f"a photo of object {i}" for i in range(max(8, args.prompts))]})
         trainer = ImageGRPOTrainer(policy, config, prompts, peft_config=peft_config)
         trainer.add_callback(OptimizerStage(meter))
@@ -220,7 +254,8 @@ def run_one(args: argparse.Namespace, paths: tuple[str, str], mode: str, grid: i
         policy.sample = meter.wrap(policy.sample, lambda *a, **k: "sample")
         policy.decode = meter.wrap(policy.decode, lambda *a, **k: "decode")
         policy.logprobs = meter.wrap(
-            policy.logprobs, lambda *a, **k: "forward_backward" if torch.is_grad_enabled() else "old_ref_logprobs")
+            policy.logprobs, lambda *a, **k: "forward_backward" if torch.is_grad_enabled() else "old_ref_logprobs"
+        )
         trainer.compute_loss = meter.wrap(trainer.compute_loss, lambda *a, **k: "forward_backward")
         trainer.accelerator.backward = meter.wrap(trainer.accelerator.backward, lambda *a, **k: "forward_backward")
         reward_set = trainer.image_rewards  # the trainer's RewardSet: wrap its scoring on this instance only
@@ -236,9 +271,17 @@ def run_one(args: argparse.Namespace, paths: tuple[str, str], mode: str, grid: i
     steps = [step for step in meter.steps if "sample" in step]
     last = steps[-1]
     return {
-        "mode": mode, "grid": grid, "tokens": grid * grid, "group": group, "batch": batch,
-        "resolution": grid * COSMOS_DOWNSAMPLE, "parameters": total, "trainable_parameters": trainable,
-        "baseline_mib": round(baseline_mib, 1), "memory_kind": memory.kind, "train_seconds": round(seconds, 3),
+        "mode": mode,
+        "grid": grid,
+        "tokens": grid * grid,
+        "group": group,
+        "batch": batch,
+        "resolution": grid * COSMOS_DOWNSAMPLE,
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "baseline_mib": round(baseline_mib, 1),
+        "memory_kind": memory.kind,
+        "train_seconds": round(seconds, 3),
         "stages": {name: last.get(name, {"seconds": 0.0, "peak_mib": 0.0, "calls": 0}) for name in STAGES},
         "step_seconds": round(sum(last.get(name, {}).get("seconds", 0.0) for name in STAGES), 4),
     }
@@ -267,16 +310,24 @@ def scaling_exponents(results: list[dict], key: str, fixed: str) -> dict[str, di
 
 
 def print_table(results: list[dict], exponents_tokens: dict, exponents_group: dict) -> None:
-    head = f"{'mode':<5} {'grid':>5} {'T':>6} {'group':>5} " + " ".join(f"{s[:14]:>16}" for s in STAGES) + f" {'step s':>8}"
+    head = (
+        f"{'mode':<5} {'grid':>5} {'T':>6} {'group':>5} "
+        + " ".join(f"{s[:14]:>16}" for s in STAGES)
+        + f" {'step s':>8}"
+    )
     print(head)
     print(" " * 25 + " ".join(f"{'s / peak MiB':>16}" for _ in STAGES))
     for r in results:
         cells = " ".join(f"{r['stages'][s]['seconds']:>7.3f}/{r['stages'][s]['peak_mib']:>8.0f}" for s in STAGES)
-        print(f"{r['mode']:<5} {r['grid']:>2}x{r['grid']:<2} {r['tokens']:>6} {r['group']:>5} {cells} {r['step_seconds']:>8.3f}")
+        print(
+            f"{r['mode']:<5} {r['grid']:>2}x{r['grid']:<2} {r['tokens']:>6} {r['group']:>5} {cells} {r['step_seconds']:>8.3f}"
+        )
     for title, exponents in (("tokens T", exponents_tokens), ("group size", exponents_group)):
         for mode, stages in exponents.items():
-            print(f"scaling with {title} ({mode}): seconds ~ x^k, k = "
-                  + ", ".join(f"{name} {k:.2f}" for name, k in stages.items()))
+            print(
+                f"scaling with {title} ({mode}): seconds ~ x^k, k = "
+                + ", ".join(f"{name} {k:.2f}" for name, k in stages.items())
+            )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -287,8 +338,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_kv_heads", type=int, default=2)
     parser.add_argument("--intermediate_size", type=int, default=4864)
     parser.add_argument("--text_vocab", type=int, default=QWEN25_TEXT_IDS, help="text ids before the 64,000 codes")
-    parser.add_argument("--cosmos", choices=["tiny", "dv8x16x16"], default="tiny",
-                        help="random Cosmos decoder: narrow ('tiny', --cosmos_channels wide) or the released width")
+    parser.add_argument(
+        "--cosmos",
+        choices=["tiny", "dv8x16x16"],
+        default="tiny",
+        help="random Cosmos decoder: narrow ('tiny', --cosmos_channels wide) or the released width",
+    )
     parser.add_argument("--cosmos_channels", type=int, default=16)
     parser.add_argument("--grids", default="4,8", help="comma-separated grid sides G (T = G*G tokens, G*16 px)")
     parser.add_argument("--groups", default="2,4", help="comma-separated group sizes (images per prompt)")
@@ -336,12 +391,20 @@ def main(argv=None) -> dict:
                     results.append(result)
     exponents_tokens = scaling_exponents(results, "tokens", "group")
     exponents_group = scaling_exponents(results, "group", "tokens")
-    print(f"device {device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}, "
-          f"peak memory: {results[0]['memory_kind']}")
+    print(
+        f"device {device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}, "
+        f"peak memory: {results[0]['memory_kind']}"
+    )
     print_table(results, exponents_tokens, exponents_group)
-    report = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
-              "args": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
-              "results": results, "scaling_with_tokens": exponents_tokens, "scaling_with_group": exponents_group}
+    report = {
+        "device": str(device),
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "args": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
+        "results": results,
+        "scaling_with_tokens": exponents_tokens,
+        "scaling_with_group": exponents_group,
+    }
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

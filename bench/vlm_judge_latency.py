@@ -34,8 +34,9 @@ def noise_image(seed: int, size: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
-def measure(base_url: str, model: str, requests: int, max_tokens: int, image_size: int, batch: int,
-            concurrency: int) -> dict:
+def measure(
+    base_url: str, model: str, requests: int, max_tokens: int, image_size: int, batch: int, concurrency: int
+) -> dict:
     from rlhf_img.rewards.vlm_client import VlmClient
     from rlhf_img.rewards.vlm_judge import VlmJudgeReward
 
@@ -50,17 +51,31 @@ def measure(base_url: str, model: str, requests: int, max_tokens: int, image_siz
         seconds.append(time.perf_counter() - start)
         if not hasattr(answer, "text"):
             raise SystemExit(f"request {index} failed: {answer}")
-    judge = VlmJudgeReward(base_url, model, template="Rate {prompt}.", parser=r"([0-9])", max_tokens=max_tokens,
-                           max_concurrency=concurrency, cache=False, on_failure="mask")
+    judge = VlmJudgeReward(
+        base_url,
+        model,
+        template="Rate {prompt}.",
+        parser=r"([0-9])",
+        max_tokens=max_tokens,
+        max_concurrency=concurrency,
+        cache=False,
+        on_failure="mask",
+    )
     images = torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     judge(prompts=[f"prompt {index}" for index in range(batch)], images=images)
     batch_seconds = time.perf_counter() - start
-    return {"requests": requests, "max_tokens": max_tokens, "image_size": image_size,
-            "request_ms_min": round(min(seconds) * 1000, 1),
-            "request_ms_median": round(statistics.median(seconds) * 1000, 1),
-            "batch": batch, "max_concurrency": concurrency, "batch_s": round(batch_seconds, 2),
-            "batch_ms_per_image": round(batch_seconds / batch * 1000, 1)}
+    return {
+        "requests": requests,
+        "max_tokens": max_tokens,
+        "image_size": image_size,
+        "request_ms_min": round(min(seconds) * 1000, 1),
+        "request_ms_median": round(statistics.median(seconds) * 1000, 1),
+        "batch": batch,
+        "max_concurrency": concurrency,
+        "batch_s": round(batch_seconds, 2),
+        "batch_ms_per_image": round(batch_seconds / batch * 1000, 1),
+    }
 
 
 def main() -> None:
@@ -74,8 +89,13 @@ def main() -> None:
     parser.add_argument("--max_concurrency", type=int, default=8)
     parser.add_argument("--json", help="also write the result here")
     options = parser.parse_args()
-    settings = dict(requests=options.requests, max_tokens=options.max_tokens, image_size=options.image_size,
-                    batch=options.batch, concurrency=options.max_concurrency)
+    settings = dict(
+        requests=options.requests,
+        max_tokens=options.max_tokens,
+        image_size=options.image_size,
+        batch=options.batch,
+        concurrency=options.max_concurrency,
+    )
     if options.base_url:
         if not options.model:
             parser.error("--model is needed with --base_url")

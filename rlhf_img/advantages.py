@@ -35,7 +35,11 @@ class GroupAdvantages(NamedTuple):
 
 
 def group_advantages(
-    rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int, scale_rewards: str, aggregation: str,
+    rewards_per_func: torch.Tensor,
+    weights: torch.Tensor,
+    num_generations: int,
+    scale_rewards: str,
+    aggregation: str,
     normalize: torch.Tensor | None = None,
 ) -> GroupAdvantages:
     """Advantages `(N,)` from rewards `(N, R)` (NaN = no score) for consecutive groups of `num_generations`.

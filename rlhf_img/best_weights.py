@@ -38,8 +38,9 @@ def resolve_best_metric(metric: str | None, available: list[str]) -> str:
     if metric is None:
         return "eval_geneval/overall" if "eval_geneval/overall" in available else "eval_reward"
     if metric not in available:
-        raise KeepBestError(f"best_metric {metric!r} is not logged by this run's in-loop eval; it logs "
-                            f"{', '.join(available)}")
+        raise KeepBestError(
+            f"best_metric {metric!r} is not logged by this run's in-loop eval; it logs {', '.join(available)}"
+        )
     return metric
 
 
@@ -85,8 +86,10 @@ class BestWeights:
         """End of training: put the best step's weights back into `model`, record and announce the step."""
         if self.weights is None:
             if is_main_process:
-                logger.warning("keep_best: no in-loop eval logged %s (every value was None): the last weights are "
-                               "kept", self.metric)
+                logger.warning(
+                    "keep_best: no in-loop eval logged %s (every value was None): the last weights are kept",
+                    self.metric,
+                )
             return
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -96,13 +99,22 @@ class BestWeights:
         if not is_main_process:
             return
         last_step, last_value = self.history[-1]
-        record = {"metric": self.metric, "mode": self.mode, "best_step": self.step,
-                  "best_value": self.value, "last_step": last_step, "last_value": last_value,
-                  "evals": [{"step": step, "value": value} for step, value in self.history]}
+        record = {
+            "metric": self.metric,
+            "mode": self.mode,
+            "best_step": self.step,
+            "best_value": self.value,
+            "last_step": last_step,
+            "last_value": last_value,
+            "evals": [{"step": step, "value": value} for step, value in self.history],
+        }
         os.makedirs(self.output_dir, exist_ok=True)
         with open(os.path.join(self.output_dir, BEST_STEP_FILE), "w") as f:
             json.dump(record, f, indent=2)
         last = "None" if last_value is None else f"{last_value:.4g}"
-        print(f"rlhf-img: keep_best: the weights of step {self.step} ({self.metric} {self.value:.4g}, best of "
-              f"{len(self.history)} in-loop evals; last step {last_step}: {last}) are the ones saved "
-              f"({BEST_STEP_FILE})", flush=True)
+        print(
+            f"rlhf-img: keep_best: the weights of step {self.step} ({self.metric} {self.value:.4g}, best of "
+            f"{len(self.history)} in-loop evals; last step {last_step}: {last}) are the ones saved "
+            f"({BEST_STEP_FILE})",
+            flush=True,
+        )

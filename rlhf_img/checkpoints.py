@@ -21,7 +21,8 @@ def is_local(location: str) -> bool:
         os.path.exists(location)
         or location.startswith((".", "/", "~"))
         or location.count("/") > 1
-        or os.sep != "/" and os.sep in location
+        or os.sep != "/"
+        and os.sep in location
     )
 
 
@@ -50,7 +51,9 @@ def resolve_subpath(location: str, filename: str, revision: str | None = None, r
     except (LocalEntryNotFoundError, RepositoryNotFoundError, OSError) as error:
         if not required:
             return None
-        raise CheckpointError(f"cannot get {filename} of {location!r} from the hub or its cache ({type(error).__name__})") from None
+        raise CheckpointError(
+            f"cannot get {filename} of {location!r} from the hub or its cache ({type(error).__name__})"
+        ) from None
 
 
 def read_json_file(path: str) -> dict:
@@ -94,7 +97,9 @@ def resolve_subfolder(location: str, subfolder: str, revision: str | None = None
     else:
         from huggingface_hub import snapshot_download
 
-        folder = os.path.join(snapshot_download(location, revision=revision, allow_patterns=[f"{subfolder}/*"]), subfolder)
+        folder = os.path.join(
+            snapshot_download(location, revision=revision, allow_patterns=[f"{subfolder}/*"]), subfolder
+        )
     if not os.path.isdir(folder):
         raise CheckpointError(f"{what} not found: {folder}")
     return folder

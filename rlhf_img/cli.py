@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 def cmd_train(argv: Sequence[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: rlhf-img train RECIPE.yaml [--key value ...]\n")
-        print("GRPO-train an autoregressive text-to-image model. Every key below can be set in the recipe\n"
-              "and overridden on the command line.\n")
+        print(
+            "GRPO-train an autoregressive text-to-image model. Every key below can be set in the recipe\n"
+            "and overridden on the command line.\n"
+        )
         recipe_parser().print_help()
         return 0
     try:
@@ -56,7 +58,9 @@ def _run_stage(argv: Sequence[str], command: str, dataclass_type, description: s
 def cmd_pretrain_tokenizer(argv: Sequence[str]) -> int:
     from .worlds.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
 
-    config = _run_stage(argv, "pretrain-tokenizer", TokenizerTrainingConfig, "Train a world's VQ tokenizer on rendered images.")
+    config = _run_stage(
+        argv, "pretrain-tokenizer", TokenizerTrainingConfig, "Train a world's VQ tokenizer on rendered images."
+    )
     if config is None:
         return 0
     summary = train_tokenizer(config)
@@ -92,8 +96,9 @@ def cmd_sft(argv: Sequence[str]) -> int:
     if _is_world_sft(argv):
         from .worlds.sft import WorldSFTConfig, run_sft
 
-        config = _run_stage(argv, "sft", WorldSFTConfig,
-                            "Pretrain/SFT a small causal LM on a world's caption -> image tokens.")
+        config = _run_stage(
+            argv, "sft", WorldSFTConfig, "Pretrain/SFT a small causal LM on a world's caption -> image tokens."
+        )
         if not os.path.isdir(config.visual_tokenizer):
             fail(f"visual tokenizer not found: {config.visual_tokenizer} (run `rlhf-img pretrain-tokenizer` first)")
         start = time.time()
@@ -146,8 +151,12 @@ def eval_parser(geneval_defaults: bool = False) -> argparse.ArgumentParser:
     from .config import GENEVAL_DEFAULTS, EvalConfig
 
     parser = recipe_parser((EvalConfig,), "eval", description=EVAL_DESCRIPTION, usage=EVAL_USAGE)
-    parser.add_argument("checkpoint_argument", nargs="?", metavar="CHECKPOINT",
-                        help="the same as --checkpoint (after EVAL.yaml when both are given)")
+    parser.add_argument(
+        "checkpoint_argument",
+        nargs="?",
+        metavar="CHECKPOINT",
+        help="the same as --checkpoint (after EVAL.yaml when both are given)",
+    )
     if geneval_defaults:
         parser.set_defaults(**GENEVAL_DEFAULTS)
     return parser
@@ -173,8 +182,9 @@ def parse_eval_config(argv: Sequence[str]) -> EvalConfig:
     if checkpoint is not None:
         flag_given = any(token == "--checkpoint" or token.startswith("--checkpoint=") for token in argv)
         if flag_given and config.checkpoint != checkpoint:
-            raise UsageError(f"checkpoint given twice ({checkpoint!r} and --checkpoint {config.checkpoint!r}); "
-                             "give one")
+            raise UsageError(
+                f"checkpoint given twice ({checkpoint!r} and --checkpoint {config.checkpoint!r}); give one"
+            )
         config.checkpoint = checkpoint
     return config
 
@@ -222,9 +232,13 @@ def cmd_quickstart(argv: Sequence[str]) -> int:
     parser.add_argument("--checkpoint", default="checkpoints/shapes-tiny")
     parser.add_argument("--recipe", default="recipes/shapes-grpo.yaml")
     parser.add_argument("--output_dir", default="runs/quickstart")
-    parser.add_argument("--images_per_prompt", type=int, default=16,
-                        help="images per held-out prompt (several tags have 1-5 held-out prompts: 16 keeps the "
-                        "per-tag accuracies from swinging on a few samples)")
+    parser.add_argument(
+        "--images_per_prompt",
+        type=int,
+        default=16,
+        help="images per held-out prompt (several tags have 1-5 held-out prompts: 16 keeps the "
+        "per-tag accuracies from swinging on a few samples)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (same seed -> same images)")
     parser.add_argument("--train_seed", type=int, default=None, help="GRPO seed (default: the recipe's `seed`)")
     options, overrides = parser.parse_known_args(argv)
@@ -233,12 +247,15 @@ def cmd_quickstart(argv: Sequence[str]) -> int:
     if options.train_seed is not None:
         overrides = [*overrides, "--seed", str(options.train_seed)]
     try:
-        run_quickstart(options.checkpoint, options.recipe, options.output_dir, options.images_per_prompt,
-                       options.seed, overrides)
+        run_quickstart(
+            options.checkpoint, options.recipe, options.output_dir, options.images_per_prompt, options.seed, overrides
+        )
     except UsageError as error:
         fail(str(error))
-    print(f"rlhf-img: wrote {options.output_dir}/summary.json, reward_curve.png, dashboard.png, eval_progress.png, "
-          "samples_before.png, samples_after.png")
+    print(
+        f"rlhf-img: wrote {options.output_dir}/summary.json, reward_curve.png, dashboard.png, eval_progress.png, "
+        "samples_before.png, samples_after.png"
+    )
     return 0
 
 
@@ -246,9 +263,15 @@ def cmd_convert(argv: Sequence[str]) -> int:
     from .checkpoints import CheckpointError
     from .families import CONVERTERS
 
-    kinds = "\n".join(textwrap.fill(f"{name} (family {converter.family}): {converter.help}", width=100,
-                                   initial_indent="  ", subsequent_indent="      ")
-                     for name, converter in CONVERTERS.items())
+    kinds = "\n".join(
+        textwrap.fill(
+            f"{name} (family {converter.family}): {converter.help}",
+            width=100,
+            initial_indent="  ",
+            subsequent_indent="      ",
+        )
+        for name, converter in CONVERTERS.items()
+    )
     parser = argparse.ArgumentParser(
         prog="rlhf-img convert",
         description="Convert released weights into this project's safetensors layout. What each registered "
@@ -259,8 +282,11 @@ def cmd_convert(argv: Sequence[str]) -> int:
     parser.add_argument("source", help="folder or hub id holding the released files")
     parser.add_argument("output_dir", help="where the safetensors files go")
     parser.add_argument("--config", default=None, help="an architecture config file, for converters that take one")
-    parser.add_argument("--family_config", default=None,
-                        help="the released files and options as YAML/JSON, for converters that take one")
+    parser.add_argument(
+        "--family_config",
+        default=None,
+        help="the released files and options as YAML/JSON, for converters that take one",
+    )
     parser.add_argument("--dtype", default="bfloat16", help="dtype of the written weights, for converters that cast")
     options = parser.parse_args(argv)
     from .config import parse_structured
@@ -329,8 +355,12 @@ def cmd_serve_reward(argv: Sequence[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (printed on start)")
     parser.add_argument("--verbose", action="store_true", help="log one line per request to stderr")
-    parser.add_argument("--max_request_mb", type=float, default=1024.0,
-                        help="refuse /score bodies above this many MB with HTTP 413 (default 1024: ~240 images at 1024²)")
+    parser.add_argument(
+        "--max_request_mb",
+        type=float,
+        default=1024.0,
+        help="refuse /score bodies above this many MB with HTTP 413 (default 1024: ~240 images at 1024²)",
+    )
     options = parser.parse_args(argv)
     if not 0 <= options.port <= 65535:
         fail(f"--port must be in 0..65535, got {options.port}")
@@ -340,7 +370,9 @@ def cmd_serve_reward(argv: Sequence[str]) -> int:
     from .rewards.server import serve
 
     try:
-        serve(options.config, options.host, options.port, verbose=options.verbose, max_request_mb=options.max_request_mb)
+        serve(
+            options.config, options.host, options.port, verbose=options.verbose, max_request_mb=options.max_request_mb
+        )
     except RewardConfigError as error:
         fail(str(error))
     except OSError as error:  # the port is taken, or the host is not an address of this machine
@@ -362,8 +394,10 @@ def cmd_create_tiny_judge(argv: Sequence[str]) -> int:
 
     build_tiny_llava(options.path, seed=options.seed)
     print(f"rlhf-img: wrote {options.path} (a tiny random LLaVA judge)")
-    print(f"rlhf-img: serve it with: transformers serve {shlex.quote(options.path)} --device cpu --host 127.0.0.1 "
-          "--port 8765   (pip install 'transformers[serving]')")
+    print(
+        f"rlhf-img: serve it with: transformers serve {shlex.quote(options.path)} --device cpu --host 127.0.0.1 "
+        "--port 8765   (pip install 'transformers[serving]')"
+    )
     return 0
 
 
@@ -378,18 +412,27 @@ def cmd_create_tiny(argv: Sequence[str]) -> int:
         "`rlhf-img train recipes/X.yaml --model_name_or_path PATH ...` with the overrides this prints.",
     )
     parser.add_argument("path")
-    parser.add_argument("--family", default="causal_vq", choices=with_stand_in,
-                        help="Model family (default causal_vq). The options below shape causal_vq only.")
+    parser.add_argument(
+        "--family",
+        default="causal_vq",
+        choices=with_stand_in,
+        help="Model family (default causal_vq). The options below shape causal_vq only.",
+    )
     causal_vq = parser.add_argument_group("causal_vq only")
     causal_vq.add_argument("--arch", default=None, choices=["qwen2", "llama"], help="LM architecture (default qwen2).")
-    causal_vq.add_argument("--grid", type=int, nargs=2, default=None, metavar=("H", "W"), help="Code grid (default 4 4).")
+    causal_vq.add_argument(
+        "--grid", type=int, nargs=2, default=None, metavar=("H", "W"), help="Code grid (default 4 4)."
+    )
     causal_vq.add_argument("--codebook_size", type=int, default=None, help="VQ codes (default 64).")
     causal_vq.add_argument("--hidden_size", type=int, default=None, help="LM width (default 64).")
     causal_vq.add_argument("--num_layers", type=int, default=None, help="LM depth (default 2).")
     causal_vq.add_argument("--seed", type=int, default=None, help="Weights seed (default 0).")
     options = parser.parse_args(argv)
-    shaped = {key: value for key in ("arch", "grid", "codebook_size", "hidden_size", "num_layers", "seed")
-              if (value := getattr(options, key)) is not None}
+    shaped = {
+        key: value
+        for key in ("arch", "grid", "codebook_size", "hidden_size", "num_layers", "seed")
+        if (value := getattr(options, key)) is not None
+    }
     if options.family == "causal_vq":
         from .families.causal_vq.tiny import save_tiny_causal_vq
         from .families.registry import StandIn
@@ -406,28 +449,44 @@ def cmd_create_tiny(argv: Sequence[str]) -> int:
     if stand_in.load_kwargs.get("family_config"):
         overrides += ["--family_config", shlex.quote(json.dumps(stand_in.load_kwargs["family_config"]))]
     print(f"rlhf-img: wrote {options.path} ({options.family}, random weights, released layout)")
-    print("rlhf-img: dry-run a recipe on it with: " + " ".join(overrides) + " --dtype float32 --bf16 false "
-          "--use_cpu true --max_steps 2")
+    print(
+        "rlhf-img: dry-run a recipe on it with: " + " ".join(overrides) + " --dtype float32 --bf16 false "
+        "--use_cpu true --max_steps 2"
+    )
     if stand_in.converter:
-        print(f"rlhf-img: full fine-tuning with beta > 0 needs it converted first: rlhf-img convert "
-              f"{stand_in.converter} {stand_in.checkpoint} OUT --dtype float32, then --model_name_or_path OUT")
+        print(
+            f"rlhf-img: full fine-tuning with beta > 0 needs it converted first: rlhf-img convert "
+            f"{stand_in.converter} {stand_in.checkpoint} OUT --dtype float32, then --model_name_or_path OUT"
+        )
     return 0
 
 
 COMMANDS = {
     "train": (cmd_train, "GRPO-train a model from a recipe: rlhf-img train recipes/X.yaml [--key value ...]"),
-    "pretrain-tokenizer": (cmd_pretrain_tokenizer, "Upstream: train a world's VQ tokenizer (recipes/shapes-tokenizer.yaml)."),
-    "encode": (cmd_encode, "Upstream: image/caption pairs -> the family's actions in Arrow shards (for sft / pretraining)."),
+    "pretrain-tokenizer": (
+        cmd_pretrain_tokenizer,
+        "Upstream: train a world's VQ tokenizer (recipes/shapes-tokenizer.yaml).",
+    ),
+    "encode": (
+        cmd_encode,
+        "Upstream: image/caption pairs -> the family's actions in Arrow shards (for sft / pretraining).",
+    ),
     "sft": (cmd_sft, "Upstream: SFT or pretrain any family on `rlhf-img encode` output (or the shapes world's LM)."),
     "dpo": (cmd_dpo, "Upstream: DPO on images, offline (chosen/rejected pairs) or online (ranked by rewards)."),
-    "eval": (cmd_eval, "GenEval / OCR / VQA scores of a checkpoint or an image folder: rlhf-img eval CHECKPOINT|EVAL.yaml [--key ...]"),
+    "eval": (
+        cmd_eval,
+        "GenEval / OCR / VQA scores of a checkpoint or an image folder: rlhf-img eval CHECKPOINT|EVAL.yaml [--key ...]",
+    ),
     "quickstart": (cmd_quickstart, "The main job: eval -> GRPO -> eval on the shapes world."),
     "convert": (cmd_convert, "Convert released weights (Cosmos .jit, Infinity .pth, LlamaGen .pt) to safetensors."),
     "rewards": (cmd_rewards, "List the built-in rewards."),
     "families": (cmd_families, "List the model families and how each is detected."),
     "serve-reward": (cmd_serve_reward, "Serve rewards over HTTP for the `remote` reward: rlhf-img serve-reward X.yaml"),
     "create-tiny": (cmd_create_tiny, "Write a tiny random checkpoint of any family (--family), to dry-run recipes."),
-    "create-tiny-judge": (cmd_create_tiny_judge, "Write a tiny random LLaVA to serve as a VLM judge (vlm_judge / vqa) on a CPU."),
+    "create-tiny-judge": (
+        cmd_create_tiny_judge,
+        "Write a tiny random LLaVA to serve as a VLM judge (vlm_judge / vqa) on a CPU.",
+    ),
 }
 
 

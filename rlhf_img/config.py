@@ -52,7 +52,8 @@ class SamplingOptions:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the image tokens."})
     top_k: int = field(default=0, metadata={"help": "Keep the k most likely image codes when sampling (0: all)."})
     top_p: float = field(
-        default=1.0, metadata={"help": "Nucleus sampling over image codes (1.0: off). Log-probs use the same truncation."}
+        default=1.0,
+        metadata={"help": "Nucleus sampling over image codes (1.0: off). Log-probs use the same truncation."},
     )
     sampler: str = field(
         default="auto",
@@ -98,52 +99,76 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
     num_logged_images: int = field(default=16, metadata={"help": "Images in each logged grid."})
     save_rollouts: bool = field(
         default=False,
-        metadata={"help": "Write every rollout as PNG plus a JSONL line (prompt, rewards, advantage) under "
-                  "output_dir/rollouts/step_XXXXXX/."},
+        metadata={
+            "help": "Write every rollout as PNG plus a JSONL line (prompt, rewards, advantage) under "
+            "output_dir/rollouts/step_XXXXXX/."
+        },
     )
     # in-loop evaluation on fixed prompts and seeds (rlhf_img/in_loop_eval.py)
     eval_every: int = field(
         default=0,
-        metadata={"help": "Evaluate on `eval_prompts` with fixed seeds before the first step and every N optimizer "
-                  "steps: each reward's mean (eval/rewards/<name>/mean), GenEval's per-tag table when the prompts "
-                  "carry GenEval metadata (eval/geneval/<tag>), and a grid of the same prompts and seeds each time "
-                  "(eval/grid, also saved to output_dir/eval/). 0: off."},
+        metadata={
+            "help": "Evaluate on `eval_prompts` with fixed seeds before the first step and every N optimizer "
+            "steps: each reward's mean (eval/rewards/<name>/mean), GenEval's per-tag table when the prompts "
+            "carry GenEval metadata (eval/geneval/<tag>), and a grid of the same prompts and seeds each time "
+            "(eval/grid, also saved to output_dir/eval/). 0: off."
+        },
     )
     eval_prompts: str | None = field(
         default=None,
-        metadata={"help": "In-loop eval prompts: 'shapes-held-out' / 'shapes-train', a GenEval metadata .jsonl, or a "
-                  "prompt file (.txt one a line, .jsonl/.csv/.parquet with a prompt column)."},
+        metadata={
+            "help": "In-loop eval prompts: 'shapes-held-out' / 'shapes-train', a GenEval metadata .jsonl, or a "
+            "prompt file (.txt one a line, .jsonl/.csv/.parquet with a prompt column)."
+        },
     )
     eval_max_prompts: int | None = field(
         default=None,
-        metadata={"help": "Use N prompts of `eval_prompts`: with GenEval tags one of each tag in turn (so every tag "
-                  "is in the table), otherwise evenly spaced through the file; default: all."},
+        metadata={
+            "help": "Use N prompts of `eval_prompts`: with GenEval tags one of each tag in turn (so every tag "
+            "is in the table), otherwise evenly spaced through the file; default: all."
+        },
     )
     eval_images_per_prompt: int = field(
-        default=4, metadata={"help": "In-loop eval images per prompt (sampled `per_device_eval_batch_size` images "
-                             "at a time; the images depend on that chunking, not on the number of processes)."})
-    eval_seed: int = field(default=0, metadata={"help": "Seed of the in-loop eval's own random generator (the "
-                                                        "training's random state is not touched)."})
+        default=4,
+        metadata={
+            "help": "In-loop eval images per prompt (sampled `per_device_eval_batch_size` images "
+            "at a time; the images depend on that chunking, not on the number of processes)."
+        },
+    )
+    eval_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the in-loop eval's own random generator (the training's random state is not touched)."
+        },
+    )
     logprob_chunk_size: int = field(
         default=Sampling.logprob_chunk_size,
-        metadata={"help": "Score this many image tokens at a time in the log-prob pass (per-chunk activation "
-                  "checkpointing), so its memory grows with the chunk, not with the grid; 0: all at once."},
+        metadata={
+            "help": "Score this many image tokens at a time in the log-prob pass (per-chunk activation "
+            "checkpointing), so its memory grows with the chunk, not with the grid; 0: all at once."
+        },
     )
     # guards against silent failures (docs/troubleshooting.md); 0 turns a guard off
     no_score_patience: int = field(
         default=1,
-        metadata={"help": "Stop the run when no reward scored any image (NaN/None/inf for all) in this many "
-                  "consecutive rollout batches: every advantage is 0 (0: never stop, warn once)."},
+        metadata={
+            "help": "Stop the run when no reward scored any image (NaN/None/inf for all) in this many "
+            "consecutive rollout batches: every advantage is 0 (0: never stop, warn once)."
+        },
     )
     zero_spread_patience: int = field(
         default=5,
-        metadata={"help": "Warn once when every group had zero reward spread (frac_reward_zero_std = 1, all "
-                  "advantages 0) in this many consecutive rollout batches (0: never)."},
+        metadata={
+            "help": "Warn once when every group had zero reward spread (frac_reward_zero_std = 1, all "
+            "advantages 0) in this many consecutive rollout batches (0: never)."
+        },
     )
     constant_reward_patience: int = field(
         default=5,
-        metadata={"help": "Warn once when a reward gave the same value (or no score) to every image of this many "
-                  "consecutive rollout batches (0: never)."},
+        metadata={
+            "help": "Warn once when a reward gave the same value (or no score) to every image of this many "
+            "consecutive rollout batches (0: never)."
+        },
     )
     zero_grad_norm_patience: int = field(
         default=3,
@@ -152,37 +177,47 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
     # learning aids, each off by default (docs/concepts/learning.md)
     dynamic_sampling: bool = field(
         default=False,
-        metadata={"help": "DAPO's dynamic sampling: a group whose images all get the same total reward (advantage 0 "
-                  "for all) is dropped and its rows resampled, in place, for a new prompt drawn from the training "
-                  "set, up to `max_resample_rounds` rounds; groups still without spread then stay (advantage 0). "
-                  "Costs extra sampling only where groups had no spread; logs dynamic_sampling/{dropped_groups, "
-                  "unfilled_groups, resample_rounds, reward_before_refill} (`reward` then describes the trained "
-                  "batch). Needs a map-style dataset (rlhf_img/dynamic_sampling.py)."},
+        metadata={
+            "help": "DAPO's dynamic sampling: a group whose images all get the same total reward (advantage 0 "
+            "for all) is dropped and its rows resampled, in place, for a new prompt drawn from the training "
+            "set, up to `max_resample_rounds` rounds; groups still without spread then stay (advantage 0). "
+            "Costs extra sampling only where groups had no spread; logs dynamic_sampling/{dropped_groups, "
+            "unfilled_groups, resample_rounds, reward_before_refill} (`reward` then describes the trained "
+            "batch). Needs a map-style dataset (rlhf_img/dynamic_sampling.py)."
+        },
     )
     max_resample_rounds: int = field(
         default=3,
-        metadata={"help": "dynamic_sampling: resampling rounds per rollout batch at most (>= 1); each round "
-                  "resamples only the groups still without spread."},
+        metadata={
+            "help": "dynamic_sampling: resampling rounds per rollout batch at most (>= 1); each round "
+            "resamples only the groups still without spread."
+        },
     )
     keep_best: bool = field(
         default=False,
-        metadata={"help": "Save the weights of the in-loop eval step with the best `best_metric` instead of the last "
-                  "ones: a CPU copy of the trainable weights (the adapter under LoRA, the whole model otherwise) is "
-                  "kept at each new best and put back when training ends; the step is printed and written to "
-                  "output_dir/best_step.json (and trainer_state.json's best_global_step / best_metric). Ties keep "
-                  "the earlier step; step 0 (before training) competes. Needs eval_every > 0; one process or DDP "
-                  "(refused under DeepSpeed / FSDP)."},
+        metadata={
+            "help": "Save the weights of the in-loop eval step with the best `best_metric` instead of the last "
+            "ones: a CPU copy of the trainable weights (the adapter under LoRA, the whole model otherwise) is "
+            "kept at each new best and put back when training ends; the step is printed and written to "
+            "output_dir/best_step.json (and trainer_state.json's best_global_step / best_metric). Ties keep "
+            "the earlier step; step 0 (before training) competes. Needs eval_every > 0; one process or DDP "
+            "(refused under DeepSpeed / FSDP)."
+        },
     )
     best_metric: str | None = field(
         default=None,
-        metadata={"help": "keep_best: the in-loop eval key to compare, e.g. eval_geneval/overall, eval_reward, "
-                  "eval_rewards/<name>/mean ('eval/...' as the dashboards spell it works too). Default: "
-                  "eval_geneval/overall when the in-loop eval computes GenEval, else eval_reward."},
+        metadata={
+            "help": "keep_best: the in-loop eval key to compare, e.g. eval_geneval/overall, eval_reward, "
+            "eval_rewards/<name>/mean ('eval/...' as the dashboards spell it works too). Default: "
+            "eval_geneval/overall when the in-loop eval computes GenEval, else eval_reward."
+        },
     )
     best_metric_mode: str = field(
         default="max",
-        metadata={"help": "keep_best: 'max' (the highest best_metric wins) or 'min' (the lowest wins).",
-                  "choices": ["max", "min"]},
+        metadata={
+            "help": "keep_best: 'max' (the highest best_metric wins) or 'min' (the lowest wins).",
+            "choices": ["max", "min"],
+        },
     )
     # TRL defaults changed for image generation:
     disable_dropout: bool = field(
@@ -224,11 +259,14 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
         if self.best_metric_mode not in ("max", "min"):
             raise ValueError(f"best_metric_mode must be 'max' or 'min', got {self.best_metric_mode!r}")
         if self.best_metric is not None:
-            self.best_metric = "eval_" + self.best_metric[len("eval/"):] if self.best_metric.startswith("eval/") \
-                else self.best_metric
+            self.best_metric = (
+                "eval_" + self.best_metric[len("eval/") :] if self.best_metric.startswith("eval/") else self.best_metric
+            )
             if not self.best_metric.startswith("eval_"):
-                raise ValueError("best_metric must be an in-loop eval key (eval_geneval/overall, eval_reward, "
-                                 f"eval_rewards/<name>/mean), got {self.best_metric!r}")
+                raise ValueError(
+                    "best_metric must be an in-loop eval key (eval_geneval/overall, eval_reward, "
+                    f"eval_rewards/<name>/mean), got {self.best_metric!r}"
+                )
         self.rewards = parse_structured(self.rewards, "rewards")
         if self.rewards is not None:
             if isinstance(self.rewards, (str, dict)):
@@ -257,18 +295,24 @@ class FamilyOptions:
 
     model_family: str | None = field(
         default=None,
-        metadata={"help": f"Model family, one of those registered: {', '.join(repr(name) for name in FAMILIES)} "
-                  "(`rlhf-img families`; docs/families/index.md); default: found from the checkpoint's files."},
+        metadata={
+            "help": f"Model family, one of those registered: {', '.join(repr(name) for name in FAMILIES)} "
+            "(`rlhf-img families`; docs/families/index.md); default: found from the checkpoint's files."
+        },
     )
     visual_tokenizer: str | None = field(
         default=None,
-        metadata={"help": "Visual tokenizer checkpoint (local folder or hub id); default: the one the checkpoint's "
-                  "family config names."},
+        metadata={
+            "help": "Visual tokenizer checkpoint (local folder or hub id); default: the one the checkpoint's "
+            "family config names."
+        },
     )
     family_config: str | None = field(
         default=None,
-        metadata={"help": "Overrides of the family config (causal_vq.json), a mapping in YAML or JSON, e.g. "
-                  '\'{"grid": [16, 16]}\'.'},
+        metadata={
+            "help": "Overrides of the family config (causal_vq.json), a mapping in YAML or JSON, e.g. "
+            "'{\"grid\": [16, 16]}'."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -302,8 +346,10 @@ class PromptDataConfig:
 
     dataset: str | None = field(
         default=None,
-        metadata={"help": "Prompts: a .txt file (one prompt a line), a .jsonl/.json/.csv/.parquet file with a "
-                  "prompt column plus any metadata columns (passed to rewards), or a `datasets` name or folder."},
+        metadata={
+            "help": "Prompts: a .txt file (one prompt a line), a .jsonl/.json/.csv/.parquet file with a "
+            "prompt column plus any metadata columns (passed to rewards), or a `datasets` name or folder."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "`datasets` config name."})
     dataset_split: str = field(default="train", metadata={"help": "`datasets` split."})
@@ -319,30 +365,41 @@ class EvalConfig(SamplingOptions, FamilyOptions):
 
     checkpoint: str | None = field(
         default=None,
-        metadata={"help": "Checkpoint to sample from: a folder (SFT, GRPO or LoRA output) or a hub id; on the command "
-                  "line also the first argument, `rlhf-img eval CHECKPOINT`."},
+        metadata={
+            "help": "Checkpoint to sample from: a folder (SFT, GRPO or LoRA output) or a hub id; on the command "
+            "line also the first argument, `rlhf-img eval CHECKPOINT`."
+        },
     )
     images: str | None = field(
         default=None,
-        metadata={"help": "Score this GenEval image folder (NNNNN/metadata.jsonl + NNNNN/samples/NNNN.png) instead "
-                  "of sampling a checkpoint."},
+        metadata={
+            "help": "Score this GenEval image folder (NNNNN/metadata.jsonl + NNNNN/samples/NNNN.png) instead "
+            "of sampling a checkpoint."
+        },
     )
     prompts: str | None = field(
         default="shapes-held-out",
-        metadata={"help": "Prompt set: 'shapes-held-out', 'shapes-train', a GenEval evaluation_metadata.jsonl, a "
-                  "VQA prompt file (.jsonl rows with `prompt` and `atoms`; metric vqa) or a text-rendering prompt "
-                  "file (.txt, flow_grpo's format; metric ocr) (flag alias: --metadata).", "aliases": ["--metadata"]},
+        metadata={
+            "help": "Prompt set: 'shapes-held-out', 'shapes-train', a GenEval evaluation_metadata.jsonl, a "
+            "VQA prompt file (.jsonl rows with `prompt` and `atoms`; metric vqa) or a text-rendering prompt "
+            "file (.txt, flow_grpo's format; metric ocr) (flag alias: --metadata).",
+            "aliases": ["--metadata"],
+        },
     )
     output_dir: str | None = field(
         default=None,
-        metadata={"help": "Write images/ (GenEval's layout), results.jsonl (one GenEval results line per image) and "
-                  "table.json here; default: only print the table."},
+        metadata={
+            "help": "Write images/ (GenEval's layout), results.jsonl (one GenEval results line per image) and "
+            "table.json here; default: only print the table."
+        },
     )
     # not trl.ModelConfig's `dtype`: its 'float32' default would override the family's own
     dtype: str | None = field(
         default=None,
-        metadata={"help": "Policy weights dtype, e.g. bfloat16; default: the family's (float32 for causal_vq, "
-                  "bfloat16 for the released families)."},
+        metadata={
+            "help": "Policy weights dtype, e.g. bfloat16; default: the family's (float32 for causal_vq, "
+            "bfloat16 for the released families)."
+        },
     )
     device: str | None = field(
         default=None,
@@ -350,20 +407,26 @@ class EvalConfig(SamplingOptions, FamilyOptions):
     )
     images_per_prompt: int = field(
         default=16,
-        metadata={"help": "Images per prompt: GenEval uses 4; the shapes world 16 (several tags have 1-5 held-out "
-                  "prompts, 16 keeps their accuracies from swinging on a few samples)."},
+        metadata={
+            "help": "Images per prompt: GenEval uses 4; the shapes world 16 (several tags have 1-5 held-out "
+            "prompts, 16 keeps their accuracies from swinging on a few samples)."
+        },
     )
     seed: int = field(
         default=0,
-        metadata={"help": "Sampling seed: image k of prompt i depends only on the seed and its chunk of "
-                  "`batch_prompts` prompts (same seed -> same images)."},
+        metadata={
+            "help": "Sampling seed: image k of prompt i depends only on the seed and its chunk of "
+            "`batch_prompts` prompts (same seed -> same images)."
+        },
     )
     batch_prompts: int = field(default=16, metadata={"help": "Prompts sampled together (each chunk has its own seed)."})
     detector: str = field(
         default="shapes",
-        metadata={"help": "'shapes': the shapes world's exact detector; 'mask2former': GenEval's (Mask2Former + CLIP "
-                  "colours: detector_model, clip_model, clip_pretrained, class_names).",
-                  "choices": ["shapes", "mask2former"]},
+        metadata={
+            "help": "'shapes': the shapes world's exact detector; 'mask2former': GenEval's (Mask2Former + CLIP "
+            "colours: detector_model, clip_model, clip_pretrained, class_names).",
+            "choices": ["shapes", "mask2former"],
+        },
     )
     detector_model: str = field(
         default="facebook/mask2former-swin-small-coco-instance",
@@ -379,22 +442,28 @@ class EvalConfig(SamplingOptions, FamilyOptions):
     batch_size: int = field(default=8, metadata={"help": "Images per detector batch."})
     metric: str = field(
         default="geneval",
-        metadata={"help": "What to judge: 'geneval' (GenEval's rules on detections: detector, ...); 'ocr' (text "
-                  "rendering read back by PP-OCRv4, needs rlhf-img[ocr]: CVTG-2K word accuracy and normalised edit "
-                  "distance; prompts: a .txt file, one prompt with one \"quoted\" target per line); 'vqa' (GenEval "
-                  "2-style atom questions, Soft-TIFA: vqa_answerer).",
-                  "choices": ["geneval", "ocr", "vqa"]},
+        metadata={
+            "help": "What to judge: 'geneval' (GenEval's rules on detections: detector, ...); 'ocr' (text "
+            "rendering read back by PP-OCRv4, needs rlhf-img[ocr]: CVTG-2K word accuracy and normalised edit "
+            "distance; prompts: a .txt file, one prompt with one \"quoted\" target per line); 'vqa' (GenEval "
+            "2-style atom questions, Soft-TIFA: vqa_answerer).",
+            "choices": ["geneval", "ocr", "vqa"],
+        },
     )
     vqa_answerer: str = field(
         default="shapes",
-        metadata={"help": "metric vqa: who answers the atom questions: 'shapes' (the shapes world's exact detector) "
-                  "or 'vlm' (a VLM behind an OpenAI-compatible endpoint: judge_base_url, judge_model).",
-                  "choices": ["shapes", "vlm"]},
+        metadata={
+            "help": "metric vqa: who answers the atom questions: 'shapes' (the shapes world's exact detector) "
+            "or 'vlm' (a VLM behind an OpenAI-compatible endpoint: judge_base_url, judge_model).",
+            "choices": ["shapes", "vlm"],
+        },
     )
     judge_base_url: str | None = field(
         default=None,
-        metadata={"help": "OpenAI-compatible endpoint of the VQA model, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang "
-                  "or `transformers serve`)."},
+        metadata={
+            "help": "OpenAI-compatible endpoint of the VQA model, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang "
+            "or `transformers serve`)."
+        },
     )
     judge_model: str | None = field(default=None, metadata={"help": "The served model's name at judge_base_url."})
     judge_api_key_env: str = field(

@@ -74,6 +74,7 @@ def load_prompt_dataset(
         try:  # pyarrow reads JSON strings without checking UTF-8; decoding them here catches that before training
             dataset[:]
         except UnicodeDecodeError as error:
-            raise ValueError(f"{source}: holds text that is not UTF-8 (byte 0x{error.object[error.start]:02x}); "
-                             "save it as UTF-8") from None
+            raise ValueError(
+                f"{source}: holds text that is not UTF-8 (byte 0x{error.object[error.start]:02x}); save it as UTF-8"
+            ) from None
     return dataset

@@ -59,9 +59,12 @@ class TrainingGuards(TrainerCallback, ExportableState):
         zero_grad_norm_patience: int = 3,
         is_main_process: bool = True,
     ) -> None:
-        for key, value in (("no_score_patience", no_score_patience), ("zero_spread_patience", zero_spread_patience),
-                           ("constant_reward_patience", constant_reward_patience),
-                           ("zero_grad_norm_patience", zero_grad_norm_patience)):
+        for key, value in (
+            ("no_score_patience", no_score_patience),
+            ("zero_spread_patience", zero_spread_patience),
+            ("constant_reward_patience", constant_reward_patience),
+            ("zero_grad_norm_patience", zero_grad_norm_patience),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{key} must be an int >= 0 (0: off), got {value!r}")
         self.reward_names = list(reward_names)
@@ -88,14 +91,22 @@ class TrainingGuards(TrainerCallback, ExportableState):
         else:
             self.no_score_streak += 1
             names = ", ".join(repr(name) for name in self.reward_names)
-            what = (f"no image was scored by any reward ({names} returned NaN/None/inf for all "
-                    f"{rewards_per_func.size(0)} images)")
+            what = (
+                f"no image was scored by any reward ({names} returned NaN/None/inf for all "
+                f"{rewards_per_func.size(0)} images)"
+            )
             if self.no_score_patience and self.no_score_streak >= self.no_score_patience:
                 batches = "" if self.no_score_streak == 1 else f" in {self.no_score_streak} consecutive rollout batches"
-                raise NoScoreError(f"step {step}: {what}{batches}: every advantage is 0, so nothing can be learned; "
-                                   "check the reward(s) (no_score_patience tunes this stop)")
-            self._warn_once("no_score", "step %d: %s: every advantage is 0, so nothing is learned from these images; "
-                            "check the rewards", step, what)
+                raise NoScoreError(
+                    f"step {step}: {what}{batches}: every advantage is 0, so nothing can be learned; "
+                    "check the reward(s) (no_score_patience tunes this stop)"
+                )
+            self._warn_once(
+                "no_score",
+                "step %d: %s: every advantage is 0, so nothing is learned from these images; check the rewards",
+                step,
+                what,
+            )
 
         all_zero = bool(is_std_zero.numel()) and bool(is_std_zero.all()) and bool(scored.any())
         self.zero_spread_streak = self.zero_spread_streak + 1 if all_zero else 0
@@ -106,7 +117,9 @@ class TrainingGuards(TrainerCallback, ExportableState):
                 "step %d: every group of the last %d rollout batches had zero reward spread (frac_reward_zero_std = 1): "
                 "all advantages are 0 and nothing is learned; usual causes: a reward that cannot tell one prompt's "
                 "images apart, a prompt set far too easy or too hard, a too low temperature (zero_spread_patience "
-                "tunes this warning)", step, self.zero_spread_streak,
+                "tunes this warning)",
+                step,
+                self.zero_spread_streak,
             )
 
         for index, name in enumerate(self.reward_names):
@@ -121,7 +134,11 @@ class TrainingGuards(TrainerCallback, ExportableState):
                     f"constant:{name}",
                     "step %d: reward %r gave %s to every image of the last %d rollout batches: it cannot rank images, "
                     "so it adds nothing to the advantages; check what it receives (images in [0, 1], prompts, "
-                    "columns) and its kwargs (constant_reward_patience tunes this warning)", step, name, value, streak,
+                    "columns) and its kwargs (constant_reward_patience tunes this warning)",
+                    step,
+                    name,
+                    value,
+                    streak,
                 )
         return metrics
 
@@ -138,7 +155,9 @@ class TrainingGuards(TrainerCallback, ExportableState):
                 "step %d: grad_norm was 0 at the last %d logged steps: the updates change nothing; usual causes: all "
                 "advantages 0 (see frac_reward_zero_std), a loss that reaches no trainable parameter (LoRA target "
                 "modules), top_k/top_p leaving one choice per token (log-prob 0, no gradient) "
-                "(zero_grad_norm_patience tunes this warning)", step, self.zero_grad_norm_streak,
+                "(zero_grad_norm_patience tunes this warning)",
+                step,
+                self.zero_grad_norm_streak,
             )
         return {"guards/zero_grad_norm_streak": float(self.zero_grad_norm_streak)}
 

@@ -115,8 +115,11 @@ class InLoopEvaluation(TrainerCallback):
         self.every = args.eval_every
         self.scorer = find_scorer(trainer.image_rewards, args.eval_prompts) if has_geneval_metadata(self.rows) else None
         if has_geneval_metadata(self.rows) and self.scorer is None:
-            logger.warning("in-loop eval: %s has GenEval metadata but no GenEval scorer is loaded (add a `geneval` "
-                           "reward to get the per-tag table); logging the rewards only", args.eval_prompts)
+            logger.warning(
+                "in-loop eval: %s has GenEval metadata but no GenEval scorer is loaded (add a `geneval` "
+                "reward to get the per-tag table); logging the rewards only",
+                args.eval_prompts,
+            )
         # prompts per sampling call: `per_device_eval_batch_size` images. Not derived from the training batch or the
         # process count: the chunking seeds the generator, so it must stay put for the images to stay put
         self.batch_prompts = max(1, args.per_device_eval_batch_size // self.images_per_prompt)
@@ -138,8 +141,11 @@ class InLoopEvaluation(TrainerCallback):
         if state.global_step == 0:  # a resumed run evaluated its checkpoint's step before saving it
             self.evaluate(0)
         elif self.best is not None and self.trainer.accelerator.is_main_process:
-            logger.warning("keep_best: resumed at step %d: only the in-loop evals from here on compete (the best "
-                           "weights of the run before it are not in the checkpoint)", state.global_step)
+            logger.warning(
+                "keep_best: resumed at step %d: only the in-loop evals from here on compete (the best "
+                "weights of the run before it are not in the checkpoint)",
+                state.global_step,
+            )
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
@@ -164,20 +170,37 @@ class InLoopEvaluation(TrainerCallback):
             with (
                 torch.no_grad(),
                 trainer._no_checkpointing(),
-                unwrap_model_for_generation(trainer.model_wrapped, accelerator,
-                                            gather_deepspeed3_params=trainer.args.ds3_gather_for_generation) as unwrapped,
+                unwrap_model_for_generation(
+                    trainer.model_wrapped, accelerator, gather_deepspeed3_params=trainer.args.ds3_gather_for_generation
+                ) as unwrapped,
                 unsharded_root(unwrapped),  # FSDP2: as for the trainer's rollouts (fsdp.py)
                 accelerator.autocast(),
             ):
                 if self.scorer is not None:
-                    table, _, images = evaluate_policy(trainer.policy, self.rows, self.scorer, self.images_per_prompt,
-                                                       trainer.sampling, self.seed, batch_prompts=self.batch_prompts,
-                                                       keep_images=True, progress=False, model=unwrapped)
+                    table, _, images = evaluate_policy(
+                        trainer.policy,
+                        self.rows,
+                        self.scorer,
+                        self.images_per_prompt,
+                        trainer.sampling,
+                        self.seed,
+                        batch_prompts=self.batch_prompts,
+                        keep_images=True,
+                        progress=False,
+                        model=unwrapped,
+                    )
                 else:
                     table = None
-                    images = generate_images(trainer.policy, self.rows, self.images_per_prompt, trainer.sampling,
-                                             self.seed, batch_prompts=self.batch_prompts, progress=False,
-                                             model=unwrapped)
+                    images = generate_images(
+                        trainer.policy,
+                        self.rows,
+                        self.images_per_prompt,
+                        trainer.sampling,
+                        self.seed,
+                        batch_prompts=self.batch_prompts,
+                        progress=False,
+                        model=unwrapped,
+                    )
         finally:
             model.train(was_training)
         if not accelerator.is_main_process:

@@ -33,8 +33,20 @@ SECRET_KEY = re.compile(r"token|secret|password|passwd|api_?key|credential|auth"
 REDACTED = "<redacted>"
 MAX_EVAL_ROWS = 12  # first, last and evenly spaced evals in between
 MAX_ROLLOUT_IMAGES = 8
-FILE_SUFFIXES = {".txt", ".json", ".jsonl", ".csv", ".parquet", ".arrow", ".yaml", ".yml", ".pt", ".pth", ".bin",
-                 ".safetensors"}
+FILE_SUFFIXES = {
+    ".txt",
+    ".json",
+    ".jsonl",
+    ".csv",
+    ".parquet",
+    ".arrow",
+    ".yaml",
+    ".yml",
+    ".pt",
+    ".pth",
+    ".bin",
+    ".safetensors",
+}
 
 
 @dataclass(frozen=True)
@@ -76,8 +88,9 @@ def redact_overrides(overrides: Sequence[str]) -> tuple[str, ...]:
     return tuple(tokens)
 
 
-def remember_recipe(configs: Sequence[Any], recipe_path: str | None, overrides: Sequence[str],
-                    recipe: dict[str, Any]) -> None:
+def remember_recipe(
+    configs: Sequence[Any], recipe_path: str | None, overrides: Sequence[str], recipe: dict[str, Any]
+) -> None:
     """Attach a `RecipeSource` to the first parsed config (the training arguments), for the model card: the trainer
     sees only its configs, and the recipe file and overrides are what reproduces the run. `env` values are
     dropped (they often hold credentials), its names kept."""
@@ -86,8 +99,14 @@ def remember_recipe(configs: Sequence[Any], recipe_path: str | None, overrides: 
         keys["env"] = {name: REDACTED for name in recipe["env"]}
     model = next((config for config in configs if hasattr(config, "model_name_or_path")), None)
     data = next((config for config in configs if isinstance(getattr(config, "dataset", None), str)), None)
-    source = RecipeSource(recipe_path, redact_overrides(overrides), keys, getattr(model, "model_name_or_path", None),
-                          getattr(model, "model_family", None), getattr(data, "dataset", None))
+    source = RecipeSource(
+        recipe_path,
+        redact_overrides(overrides),
+        keys,
+        getattr(model, "model_name_or_path", None),
+        getattr(model, "model_family", None),
+        getattr(data, "dataset", None),
+    )
     if configs and dataclass_like(configs[0]):
         configs[0].recipe_source = source
 
@@ -194,7 +213,8 @@ def eval_table(log_history: list[dict]) -> list[str]:
     keys = sorted({key for entry in entries for key in entry if key.startswith("eval_")})
     rewards = [key for key in keys if key.startswith("eval_rewards/")]
     geneval = [key for key in keys if key == "eval_geneval/overall"] + [
-        key for key in keys if key.startswith("eval_geneval/") and key != "eval_geneval/overall"]
+        key for key in keys if key.startswith("eval_geneval/") and key != "eval_geneval/overall"
+    ]
     columns = ["eval_reward", *rewards, *geneval]
     header = ["step"] + [_column_name(key) for key in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -205,9 +225,9 @@ def eval_table(log_history: list[dict]) -> list[str]:
 
 
 def _column_name(key: str) -> str:
-    name = key[len("eval_"):]
+    name = key[len("eval_") :]
     if name.startswith("rewards/") and name.endswith("/mean"):
-        name = name[len("rewards/"):-len("/mean")]
+        name = name[len("rewards/") : -len("/mean")]
     return _escape(name)
 
 
@@ -271,11 +291,17 @@ def build_model_card(trainer, stage: str, tags: Sequence[str] | None = None):
 
     body = [f"# {name}", ""]
     origin = f"`{base_model}`" if base_model else "an unnamed checkpoint"
-    body += [f"A {f'`{family}` ' if family else ''}text-to-image model post-trained from {origin} with "
-             f"rlhf-img's {stage.upper()}{', trained as a LoRA adapter' if adapter else ''}.", ""]
+    body += [
+        f"A {f'`{family}` ' if family else ''}text-to-image model post-trained from {origin} with "
+        f"rlhf-img's {stage.upper()}{', trained as a LoRA adapter' if adapter else ''}.",
+        "",
+    ]
     if base_model and not is_hub_id(base_model):
-        body += ["The base model is a local checkpoint, so the metadata names none; set `base_model` to its hub "
-                 "id before publishing. The license is the base model's: `unknown` means its card was not found.", ""]
+        body += [
+            "The base model is a local checkpoint, so the metadata names none; set `base_model` to its hub "
+            "id before publishing. The license is the base model's: `unknown` means its card was not found.",
+            "",
+        ]
     images = sample_images(args.output_dir)
     if images:
         body += ["## Samples", ""] + [f"![sample]({image})" for image in images] + [""]
@@ -291,16 +317,20 @@ def build_model_card(trainer, stage: str, tags: Sequence[str] | None = None):
         ("learning rate", f"{args.learning_rate:g} ({_scheduler(args)})"),
         ("hardware", _hardware(trainer)),
     ]
-    runtime = next((entry["train_runtime"] for entry in reversed(state.log_history) if "train_runtime" in entry),
-                   None)
+    runtime = next((entry["train_runtime"] for entry in reversed(state.log_history) if "train_runtime" in entry), None)
     if _is_number(runtime):
         rows.append(("train runtime", f"{runtime:.0f} s"))
     if hasattr(args, "cfg_mode") and (stage == "grpo" or getattr(args, "mode", "") == "online"):
         rows.append(("sampling", _sampling_text(args)))
     if stage in ("grpo", "dpo") and hasattr(args, "beta"):
         rows.append(("beta / loss", f"{args.beta:g} / {args.loss_type}"))
-    rows.append(("versions", f"rlhf-img {__version__}, trl {trl.__version__}, transformers "
-                             f"{transformers.__version__}, torch {torch.__version__}"))
+    rows.append(
+        (
+            "versions",
+            f"rlhf-img {__version__}, trl {trl.__version__}, transformers "
+            f"{transformers.__version__}, torch {torch.__version__}",
+        )
+    )
     body += [f"| {key} | {_escape(value)} |" for key, value in rows] + [""]
 
     curve = _training_curve(state.log_history, stage)
@@ -309,15 +339,25 @@ def build_model_card(trainer, stage: str, tags: Sequence[str] | None = None):
 
     if rewards is not None and len(rewards) > 0:
         body += ["## Rewards", "", "| reward | weight | normalized |", "|---|---|---|"]
-        body += [f"| `{_escape(reward.name)}` | {reward.weight:g} | {'yes' if reward.normalize else 'no'} |"
-                 for reward in rewards] + [""]
+        body += [
+            f"| `{_escape(reward.name)}` | {reward.weight:g} | {'yes' if reward.normalize else 'no'} |"
+            for reward in rewards
+        ] + [""]
 
     table = eval_table(state.log_history)
     if table:
-        body += ["## Held-out evaluation", "",
-                 f"In-loop eval on `{_escape(getattr(args, 'eval_prompts', '') or '')}`, fixed prompts and seeds "
-                 f"(`eval_seed` {getattr(args, 'eval_seed', '?')}), "
-                 f"{getattr(args, 'eval_images_per_prompt', '?')} images per prompt:", ""] + table + [""]
+        body += (
+            [
+                "## Held-out evaluation",
+                "",
+                f"In-loop eval on `{_escape(getattr(args, 'eval_prompts', '') or '')}`, fixed prompts and seeds "
+                f"(`eval_seed` {getattr(args, 'eval_seed', '?')}), "
+                f"{getattr(args, 'eval_images_per_prompt', '?')} images per prompt:",
+                "",
+            ]
+            + table
+            + [""]
+        )
 
     body += _recipe_section(source, command)
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body).rstrip() + "\n")
@@ -335,8 +375,10 @@ def _adapter_text(adapter) -> str:
 def _batch_text(trainer, stage: str) -> str:
     args = trainer.args
     total = args.per_device_train_batch_size * trainer.accelerator.num_processes * args.gradient_accumulation_steps
-    split = (f"{args.per_device_train_batch_size} per process x {trainer.accelerator.num_processes} process(es) x "
-             f"{args.gradient_accumulation_steps} accumulation")
+    split = (
+        f"{args.per_device_train_batch_size} per process x {trainer.accelerator.num_processes} process(es) x "
+        f"{args.gradient_accumulation_steps} accumulation"
+    )
     if stage == "grpo":
         return f"{total} images, {total // max(args.num_generations, 1)} prompts x {args.num_generations} ({split})"
     if stage == "dpo":
@@ -383,9 +425,16 @@ def _recipe_section(source: RecipeSource | None, command: str) -> list[str]:
         lines += [f"Recipe `{source.path}`" + (" with the overrides below." if source.overrides else "."), ""]
     lines += ["```bash", reproduce, "```", ""]
     if source.keys:
-        lines += ["<details><summary>Recipe keys</summary>", "", "```yaml",
-                  yaml.safe_dump(source.keys, sort_keys=False, allow_unicode=True).rstrip(), "```", "", "</details>",
-                  ""]
+        lines += [
+            "<details><summary>Recipe keys</summary>",
+            "",
+            "```yaml",
+            yaml.safe_dump(source.keys, sort_keys=False, allow_unicode=True).rstrip(),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
     return lines
 
 

@@ -37,7 +37,7 @@ def group_diversity(features: torch.Tensor, group_size: int, metric: str) -> flo
         return float("nan")
     groups = features.double().view(count // group_size, group_size, dim)
     if metric == "rms":
-        distances = torch.cdist(groups, groups) / dim ** 0.5
+        distances = torch.cdist(groups, groups) / dim**0.5
     else:
         unit = F.normalize(groups, dim=-1)
         distances = 1 - unit @ unit.transpose(1, 2)
@@ -55,14 +55,14 @@ def pixel_features(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rollout_monitors(images: torch.Tensor, group_size: int, gather,
-                     embed_images: ImageEmbedder | None = None) -> dict[str, float]:
+def rollout_monitors(
+    images: torch.Tensor, group_size: int, gather, embed_images: ImageEmbedder | None = None
+) -> dict[str, float]:
     """The diversity monitors of one rollout batch. `images`: this process's decoded images; `gather`: the
     accelerator's gather (groups may span processes; only small per-image vectors cross them); `embed_images`:
     a reward's image-embedding capability (`RewardSet.image_embedder()`), None for no `clip_diversity`."""
     metrics = {"monitors/image_diversity": group_diversity(gather(pixel_features(images)), group_size, "rms")}
     if embed_images is not None:
         embeddings = embed_images(images)  # (B, D), L2-normalised
-        metrics["monitors/clip_diversity"] = group_diversity(gather(embeddings.to(images.device)), group_size,
-                                                             "cosine")
+        metrics["monitors/clip_diversity"] = group_diversity(gather(embeddings.to(images.device)), group_size, "cosine")
     return metrics

@@ -111,7 +111,10 @@ class Policy(Protocol):
         ...
 
     def sample(
-        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling,
+        self,
+        model: nn.Module,
+        prompts: PromptBatch,
+        sampling: Sampling,
         generator: torch.Generator | SampleGenerators | None = None,
     ) -> Rollout:
         """Draw one image's actions per prompt row with a KV cache (CFG rows batched with the conditional rows).

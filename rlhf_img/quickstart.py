@@ -55,12 +55,27 @@ def plot_dashboard(log_history: list[dict], path: str) -> None:
     figure, axes = plt.subplots(2, 2, figsize=(11, 7), dpi=100)
     panels = [
         (axes[0, 0], "mean dense reward", [("reward", "train batches"), ("eval_reward", "in-loop eval (fixed seeds)")]),
-        (axes[0, 1], "GenEval strict (in-loop eval)", [(k, k.split("/")[-1]) for k in sorted(
-            {k for e in log_history for k in e if k.startswith("eval_geneval/")})]),
-        (axes[1, 0], "within-group diversity / entropy", [("monitors/image_diversity", "image diversity (RMS px)"),
-                                                          ("entropy", "token entropy (nats)")]),
-        (axes[1, 1], "collapse and drift", [("frac_reward_zero_std", "share of zero-spread groups"),
-                                            ("sampling/sampling_logp_difference/mean", "log-prob drift (mean)")]),
+        (
+            axes[0, 1],
+            "GenEval strict (in-loop eval)",
+            [
+                (k, k.split("/")[-1])
+                for k in sorted({k for e in log_history for k in e if k.startswith("eval_geneval/")})
+            ],
+        ),
+        (
+            axes[1, 0],
+            "within-group diversity / entropy",
+            [("monitors/image_diversity", "image diversity (RMS px)"), ("entropy", "token entropy (nats)")],
+        ),
+        (
+            axes[1, 1],
+            "collapse and drift",
+            [
+                ("frac_reward_zero_std", "share of zero-spread groups"),
+                ("sampling/sampling_logp_difference/mean", "log-prob drift (mean)"),
+            ],
+        ),
     ]
     for axis, title, keys in panels:
         for key, label in keys:
@@ -84,14 +99,18 @@ def eval_progress(eval_dir: str, path: str) -> int:
     how many steps it shows."""
     from PIL import Image, ImageDraw
 
-    files = sorted(f for f in os.listdir(eval_dir) if f.startswith("step_") and f.endswith(".png")) \
-        if os.path.isdir(eval_dir) else []
+    files = (
+        sorted(f for f in os.listdir(eval_dir) if f.startswith("step_") and f.endswith(".png"))
+        if os.path.isdir(eval_dir)
+        else []
+    )
     if not files:
         return 0
     grids = [Image.open(os.path.join(eval_dir, f)).convert("RGB") for f in files]
     header, gap = 16, 8
-    canvas = Image.new("RGB", (sum(g.width for g in grids) + gap * (len(grids) - 1), header + max(g.height for g in grids)),
-                       "white")
+    canvas = Image.new(
+        "RGB", (sum(g.width for g in grids) + gap * (len(grids) - 1), header + max(g.height for g in grids)), "white"
+    )
     draw, x = ImageDraw.Draw(canvas), 0
     for name, grid in zip(files, grids):
         draw.text((x + 2, 2), f"step {int(name[5:11])}", fill="black")
@@ -106,8 +125,9 @@ def sample_grid(images, rows, images_per_prompt: int, path: str, limit: int = 16
     captioned_grid(images[picks], [rows[i // images_per_prompt]["prompt"] for i in picks], columns=4).save(path)
 
 
-def run_quickstart(checkpoint: str, recipe: str, output_dir: str, images_per_prompt: int, seed: int,
-                   overrides: list[str]) -> dict:
+def run_quickstart(
+    checkpoint: str, recipe: str, output_dir: str, images_per_prompt: int, seed: int, overrides: list[str]
+) -> dict:
     os.makedirs(output_dir, exist_ok=True)
     _, held_out = shapes.split_prompts()
     args, _, rewards, dataset, policy, peft_config = prepare_training(
@@ -115,8 +135,9 @@ def run_quickstart(checkpoint: str, recipe: str, output_dir: str, images_per_pro
     )
     eval_sampling = Sampling(cfg_mode="none", temperature=args.temperature, top_k=args.top_k or 0, top_p=args.top_p)
     # the policy about to be trained, scored before the trainer wraps it
-    before, _, before_images = evaluate_policy(policy, held_out, None, images_per_prompt, eval_sampling, seed,
-                                               keep_images=True)
+    before, _, before_images = evaluate_policy(
+        policy, held_out, None, images_per_prompt, eval_sampling, seed, keep_images=True
+    )
     print(format_table(before, "held-out, before GRPO (strict):"))
 
     trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
@@ -127,20 +148,32 @@ def run_quickstart(checkpoint: str, recipe: str, output_dir: str, images_per_pro
     trainer.save_state()
 
     after_policy = load_policy(args.output_dir)
-    after, records, after_images = evaluate_policy(after_policy, held_out, None, images_per_prompt, eval_sampling, seed,
-                                                   keep_images=True)
+    after, records, after_images = evaluate_policy(
+        after_policy, held_out, None, images_per_prompt, eval_sampling, seed, keep_images=True
+    )
     print(format_table(after, "held-out, after GRPO (strict):"))
     print(f"  {'delta overall':<14s} {after['overall'] - before['overall']:+.4f}   (GRPO {grpo_seconds:.0f}s)")
     evals = [e for e in trainer.state.log_history if "eval_geneval/overall" in e]
     if evals:
-        print(f"  in-loop eval ({args.eval_max_prompts or 'all'} held-out prompts x {args.eval_images_per_prompt}, "
-              "fixed seeds): overall " + " -> ".join(f"{e['eval_geneval/overall']:.3f} (step {e['step']})" for e in evals))
+        print(
+            f"  in-loop eval ({args.eval_max_prompts or 'all'} held-out prompts x {args.eval_images_per_prompt}, "
+            "fixed seeds): overall " + " -> ".join(f"{e['eval_geneval/overall']:.3f} (step {e['step']})" for e in evals)
+        )
 
-    summary = {"before": before, "after": after, "grpo_seconds": round(grpo_seconds, 1),
-               "images_per_prompt": images_per_prompt, "eval_seed": seed, "train_seed": args.seed,
-               "held_out_prompts": len(held_out),
-               "in_loop_eval": [{k: v for k, v in e.items() if k == "step" or k.startswith("eval_")}
-                                for e in trainer.state.log_history if "eval_reward" in e]}
+    summary = {
+        "before": before,
+        "after": after,
+        "grpo_seconds": round(grpo_seconds, 1),
+        "images_per_prompt": images_per_prompt,
+        "eval_seed": seed,
+        "train_seed": args.seed,
+        "held_out_prompts": len(held_out),
+        "in_loop_eval": [
+            {k: v for k, v in e.items() if k == "step" or k.startswith("eval_")}
+            for e in trainer.state.log_history
+            if "eval_reward" in e
+        ],
+    }
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(output_dir, "after_results.jsonl"), "w") as f:

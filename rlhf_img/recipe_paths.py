@@ -15,8 +15,16 @@ from typing import Any, Sequence
 
 # recipe keys that name an input file or folder (a value that exists in neither place is left as written:
 # it may be a hub id, and the loader's own error names it)
-PATH_KEYS = ("dataset", "model_name_or_path", "visual_tokenizer", "resume_from_checkpoint",
-             "checkpoint", "images", "prompts", "class_names")  # the last four: `rlhf-img eval` files (EvalConfig)
+PATH_KEYS = (
+    "dataset",
+    "model_name_or_path",
+    "visual_tokenizer",
+    "resume_from_checkpoint",
+    "checkpoint",
+    "images",
+    "prompts",
+    "class_names",
+)  # the last four: `rlhf-img eval` files (EvalConfig)
 LOCAL_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")  # `dataset` values that can only be files
 
 
@@ -53,8 +61,10 @@ def resolve_reward_spec(spec, recipe_dir: str, source: str):
     resolved = resolve_input(location, recipe_dir)
     if resolved == location:
         if not os.path.exists(location):
-            raise RecipePathError(f"reward {spec.name!r} in {source}: file not found: {location} (looked in the "
-                                  f"current folder and in the recipe's folder {recipe_dir})")
+            raise RecipePathError(
+                f"reward {spec.name!r} in {source}: file not found: {location} (looked in the "
+                f"current folder and in the recipe's folder {recipe_dir})"
+            )
         return spec
     return dataclasses.replace(spec, name=f"{resolved}:{attribute}", label=spec.label or spec.name)
 
@@ -63,8 +73,9 @@ def _overridden(overrides: Sequence[str]) -> set[str]:
     return {token[2:].split("=", 1)[0] for token in overrides if isinstance(token, str) and token.startswith("--")}
 
 
-def resolve_recipe_paths(configs: Sequence[Any], recipe: dict[str, Any], recipe_path: str,
-                         overrides: Sequence[str] = ()) -> None:
+def resolve_recipe_paths(
+    configs: Sequence[Any], recipe: dict[str, Any], recipe_path: str, overrides: Sequence[str] = ()
+) -> None:
     """Resolve, in place, the input paths that `configs` (parsed dataclasses) took from the recipe file."""
     recipe_dir = os.path.dirname(os.path.abspath(recipe_path))
     from_command_line = _overridden(overrides)
@@ -74,10 +85,17 @@ def resolve_recipe_paths(configs: Sequence[Any], recipe: dict[str, Any], recipe_
                 continue
             value = getattr(config, key)
             resolved = resolve_input(value, recipe_dir)
-            if (key == "dataset" and resolved == value and isinstance(value, str)
-                    and value.lower().endswith(LOCAL_FILE_SUFFIXES) and not os.path.exists(os.path.expanduser(value))):
-                raise RecipePathError(f"recipe key 'dataset' in {recipe_path}: prompt file not found: {value} (looked "
-                                      f"in the current folder and in the recipe's folder {recipe_dir})")
+            if (
+                key == "dataset"
+                and resolved == value
+                and isinstance(value, str)
+                and value.lower().endswith(LOCAL_FILE_SUFFIXES)
+                and not os.path.exists(os.path.expanduser(value))
+            ):
+                raise RecipePathError(
+                    f"recipe key 'dataset' in {recipe_path}: prompt file not found: {value} (looked "
+                    f"in the current folder and in the recipe's folder {recipe_dir})"
+                )
             setattr(config, key, resolved)
         if "rewards" in recipe and "rewards" not in from_command_line and getattr(config, "reward_specs", None):
             config.reward_specs = [resolve_reward_spec(spec, recipe_dir, recipe_path) for spec in config.reward_specs]

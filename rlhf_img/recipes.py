@@ -29,8 +29,9 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
-def recipe_parser(dataclass_types=TRAIN_DATACLASSES, command: str = "train", description: str = DESCRIPTION,
-                  usage: str | None = None):
+def recipe_parser(
+    dataclass_types=TRAIN_DATACLASSES, command: str = "train", description: str = DESCRIPTION, usage: str | None = None
+):
     """The `--key value` parser of `dataclass_types` (TRL's `TrlParser`): one option per field, its help the field's."""
     from trl import TrlParser
 
@@ -79,7 +80,9 @@ def check_recipe_types(parser, recipe: dict[str, Any], path: str, dataclass_type
             if "None" not in types[key] and "Optional" not in types[key]:
                 raise UsageError(f"recipe key {key!r} in {path} needs a value ({types[key]}), got null")
             continue
-        structured = key in STRUCTURED_KEYS or "dict" in types[key] or "list" in types[key] or action.nargs in ("+", "*")
+        structured = (
+            key in STRUCTURED_KEYS or "dict" in types[key] or "list" in types[key] or action.nargs in ("+", "*")
+        )
         if isinstance(value, (list, dict)):
             if not structured:
                 raise UsageError(f"recipe key {key!r} in {path} must be a single value, got a {type(value).__name__}")
@@ -95,7 +98,9 @@ def check_recipe_types(parser, recipe: dict[str, Any], path: str, dataclass_type
             raise UsageError(f"recipe key {key!r} in {path} must be an int, got {value!r}")
         if callable(converter) and not structured:
             try:
-                converted = converter(value if isinstance(value, str) else str(value) if converter is not float else value)
+                converted = converter(
+                    value if isinstance(value, str) else str(value) if converter is not float else value
+                )
             except (TypeError, ValueError, argparse.ArgumentTypeError):
                 name = getattr(converter, "__name__", "value")
                 raise UsageError(f"recipe key {key!r} in {path}: invalid {name} value {value!r}") from None
@@ -125,8 +130,9 @@ def _parse(parser, recipe: dict[str, Any], overrides: Sequence[str]):
     return parser.parse_args_into_dataclasses(args=list(overrides))
 
 
-def parse_recipe(recipe_path: str | None, overrides: Sequence[str], dataclass_types=TRAIN_DATACLASSES, command="train",
-                 parser=None):
+def parse_recipe(
+    recipe_path: str | None, overrides: Sequence[str], dataclass_types=TRAIN_DATACLASSES, command="train", parser=None
+):
     """The dataclasses of `dataclass_types` from a recipe plus `--key value` overrides (UsageError on bad input).
     `recipe_path=None`: the command line alone. `parser`: one built by `recipe_parser` with extra arguments or
     defaults (their values come back as a last `argparse.Namespace`)."""
@@ -226,5 +232,3 @@ def _check_reference_loadable(args, policy, peft_config) -> None:
             f"{location or 'the checkpoint'!r}, which has no transformers config.json; use LoRA (use_peft: true), "
             "beta: 0, or convert the checkpoint first (e.g. `rlhf-img convert infinity SRC OUT`)"
         )
-
-

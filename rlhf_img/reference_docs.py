@@ -69,25 +69,56 @@ def key_groups() -> list[KeyGroup]:
     from .worlds.tokenizer_training import TokenizerTrainingConfig
 
     return [
-        KeyGroup("train", "train", "Training recipe keys (`rlhf-img train`)", TRAIN_DATACLASSES,
-                 "A GRPO recipe is one flat YAML mapping of these keys; each is also a `--key value` override. A key "
-                 "inherited from TRL either applies to images or is refused (set to anything but its default, it "
-                 "stops the run before anything is loaded), as the last column says.", trl_verdicts=True),
-        KeyGroup("eval", "eval", "Evaluation keys (`rlhf-img eval`)", (EvalConfig,),
-                 "Keys of an eval YAML file and flags of `rlhf-img eval`; the family and sampling keys are the "
-                 "training recipe's."),
-        KeyGroup("encode", "encode", "Encode keys (`rlhf-img encode`)", (EncodeConfig,),
-                 "Keys of an encode recipe: image/caption pairs -> the family's actions in Arrow shards."),
-        KeyGroup("sft", "sft", "SFT / pretraining keys (`rlhf-img sft`)", (ActionSFTConfig, ImageModelConfig),
-                 "Keys of a family SFT or pretraining recipe (on `rlhf-img encode` output)."),
-        KeyGroup("sft", "sft-shapes-world", "Shapes-world SFT keys (`rlhf-img sft recipes/shapes-sft.yaml`)",
-                 (WorldSFTConfig,),
-                 "Keys of the shapes world's own SFT recipe: a recipe that names neither `model_name_or_path` nor "
-                 "`dataset` builds a causal LM from scratch on rendered images."),
-        KeyGroup("dpo", "dpo", "DPO keys (`rlhf-img dpo`)", DPO_DATACLASSES,
-                 "Keys of an offline or online DPO recipe."),
-        KeyGroup("pretrain-tokenizer", "pretrain-tokenizer", "Tokenizer keys (`rlhf-img pretrain-tokenizer`)",
-                 (TokenizerTrainingConfig,), "Keys of a world's VQ tokenizer recipe (recipes/shapes-tokenizer.yaml)."),
+        KeyGroup(
+            "train",
+            "train",
+            "Training recipe keys (`rlhf-img train`)",
+            TRAIN_DATACLASSES,
+            "A GRPO recipe is one flat YAML mapping of these keys; each is also a `--key value` override. A key "
+            "inherited from TRL either applies to images or is refused (set to anything but its default, it "
+            "stops the run before anything is loaded), as the last column says.",
+            trl_verdicts=True,
+        ),
+        KeyGroup(
+            "eval",
+            "eval",
+            "Evaluation keys (`rlhf-img eval`)",
+            (EvalConfig,),
+            "Keys of an eval YAML file and flags of `rlhf-img eval`; the family and sampling keys are the "
+            "training recipe's.",
+        ),
+        KeyGroup(
+            "encode",
+            "encode",
+            "Encode keys (`rlhf-img encode`)",
+            (EncodeConfig,),
+            "Keys of an encode recipe: image/caption pairs -> the family's actions in Arrow shards.",
+        ),
+        KeyGroup(
+            "sft",
+            "sft",
+            "SFT / pretraining keys (`rlhf-img sft`)",
+            (ActionSFTConfig, ImageModelConfig),
+            "Keys of a family SFT or pretraining recipe (on `rlhf-img encode` output).",
+        ),
+        KeyGroup(
+            "sft",
+            "sft-shapes-world",
+            "Shapes-world SFT keys (`rlhf-img sft recipes/shapes-sft.yaml`)",
+            (WorldSFTConfig,),
+            "Keys of the shapes world's own SFT recipe: a recipe that names neither `model_name_or_path` nor "
+            "`dataset` builds a causal LM from scratch on rendered images.",
+        ),
+        KeyGroup(
+            "dpo", "dpo", "DPO keys (`rlhf-img dpo`)", DPO_DATACLASSES, "Keys of an offline or online DPO recipe."
+        ),
+        KeyGroup(
+            "pretrain-tokenizer",
+            "pretrain-tokenizer",
+            "Tokenizer keys (`rlhf-img pretrain-tokenizer`)",
+            (TokenizerTrainingConfig,),
+            "Keys of a world's VQ tokenizer recipe (recipes/shapes-tokenizer.yaml).",
+        ),
     ]
 
 
@@ -159,15 +190,17 @@ def field_docs(cls: type) -> list[KeyDoc]:
             )
         owners = _declaring_classes(cls, field.name)
         annotation = inspect.get_annotations(owners[0])[field.name]
-        docs.append(KeyDoc(
-            name=field.name,
-            type=_type_text(annotation),
-            default=_default_text(field),
-            help=" ".join(help_text.split()),
-            choices=tuple(str(choice) for choice in (field.metadata or {}).get("choices", ()) or ()),
-            declared_in=_public_name(owners[0]),
-            redefines=_public_name(owners[1]) if len(owners) > 1 else None,
-        ))
+        docs.append(
+            KeyDoc(
+                name=field.name,
+                type=_type_text(annotation),
+                default=_default_text(field),
+                help=" ".join(help_text.split()),
+                choices=tuple(str(choice) for choice in (field.metadata or {}).get("choices", ()) or ()),
+                declared_in=_public_name(owners[0]),
+                redefines=_public_name(owners[1]) if len(owners) > 1 else None,
+            )
+        )
     return docs
 
 
@@ -198,8 +231,11 @@ def _verdict_cell(row: dict[str, Any] | None) -> str:
     if row.get("instead"):
         text += "; instead: " + _inline(row["instead"])
     if row.get("tested"):
-        text += "<br><small>tested in " + ", ".join(f"<code>tests/{html.escape(t, quote=False)}</code>"
-                                                      for t in row["tested"]) + "</small>"
+        text += (
+            "<br><small>tested in "
+            + ", ".join(f"<code>tests/{html.escape(t, quote=False)}</code>" for t in row["tested"])
+            + "</small>"
+        )
     return text
 
 
@@ -220,8 +256,10 @@ def _origin(doc: KeyDoc) -> str:
 def render_key_group(group: KeyGroup) -> str:
     """The markdown page of one command's keys: a table per dataclass, rlhf-img's own keys first, then TRL's,
     then transformers'; for `rlhf-img train`, whether each inherited TRL key applies to images."""
-    source = ("Generated at build time from the config dataclasses (`rlhf_img/reference_docs.py`); the same text is "
-              f"what `rlhf-img {group.command} --help` prints.")
+    source = (
+        "Generated at build time from the config dataclasses (`rlhf_img/reference_docs.py`); the same text is "
+        f"what `rlhf-img {group.command} --help` prints."
+    )
     lines = [f"# {group.title}", "", group.intro, "", source, ""]
     for cls in group.dataclasses:
         docs = field_docs(cls)
@@ -236,9 +274,15 @@ def render_key_group(group: KeyGroup) -> str:
             if not rows:
                 continue
             with_status = any(doc.name in verdicts for doc in rows)
-            lines += [f"### {origin} keys of `{cls.__name__}`", "", "<table>",
-                      "<thead><tr><th>key</th><th>type</th><th>default</th><th>what it does</th>"
-                      + ("<th>for images</th>" if with_status else "") + "</tr></thead>", "<tbody>"]
+            lines += [
+                f"### {origin} keys of `{cls.__name__}`",
+                "",
+                "<table>",
+                "<thead><tr><th>key</th><th>type</th><th>default</th><th>what it does</th>"
+                + ("<th>for images</th>" if with_status else "")
+                + "</tr></thead>",
+                "<tbody>",
+            ]
             for doc in rows:
                 notes = []
                 if doc.choices:
@@ -249,8 +293,12 @@ def render_key_group(group: KeyGroup) -> str:
                 if origin != "rlhf-img" or doc.redefines:
                     notes.append(f"declared in <code>{doc.declared_in}</code>")
                 help_cell = _inline(doc.help) + "".join(f"<br><small>{note}</small>" for note in notes)
-                cells = [f'<code>{doc.name}</code>', f"<code>{html.escape(doc.type, quote=False)}</code>",
-                         f"<code>{html.escape(doc.default, quote=False)}</code>", help_cell]
+                cells = [
+                    f"<code>{doc.name}</code>",
+                    f"<code>{html.escape(doc.type, quote=False)}</code>",
+                    f"<code>{html.escape(doc.default, quote=False)}</code>",
+                    help_cell,
+                ]
                 if with_status:
                     cells.append(_verdict_cell(verdicts.get(doc.name)))
                 anchor = f"{group.slug}-{cls.__name__}-{doc.name}".lower()
@@ -260,9 +308,11 @@ def render_key_group(group: KeyGroup) -> str:
 
 
 def render_keys_index(groups: list[KeyGroup]) -> str:
-    intro = ("Every key of every recipe, eval file and stage, generated at build time from the config dataclasses "
-             "(`metadata={\"help\": ...}` on each field), so this reference, `--help` and the Python API cannot "
-             "drift apart. A field without help text fails the docs build.")
+    intro = (
+        "Every key of every recipe, eval file and stage, generated at build time from the config dataclasses "
+        '(`metadata={"help": ...}` on each field), so this reference, `--help` and the Python API cannot '
+        "drift apart. A field without help text fails the docs build."
+    )
     lines = ["# Recipe keys", "", intro, "", "| command | dataclasses | keys |", "|---|---|---|"]
     for group in groups:
         names = ", ".join(f"`{cls.__name__}`" for cls in group.dataclasses)
@@ -310,10 +360,12 @@ def _fence(text: str) -> str:
 def render_cli() -> str:
     from .cli import COMMANDS
 
-    intro = ("What each command's `--help` prints, captured at build time by running `rlhf-img COMMAND --help` "
-             "in-process (`rlhf_img.reference_docs.command_help`): nothing here is copied by hand. The recipe "
-             "keys behind `train`, `eval`, `encode`, `sft`, `dpo` and `pretrain-tokenizer` are also laid out as "
-             "tables in [Recipe keys](keys/index.md).")
+    intro = (
+        "What each command's `--help` prints, captured at build time by running `rlhf-img COMMAND --help` "
+        "in-process (`rlhf_img.reference_docs.command_help`): nothing here is copied by hand. The recipe "
+        "keys behind `train`, `eval`, `encode`, `sft`, `dpo` and `pretrain-tokenizer` are also laid out as "
+        "tables in [Recipe keys](keys/index.md)."
+    )
     lines = ["# Command line", "", intro, "", "## `rlhf-img`", "", _fence(command_help(None)), ""]
     for name, (_, summary) in COMMANDS.items():
         lines += [f"## `rlhf-img {name}`", "", _inline(summary), "", _fence(command_help(name)), ""]

@@ -79,7 +79,9 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
         path = latest_complete(output_dir)
         if path is None:
             found = checkpoints(output_dir)
-            detail = f"only incomplete ones ({', '.join(os.path.basename(p) for _, p, _ in found)})" if found else "none"
+            detail = (
+                f"only incomplete ones ({', '.join(os.path.basename(p) for _, p, _ in found)})" if found else "none"
+            )
             raise ValueError(f"resume_from_checkpoint=true: no complete checkpoint-N folder in {output_dir} ({detail})")
         return path
     path = str(value)
@@ -88,8 +90,10 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
     if not is_complete(path):
         latest = latest_complete(os.path.dirname(os.path.abspath(path)))
         hint = f"; the latest complete one is {latest}" if latest else ""
-        raise ValueError(f"resume_from_checkpoint: {path} is incomplete (no {MARKER}: the run stopped while saving it, "
-                         f"or it was not written by rlhf-img){hint}")
+        raise ValueError(
+            f"resume_from_checkpoint: {path} is incomplete (no {MARKER}: the run stopped while saving it, "
+            f"or it was not written by rlhf-img){hint}"
+        )
     return path
 
 

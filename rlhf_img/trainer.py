@@ -35,8 +35,8 @@ from .monitors import rollout_monitors
 from .policy import Policy, PromptBatch, Rollout
 from .resume import resolve_resume, save_marked_checkpoint
 from .rewards.reward_set import RewardEntry, RewardSet
-from .sampling.generators import SampleGenerators
 from .rollout_records import save_rollouts
+from .sampling.generators import SampleGenerators
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,10 @@ class ImageGRPOTrainer(GRPOTrainer):
         if args.reward_weights is not None:  # TRL's field: accepted only when it says what the rewards say
             given = torch.tensor([float(w) for w in args.reward_weights], dtype=torch.float32)
             if given.shape != rewards.weights.shape or not torch.equal(given, rewards.weights):
-                raise ValueError(f"args.reward_weights {list(args.reward_weights)} disagree with the rewards' own "
-                                 f"weights {[r.weight for r in rewards]}; leave reward_weights unset")
+                raise ValueError(
+                    f"args.reward_weights {list(args.reward_weights)} disagree with the rewards' own "
+                    f"weights {[r.weight for r in rewards]}; leave reward_weights unset"
+                )
         self.policy = policy
         self.image_rewards: RewardSet = rewards  # names, weights, normalize flags, scoring, image embeddings
         self.sampling = args.sampling
@@ -96,16 +98,24 @@ class ImageGRPOTrainer(GRPOTrainer):
             check_trainable(self.model)  # e.g. janus refuses LoRA adapters outside its language model
         self.policy.to(self.accelerator.device)
         if args.dynamic_sampling and not (hasattr(train_dataset, "__len__") and hasattr(train_dataset, "__getitem__")):
-            raise ValueError("dynamic_sampling draws refill prompts by index: it needs a map-style dataset (a "
-                             "datasets.Dataset or a list of rows), not an iterable one")
+            raise ValueError(
+                "dynamic_sampling draws refill prompts by index: it needs a map-style dataset (a "
+                "datasets.Dataset or a list of rows), not an iterable one"
+            )
         if args.keep_best and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
-            raise KeepBestError("keep_best is not supported under DeepSpeed or FSDP (the weights are sharded across "
-                                "processes); run without it and keep checkpoints (save_strategy: steps) to pick by eval_*")
+            raise KeepBestError(
+                "keep_best is not supported under DeepSpeed or FSDP (the weights are sharded across "
+                "processes); run without it and keep checkpoints (save_strategy: steps) to pick by eval_*"
+            )
         if args.eval_every > 0:  # fixed prompts and seeds every eval_every steps (in_loop_eval.py)
             self.add_callback(InLoopEvaluation(self))
         self.guards = TrainingGuards(  # silent-failure guards (guards.py); a callback so resume restores them
-            rewards.names, args.no_score_patience, args.zero_spread_patience,
-            args.constant_reward_patience, args.zero_grad_norm_patience, self.accelerator.is_main_process,
+            rewards.names,
+            args.no_score_patience,
+            args.zero_spread_patience,
+            args.constant_reward_patience,
+            args.zero_grad_norm_patience,
+            self.accelerator.is_main_process,
         )
         self.add_callback(self.guards)
 
@@ -127,7 +137,9 @@ class ImageGRPOTrainer(GRPOTrainer):
         decoded = time.perf_counter()
         rewards_local = self.image_rewards.score(prompts, images, columns).to(device)
         scored = time.perf_counter()
-        if mode == "train" and self.args.dynamic_sampling:  # zero-spread groups resampled in place (dynamic_sampling.py)
+        if (
+            mode == "train" and self.args.dynamic_sampling
+        ):  # zero-spread groups resampled in place (dynamic_sampling.py)
             rows = RolloutRows(prompts, columns, rollout.actions, rollout.logprobs, images, rewards_local)
             for key, value in self._refill(rows).items():
                 self._metrics[mode][key].append(value)
@@ -193,8 +205,9 @@ class ImageGRPOTrainer(GRPOTrainer):
         for name, seconds in (("sample", sampled - start), ("decode", decoded - sampled), ("reward", scored - decoded)):
             metrics[f"timing/{name}_seconds"].append(seconds)
         metrics["rollout/images_per_second"].append(len(prompts) / max(sampled - start, 1e-9))
-        monitors = rollout_monitors(images, num_generations, self.accelerator.gather,
-                                    self.image_rewards.image_embedder())  # a CLIP reward's embeddings, if any
+        monitors = rollout_monitors(
+            images, num_generations, self.accelerator.gather, self.image_rewards.image_embedder()
+        )  # a CLIP reward's embeddings, if any
         for key, value in monitors.items():  # within-group diversity (docs/troubleshooting.md)
             metrics[key].append(value)
 
@@ -260,14 +273,23 @@ class ImageGRPOTrainer(GRPOTrainer):
 
         def sample(prompts, generators):
             with self._generation_model() as unwrapped_model:
-                rollout = self.policy.sample(unwrapped_model, self.policy.encode_prompts(prompts, device), self.sampling,
-                                             generators)
+                rollout = self.policy.sample(
+                    unwrapped_model, self.policy.encode_prompts(prompts, device), self.sampling, generators
+                )
             return rollout.actions, rollout.logprobs
 
         return refill_zero_spread_groups(
-            rows, self.train_dataset, sample, self.image_rewards.score, self.policy.decode,
-            self.reward_weights.to(device), self.num_generations, self.args.max_resample_rounds, self.args.seed,
-            self._train_generation(), self.accelerator.process_index,
+            rows,
+            self.train_dataset,
+            sample,
+            self.image_rewards.score,
+            self.policy.decode,
+            self.reward_weights.to(device),
+            self.num_generations,
+            self.args.max_resample_rounds,
+            self.args.seed,
+            self._train_generation(),
+            self.accelerator.process_index,
         )
 
     def _no_checkpointing(self):
@@ -336,7 +358,9 @@ class ImageGRPOTrainer(GRPOTrainer):
         loss = super()._compute_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
         sampling_logps = inputs.get("sampling_per_token_logps")
-        first_iteration = self._step % (self.args.steps_per_generation * self.num_iterations) < self.args.steps_per_generation
+        first_iteration = (
+            self._step % (self.args.steps_per_generation * self.num_iterations) < self.args.steps_per_generation
+        )
         if mode == "train" and first_iteration and sampling_logps is not None and self._last_policy_logps is not None:
             # rollout-vs-training drift: ~0 when the sampler and the loss score the same distribution
             delta = (self._last_policy_logps - sampling_logps).abs()
@@ -370,5 +394,6 @@ class ImageGRPOTrainer(GRPOTrainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`resume_from_checkpoint`: a checkpoint folder, or True / 'true' for the latest complete one."""
-        return super().train(resume_from_checkpoint=resolve_resume(resume_from_checkpoint, self.args.output_dir),
-                             **kwargs)
+        return super().train(
+            resume_from_checkpoint=resolve_resume(resume_from_checkpoint, self.args.output_dir), **kwargs
+        )

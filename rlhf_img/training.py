@@ -22,11 +22,19 @@ def reward_summary(log_history: list[dict]) -> str:
     if not logged:
         return "no reward was logged"
     if not scored:
-        names = sorted({key[len("rewards/"):-len("/mean")] for entry in logged for key in entry
-                        if key.startswith("rewards/") and key.endswith("/mean")})
+        names = sorted(
+            {
+                key[len("rewards/") : -len("/mean")]
+                for entry in logged
+                for key in entry
+                if key.startswith("rewards/") and key.endswith("/mean")
+            }
+        )
         which = f" ({', '.join(map(repr, names))})" if names else ""
-        return (f"no image was scored in any of the {len(logged)} logged steps (every reward{which} returned "
-                "NaN/None): nothing was learned; check the rewards")
+        return (
+            f"no image was scored in any of the {len(logged)} logged steps (every reward{which} returned "
+            "NaN/None): nothing was learned; check the rewards"
+        )
     first, last = scored[0], scored[-1]
     unscored = len(logged) - len(scored)
     note = f"; {unscored} logged step(s) had no scored image" if unscored else ""
@@ -67,11 +75,13 @@ def too_few_prompts(trainer) -> str | None:
     if len(dataset) >= needed:
         return None
     processes = trainer.accelerator.num_processes
-    return (f"the dataset has {len(dataset)} prompts but one generation batch takes {needed} distinct prompts "
-            f"(per_device_train_batch_size {args.per_device_train_batch_size} x {processes} process(es) x "
-            f"steps_per_generation {args.steps_per_generation} / num_generations {trainer.num_generations}): lower "
-            "per_device_train_batch_size or steps_per_generation, launch fewer processes, or add prompts; nothing "
-            "was trained")
+    return (
+        f"the dataset has {len(dataset)} prompts but one generation batch takes {needed} distinct prompts "
+        f"(per_device_train_batch_size {args.per_device_train_batch_size} x {processes} process(es) x "
+        f"steps_per_generation {args.steps_per_generation} / num_generations {trainer.num_generations}): lower "
+        "per_device_train_batch_size or steps_per_generation, launch fewer processes, or add prompts; nothing "
+        "was trained"
+    )
 
 
 def unjoined_processes(trainer) -> str | None:
@@ -82,9 +92,11 @@ def unjoined_processes(trainer) -> str | None:
     joined = trainer.accelerator.num_processes
     if launched <= 1 or joined == launched:
         return None
-    return (f"{launched} processes were launched but accelerate runs {joined} (distributed type "
-            f"{trainer.accelerator.distributed_type}): each would train alone; on a CPU set use_cpu: true (gloo), "
-            "with GPUs check the launch config")
+    return (
+        f"{launched} processes were launched but accelerate runs {joined} (distributed type "
+        f"{trainer.accelerator.distributed_type}): each would train alone; on a CPU set use_cpu: true (gloo), "
+        "with GPUs check the launch config"
+    )
 
 
 def train(args, model_args, rewards, dataset, policy, peft_config) -> int:
@@ -104,22 +116,29 @@ def train(args, model_args, rewards, dataset, policy, peft_config) -> int:
     try:
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     except RewardError as error:  # a user's reward broke, hung or scored nothing: name it, skip the traceback
-        print(f"rlhf-img: error{_rank_tag(trainer)}: {' '.join(str(error).split())}; {_resume_hint(args.output_dir)}",
-              file=sys.stderr)
+        print(
+            f"rlhf-img: error{_rank_tag(trainer)}: {' '.join(str(error).split())}; {_resume_hint(args.output_dir)}",
+            file=sys.stderr,
+        )
         return 1
     if trainer.state.global_step == 0 and args.max_steps != 0:
         if trainer.accelerator.is_main_process:  # e.g. a launcher that gave each process an empty shard
             prompts = len(dataset) if hasattr(dataset, "__len__") else "an iterable of"
-            print(f"rlhf-img: error: trained 0 steps (max_steps {args.max_steps}, {prompts} prompts, "
-                  f"{trainer.accelerator.num_processes} process(es)): check the launcher, max_steps, "
-                  "per_device_train_batch_size and num_generations; nothing was saved", file=sys.stderr)
+            print(
+                f"rlhf-img: error: trained 0 steps (max_steps {args.max_steps}, {prompts} prompts, "
+                f"{trainer.accelerator.num_processes} process(es)): check the launcher, max_steps, "
+                "per_device_train_batch_size and num_generations; nothing was saved",
+                file=sys.stderr,
+            )
         return 1
     trainer.save_state()  # trainer_state.json: the full log history; first, so push_to_hub uploads it too
     trainer.save_model(args.output_dir)
     trainer.create_model_card()  # README.md: rlhf-img's model card (model_card.py), main process only
     if trainer.accelerator.is_main_process:
-        print(f"rlhf-img: trained {trainer.state.global_step} steps in {time.time() - start:.0f}s; "
-              f"saved to {args.output_dir}")
+        print(
+            f"rlhf-img: trained {trainer.state.global_step} steps in {time.time() - start:.0f}s; "
+            f"saved to {args.output_dir}"
+        )
         print(f"rlhf-img: {reward_summary(trainer.state.log_history)}")
     end_processes(trainer)
     return 0

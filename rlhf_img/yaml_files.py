@@ -21,8 +21,9 @@ def read_yaml_mapping(path: str, what: str, not_a_mapping: str) -> dict[str, Any
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
     except UnicodeDecodeError as error:
-        raise YamlFileError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
-                            f"{error.start}); save it as UTF-8") from None
+        raise YamlFileError(
+            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as error:
         raise YamlFileError(f"{path}: invalid YAML ({' '.join(str(error).split())})") from None
     except OSError as error:

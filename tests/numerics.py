@@ -14,5 +14,6 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, relative: 
     largest value): the error budget of a float32 computation, whatever the values' scale."""
     expected = torch.as_tensor(expected)
     scale = expected.abs().max().item() if expected.numel() else 0.0
-    torch.testing.assert_close(torch.as_tensor(actual).double(), expected.double(), rtol=0,
-                               atol=relative * max(scale, 1e-30))
+    torch.testing.assert_close(
+        torch.as_tensor(actual).double(), expected.double(), rtol=0, atol=relative * max(scale, 1e-30)
+    )

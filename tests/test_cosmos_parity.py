@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_loader_tolerance import COSMOS_UNUSED_KEYS, write_torchscript
 
 from rlhf_img.families.simplear.cosmos import CosmosConfig, CosmosDiscreteTokenizer
-from test_loader_tolerance import COSMOS_UNUSED_KEYS, write_torchscript
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "cosmos_parity")
 FSQ_CODEBOOK = {"encoder": "quantizer.implicit_codebook", "decoder": "inv_quant.quantizer.implicit_codebook"}

@@ -60,8 +60,12 @@ def janus(tmp_path_factory):
 
 def reference_generate(reference, processor, seed, **generate_kwargs):
     """`generate(generation_mode="image")` with the raw (2B, V) and the processed (B, V) scores of every step."""
-    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": p}]}],
-                                           add_generation_prompt=True) for p in PROMPTS]
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "text", "text": p}]}], add_generation_prompt=True
+        )
+        for p in PROMPTS
+    ]
     inputs = processor(text=texts, generation_mode="image", padding=True, return_tensors="pt")
     raw, processed = Recorder(), Recorder()
     build = reference._get_logits_processor
@@ -74,8 +78,13 @@ def reference_generate(reference, processor, seed, **generate_kwargs):
     reference._get_logits_processor = with_recorder
     try:
         torch.manual_seed(seed)
-        tokens = reference.generate(inputs.input_ids, attention_mask=inputs.attention_mask, generation_mode="image",
-                                    logits_processor=LogitsProcessorList([raw]), **generate_kwargs)
+        tokens = reference.generate(
+            inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            generation_mode="image",
+            logits_processor=LogitsProcessorList([raw]),
+            **generate_kwargs,
+        )
     finally:
         del reference._get_logits_processor
     return inputs, tokens, torch.stack(raw.scores, 1), torch.stack(processed.scores, 1)
@@ -89,17 +98,20 @@ def test_prompts_and_unconditional_rows_are_generates(janus):
     # the unconditional rows generate builds produce the raw scores of its second half; ours must reproduce them
     with torch.no_grad():
         embeds = reference.get_input_embeddings()(policy.unconditional_ids(batch.input_ids))
-        hidden = reference.model.language_model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
+        hidden = reference.model.language_model(
+            inputs_embeds=embeds, attention_mask=batch.attention_mask
+        ).last_hidden_state
         uncond_first = reference.model.generation_head(hidden[:, -1])
-    assert_close_scaled(uncond_first, raw[len(PROMPTS):, 0], relative=1e-5)
+    assert_close_scaled(uncond_first, raw[len(PROMPTS) :, 0], relative=1e-5)
 
 
 @pytest.mark.parametrize("cfg_scale", [2.0, 5.0])
 def test_greedy_tokens_identical_to_generate(janus, cfg_scale):
     policy, reference, processor = janus
     _, tokens, _, _ = reference_generate(reference, processor, 0, do_sample=False, guidance_scale=cfg_scale)
-    ours = policy.sample(policy.model, policy.encode_prompts(PROMPTS),
-                         Sampling(cfg_mode="guided", cfg_scale=cfg_scale, top_k=1))
+    ours = policy.sample(
+        policy.model, policy.encode_prompts(PROMPTS), Sampling(cfg_mode="guided", cfg_scale=cfg_scale, top_k=1)
+    )
     assert torch.equal(ours.actions, tokens)
 
 
@@ -114,12 +126,21 @@ SAMPLING_RULES = [
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sampled_tokens_identical_to_generate_with_the_same_seed(janus, rule, seed):
     policy, reference, processor = janus
-    kwargs = dict(do_sample=True, guidance_scale=5.0, temperature=rule["temperature"],
-                  top_k=rule["top_k"] or None, top_p=rule["top_p"])
+    kwargs = dict(
+        do_sample=True,
+        guidance_scale=5.0,
+        temperature=rule["temperature"],
+        top_k=rule["top_k"] or None,
+        top_p=rule["top_p"],
+    )
     _, tokens, _, _ = reference_generate(reference, processor, seed, **kwargs)
     for cfg_mode in ("guided", "sample_only", "guided_detached_uncond"):  # all three sample the guided rule
-        ours = policy.sample(policy.model, policy.encode_prompts(PROMPTS), Sampling(cfg_mode=cfg_mode, cfg_scale=5.0, **rule),
-                             generator=torch.Generator().manual_seed(seed))
+        ours = policy.sample(
+            policy.model,
+            policy.encode_prompts(PROMPTS),
+            Sampling(cfg_mode=cfg_mode, cfg_scale=5.0, **rule),
+            generator=torch.Generator().manual_seed(seed),
+        )
         assert torch.equal(ours.actions, tokens), cfg_mode
 
 
@@ -132,8 +153,13 @@ def test_teacher_forced_logprobs_equal_log_softmax_of_generates_scores(janus, ru
     """Guided modes: generate's processed scores. Conditional modes: the conditional half of generate's raw scores
     through transformers' own warpers (temperature, top-k, top-p) in generate's order."""
     policy, reference, processor = janus
-    kwargs = dict(do_sample=True, guidance_scale=5.0, temperature=rule["temperature"],
-                  top_k=rule["top_k"] or None, top_p=rule["top_p"])
+    kwargs = dict(
+        do_sample=True,
+        guidance_scale=5.0,
+        temperature=rule["temperature"],
+        top_k=rule["top_k"] or None,
+        top_p=rule["top_p"],
+    )
     inputs, tokens, raw, processed = reference_generate(reference, processor, 3, **kwargs)
     batch = policy.encode_prompts(PROMPTS)
     guided_expected = reference_logprobs(processed, tokens)

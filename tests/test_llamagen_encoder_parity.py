@@ -49,8 +49,14 @@ def replayed():
         encoding = quantize_images(module, reference["images"].to(dtype))
         with torch.no_grad():
             autoencoded = module.decode(encoding.codes)
-        ours.update({f"latent{suffix}": encoding.latent, f"codes{suffix}": encoding.codes,
-                     f"quantized{suffix}": encoding.quantized, f"autoencoded{suffix}": autoencoded})
+        ours.update(
+            {
+                f"latent{suffix}": encoding.latent,
+                f"codes{suffix}": encoding.codes,
+                f"quantized{suffix}": encoding.quantized,
+                f"autoencoded{suffix}": autoencoded,
+            }
+        )
     return ours, reference
 
 

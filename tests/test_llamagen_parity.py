@@ -72,7 +72,9 @@ def _replay(model, vq, reference, cfg) -> dict[str, torch.Tensor]:
             cond, uncond = logits[:batch], logits[batch:]
             steps.append(uncond + scale * (cond - uncond) if guided else cond)
             if step + 1 < codes.size(1):
-                logits = model.decode_step(torch.cat([codes[:, step]] * (2 if guided else 1)), step, row_mask, cache, grid)
+                logits = model.decode_step(
+                    torch.cat([codes[:, step]] * (2 if guided else 1)), step, row_mask, cache, grid
+                )
         out[key] = torch.stack(steps, dim=1)
     out["decoded"] = vq.decode(codes)
     return out

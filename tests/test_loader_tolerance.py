@@ -83,7 +83,9 @@ def _load(folder, layout: str, config: CosmosConfig) -> CosmosDiscreteTokenizer:
 
 
 def test_the_reference_only_keys_of_dv8x16x16_are_exactly_the_four_unused_conv_tensors():
-    assert reference_only_keys(CosmosConfig.dv8x16x16()) == {part: set(keys) for part, keys in COSMOS_UNUSED_KEYS.items()}
+    assert reference_only_keys(CosmosConfig.dv8x16x16()) == {
+        part: set(keys) for part, keys in COSMOS_UNUSED_KEYS.items()
+    }
     assert reference_only_keys(CosmosConfig.tiny()) == reference_only_keys(CosmosConfig.dv8x16x16())
 
 
@@ -103,10 +105,13 @@ def test_cosmos_loads_with_and_without_the_unused_reference_convs_with_identical
 
 
 @pytest.mark.parametrize("layout", ["safetensors", "torchscript"])
-@pytest.mark.parametrize("part, extra", [
-    ("encoder", "encoder.down.0.downsample.conv4.conv3d.weight"),
-    ("decoder", "decoder.up.1.upsample.conv1.conv3d.scale"),
-])
+@pytest.mark.parametrize(
+    "part, extra",
+    [
+        ("encoder", "encoder.down.0.downsample.conv4.conv3d.weight"),
+        ("decoder", "decoder.up.1.upsample.conv1.conv3d.scale"),
+    ],
+)
 def test_cosmos_any_other_extra_key_still_fails_naming_it(tiny, tmp_path, layout, part, extra):
     config = tiny.config
     states = {p: _with_unused_convs(p, getattr(tiny, p).state_dict(), config) for p in ("encoder", "decoder")}
@@ -124,8 +129,13 @@ def _tiny_infinity():
     with open(os.path.join(INFINITY_DATA, "cfg.json")) as f:
         cfg = json.load(f)
     config = InfinityConfig(
-        depth=cfg["depth"], embed_dim=cfg["embed_dim"], num_heads=cfg["num_heads"], mlp_ratio=cfg["mlp_ratio"],
-        bits_per_token=cfg["codebook_dim"], text_channels=cfg["text_channels"], text_maxlen=cfg["text_maxlen"],
+        depth=cfg["depth"],
+        embed_dim=cfg["embed_dim"],
+        num_heads=cfg["num_heads"],
+        mlp_ratio=cfg["mlp_ratio"],
+        bits_per_token=cfg["codebook_dim"],
+        text_channels=cfg["text_channels"],
+        text_maxlen=cfg["text_maxlen"],
         block_chunks=cfg["block_chunks"],
     )
     return cfg, config, load_file(os.path.join(INFINITY_DATA, "model.safetensors"))

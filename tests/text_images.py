@@ -16,8 +16,13 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return loaded
 
 
-def render_sign(text: str, size: int = 512, font_size: int = 56, background: tuple[int, int, int] = (40, 90, 160),
-                ink: tuple[int, int, int] = (20, 20, 20)) -> torch.Tensor:
+def render_sign(
+    text: str,
+    size: int = 512,
+    font_size: int = 56,
+    background: tuple[int, int, int] = (40, 90, 160),
+    ink: tuple[int, int, int] = (20, 20, 20),
+) -> torch.Tensor:
     """`(3, size, size)` float in [0, 1]: `text` (may hold newlines) centred on a light rounded sign."""
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)

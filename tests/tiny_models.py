@@ -22,13 +22,19 @@ def save_tiny_open_clip(path: str, seed: int = 0, quick_gelu: bool = False) -> s
 
     os.makedirs(path, exist_ok=True)
     model_cfg = {**TINY_CLIP_CONFIG, "quick_gelu": quick_gelu}
-    preprocess_cfg = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD),
-                      "interpolation": "bicubic", "resize_mode": "shortest"}
+    preprocess_cfg = {
+        "mean": list(open_clip.OPENAI_DATASET_MEAN),
+        "std": list(open_clip.OPENAI_DATASET_STD),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
     with open(os.path.join(path, "open_clip_config.json"), "w") as f:
         json.dump({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, f)
     torch.manual_seed(seed)
     model = open_clip.CLIP(**{k: v for k, v in model_cfg.items()})
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(path, "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(path, "open_clip_model.safetensors")
+    )
     return path
 
 
@@ -39,12 +45,42 @@ def tiny_clip_recipe_overrides(root) -> tuple[list[str], str]:
     prompts = os.path.join(root, "prompts.txt")
     with open(prompts, "w") as f:
         f.write("a red apple\na dog on a beach\n")
-    rewards = [{"name": "clip_score", "kwargs": {"model": f"local-dir:{clip_dir}", "pretrained": None,
-                                                 "formula": "cosine", "caption_template": "A photo of {prompt}"}}]
+    rewards = [
+        {
+            "name": "clip_score",
+            "kwargs": {
+                "model": f"local-dir:{clip_dir}",
+                "pretrained": None,
+                "formula": "cosine",
+                "caption_template": "A photo of {prompt}",
+            },
+        }
+    ]
     out = os.path.join(root, "out")
-    overrides = ["--rewards", json.dumps(rewards), "--dataset", prompts, "--dtype", "float32", "--bf16", "false",
-                 "--use_cpu", "true", "--max_steps", "2", "--gradient_accumulation_steps", "1",
-                 "--report_to", "none", "--save_strategy", "no", "--output_dir", out, "--disable_tqdm", "true"]
+    overrides = [
+        "--rewards",
+        json.dumps(rewards),
+        "--dataset",
+        prompts,
+        "--dtype",
+        "float32",
+        "--bf16",
+        "false",
+        "--use_cpu",
+        "true",
+        "--max_steps",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--output_dir",
+        out,
+        "--disable_tqdm",
+        "true",
+    ]
     return overrides, out
 
 
@@ -61,12 +97,30 @@ def save_tiny_mask2former(path: str, seed: int = 0, favoured_class: int | None =
         SwinConfig,
     )
 
-    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
-                          window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
-    config = Mask2FormerConfig(backbone_config=backbone, num_labels=80, hidden_dim=32, mask_feature_size=32,
-                               feature_size=32, encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1,
-                               decoder_layers=2, num_attention_heads=2, num_queries=12, common_stride=4,
-                               use_pretrained_backbone=False)
+    backbone = SwinConfig(
+        image_size=64,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        window_size=4,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = Mask2FormerConfig(
+        backbone_config=backbone,
+        num_labels=80,
+        hidden_dim=32,
+        mask_feature_size=32,
+        feature_size=32,
+        encoder_feedforward_dim=64,
+        dim_feedforward=64,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_attention_heads=2,
+        num_queries=12,
+        common_stride=4,
+        use_pretrained_backbone=False,
+    )
     torch.manual_seed(seed)
     model = Mask2FormerForUniversalSegmentation(config).eval()
     if favoured_class is not None:
@@ -74,6 +128,7 @@ def save_tiny_mask2former(path: str, seed: int = 0, favoured_class: int | None =
             model.class_predictor.bias.zero_()
             model.class_predictor.bias[favoured_class] = 20.0
     model.save_pretrained(path)
-    Mask2FormerImageProcessor(size={"height": 64, "width": 64}, size_divisor=32, num_labels=80,
-                              ignore_index=255).save_pretrained(path)
+    Mask2FormerImageProcessor(
+        size={"height": 64, "width": 64}, size_divisor=32, num_labels=80, ignore_index=255
+    ).save_pretrained(path)
     return path

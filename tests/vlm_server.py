@@ -70,13 +70,28 @@ def serve_tiny_vlm(model_folder: str, log_path: str, startup_timeout: float = 12
     """`transformers serve FOLDER --device cpu` on a free loopback port, offline; yields once /health answers and
     always stops the process group on exit (also when startup fails)."""
     port = free_port()
-    command = [os.path.join(os.path.dirname(sys.executable), "transformers"), "serve", model_folder,
-               "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                   "PYTHONUNBUFFERED": "1"}  # unbuffered: the access log is read while the server runs
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "transformers"),
+        "serve",
+        model_folder,
+        "--device",
+        "cpu",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+    }  # unbuffered: the access log is read while the server runs
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment,
-                                   start_new_session=True)  # its own process group, stopped as a whole
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+        )  # its own process group, stopped as a whole
         try:
             server = TinyVlmServer(f"http://127.0.0.1:{port}/v1", model_folder, log_path, process)
             _wait_healthy(server, startup_timeout)

@@ -15,9 +15,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..families import load_policy
+from ..geneval_rules import TAGS
 from ..policy import Policy, Sampling
 from ..rewards.geneval import GenEvalScorer, build_scorer
-from ..geneval_rules import TAGS
 from .geneval_folder import save_image_folder
 from .judges import ImageJudge, as_judge
 
@@ -32,34 +32,56 @@ def load_for_eval(
     visual_tokenizer: str | None = None,
 ) -> Policy:
     """A policy in eval mode with its model and frozen parts on `device` (weights in `dtype`, default the family's)."""
-    policy = load_policy(checkpoint, model_family, visual_tokenizer=visual_tokenizer, dtype=dtype,
-                         family_config=family_config)
+    policy = load_policy(
+        checkpoint, model_family, visual_tokenizer=visual_tokenizer, dtype=dtype, family_config=family_config
+    )
     policy.model.to(device).eval()
     return policy.to(device)
 
 
 @torch.no_grad()
-def sample_chunks(policy: Policy, rows: Sequence[dict], images_per_prompt: int, sampling: Sampling, seed: int,
-                  batch_prompts: int = 16, progress: bool = True,
-                  model: torch.nn.Module | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+def sample_chunks(
+    policy: Policy,
+    rows: Sequence[dict],
+    images_per_prompt: int,
+    sampling: Sampling,
+    seed: int,
+    batch_prompts: int = 16,
+    progress: bool = True,
+    model: torch.nn.Module | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (index of the chunk's first prompt, images `(n * images_per_prompt, 3, H, W)` on the CPU) per chunk.
     `model`: the module to sample with, default `policy.model` (the trainer passes its unwrapped model)."""
     model = model if model is not None else policy.model
     device = next(model.parameters()).device
-    for start in tqdm(range(0, len(rows), batch_prompts), desc="eval: sampling", disable=not progress,
-                      dynamic_ncols=True):
+    for start in tqdm(
+        range(0, len(rows), batch_prompts), desc="eval: sampling", disable=not progress, dynamic_ncols=True
+    ):
         prompts = [row["prompt"] for row in rows[start : start + batch_prompts] for _ in range(images_per_prompt)]
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
         rollout = policy.sample(model, policy.encode_prompts(prompts, device), sampling, generator=generator)
         yield start, policy.decode(rollout.actions).cpu()
 
 
-def generate_images(policy: Policy, rows: Sequence[dict], images_per_prompt: int, sampling: Sampling, seed: int,
-                    batch_prompts: int = 16, progress: bool = True,
-                    model: torch.nn.Module | None = None) -> torch.Tensor:
+def generate_images(
+    policy: Policy,
+    rows: Sequence[dict],
+    images_per_prompt: int,
+    sampling: Sampling,
+    seed: int,
+    batch_prompts: int = 16,
+    progress: bool = True,
+    model: torch.nn.Module | None = None,
+) -> torch.Tensor:
     """All images `(len(rows) * images_per_prompt, 3, H, W)` of `sample_chunks`, concatenated."""
-    return torch.cat([images for _, images in sample_chunks(policy, rows, images_per_prompt, sampling, seed,
-                                                             batch_prompts, progress, model)])
+    return torch.cat(
+        [
+            images
+            for _, images in sample_chunks(
+                policy, rows, images_per_prompt, sampling, seed, batch_prompts, progress, model
+            )
+        ]
+    )
 
 
 def evaluate_policy(
@@ -86,14 +108,15 @@ def evaluate_policy(
     judge = as_judge(scorer or build_scorer("shapes"))
     sampling = sampling or Sampling()
     records, kept = [], []
-    for start, images in sample_chunks(policy, rows, images_per_prompt, sampling, seed, batch_prompts, progress,
-                                       model):
+    for start, images in sample_chunks(policy, rows, images_per_prompt, sampling, seed, batch_prompts, progress, model):
         chunk_rows = list(rows[start : start + batch_prompts])
         if image_dir is not None:
             names = save_image_folder(images, chunk_rows, image_dir, images_per_prompt, first_prompt_index=start)
         else:
-            names = [os.path.join(f"{start + i // images_per_prompt:05d}", "samples", f"{i % images_per_prompt:04d}.png")
-                     for i in range(len(images))]
+            names = [
+                os.path.join(f"{start + i // images_per_prompt:05d}", "samples", f"{i % images_per_prompt:04d}.png")
+                for i in range(len(images))
+            ]
         metadata = [chunk_rows[i // images_per_prompt] for i in range(len(images))]
         records.extend({"filename": name, **record} for name, record in zip(names, judge.judge(images, metadata)))
         if keep_images:

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..images import to_pil
 from ..geneval_rules import summarize
+from ..images import to_pil
 
 if TYPE_CHECKING:
     from .protocol import ImageJudge
@@ -46,8 +46,9 @@ def read_metadata(path: str) -> list[dict]:
     return rows
 
 
-def save_image_folder(images: torch.Tensor, rows: Sequence[dict], image_dir: str, images_per_prompt: int,
-                      first_prompt_index: int = 0) -> list[str]:
+def save_image_folder(
+    images: torch.Tensor, rows: Sequence[dict], image_dir: str, images_per_prompt: int, first_prompt_index: int = 0
+) -> list[str]:
     """Save `images` `(len(rows) * images_per_prompt, 3, H, W)` in GenEval's layout, prompt `i` of `rows` as folder
     `first_prompt_index + i`; returns each image's path relative to `image_dir`."""
     names = []
@@ -115,8 +116,11 @@ def score_image_folder(judge: "ImageJudge", image_dir: str, batch_size: int = 8)
 def result_record(filename: str, metadata: dict, judgement, detections: dict) -> dict:
     """One line of GenEval's results file."""
     return {
-        "filename": filename, "tag": metadata["tag"], "prompt": metadata.get("prompt", ""),
-        "correct": judgement.correct, "reason": "\n".join(judgement.reasons),
+        "filename": filename,
+        "tag": metadata["tag"],
+        "prompt": metadata.get("prompt", ""),
+        "correct": judgement.correct,
+        "reason": "\n".join(judgement.reasons),
         "metadata": json.dumps(metadata),
         "details": json.dumps({name: [list(d.box) + [d.score] for d in items] for name, items in detections.items()}),
     }

@@ -33,7 +33,9 @@ class GenEvalJudge:
 
     def judge(self, images: torch.Tensor, rows: Sequence[dict]) -> list[dict]:
         judgements, detections = self.scorer.judge(images, list(rows), "strict")
-        records = [result_record("", row, judgement, found) for row, judgement, found in zip(rows, judgements, detections)]
+        records = [
+            result_record("", row, judgement, found) for row, judgement, found in zip(rows, judgements, detections)
+        ]
         for record in records:
             del record["filename"]  # the caller knows where the image lives
         return records

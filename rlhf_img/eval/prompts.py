@@ -20,9 +20,11 @@ def load_prompt_set(source: str, metric: str = "geneval") -> list[dict]:
     `prompt` and `text`); rows with `atoms` or GenEval metadata for `vqa` (`eval/vqa/`)."""
     if metric == "ocr":
         if source in PROMPT_SETS:
-            raise ValueError(f"metric ocr: {source!r} has no text to render; give a text-rendering prompt file "
-                             "(.txt, one prompt with one \"quoted\" target per line), e.g. "
-                             "recipes/prompts/text-rendering-test.txt")
+            raise ValueError(
+                f"metric ocr: {source!r} has no text to render; give a text-rendering prompt file "
+                '(.txt, one prompt with one "quoted" target per line), e.g. '
+                "recipes/prompts/text-rendering-test.txt"
+            )
         if source.endswith(".jsonl"):
             return read_prompt_rows(source)  # `text` optional per row: the quote of the prompt otherwise
         from .text_prompts import read_text_prompts

@@ -27,12 +27,15 @@ def read_text_prompts(path: str) -> list[dict]:
                     continue
                 target = quoted_target(prompt)
                 if target is None or not normalize_text(target):
-                    raise ValueError(f"{path}:{number}: no double-quoted target text in {prompt!r} "
-                                     '(write it as: a sign that reads "Open Late")')
+                    raise ValueError(
+                        f"{path}:{number}: no double-quoted target text in {prompt!r} "
+                        '(write it as: a sign that reads "Open Late")'
+                    )
                 rows.append({"prompt": prompt, "text": target})
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
-                         f"{error.start}); save it as UTF-8") from None
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); save it as UTF-8"
+        ) from None
     if not rows:
         raise ValueError(f"{path}: no prompts")
     return rows

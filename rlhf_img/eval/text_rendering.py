@@ -45,19 +45,21 @@ class TextRenderingJudge:
             text = self.reward.read(array)
             latency = time.perf_counter() - start
             scores = cvtg_word_scores(words(target), words(text))
-            records.append({
-                "prompt": prompt,
-                "target": target,
-                "ocr_text": text,
-                "reward": ocr_reward(text, target),
-                "word_accuracy": scores.accuracy,
-                "ned": scores.ned,
-                "exact_match": exact_match(text, target),
-                "latency_s": latency,
-                "words_total": scores.total,
-                "words_correct": scores.correct,
-                "word_similarities": scores.similarities,
-            })
+            records.append(
+                {
+                    "prompt": prompt,
+                    "target": target,
+                    "ocr_text": text,
+                    "reward": ocr_reward(text, target),
+                    "word_accuracy": scores.accuracy,
+                    "ned": scores.ned,
+                    "exact_match": exact_match(text, target),
+                    "latency_s": latency,
+                    "words_total": scores.total,
+                    "words_correct": scores.correct,
+                    "word_similarities": scores.similarities,
+                }
+            )
         return records
 
     def table(self, records: Sequence[dict]) -> dict[str, float]:
@@ -67,7 +69,8 @@ class TextRenderingJudge:
             return {"images": 0}
         word_accuracy, ned = cvtg_summary(
             WordScores(record["words_total"], record["words_correct"], list(record["word_similarities"]))
-            for record in records)
+            for record in records
+        )
         count = len(records)
         return {
             "word_accuracy": word_accuracy,

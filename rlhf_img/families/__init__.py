@@ -44,8 +44,9 @@ def detect_family(checkpoint: str, revision: str | None = None) -> str:
         return matches[0]
     looked_for = "; ".join(f"{name}: {family.looks_for}" for name, family in FAMILIES.items())
     if not matches:
-        raise CheckpointError(f"cannot tell the model family of {checkpoint!r} (looked for {looked_for}); "
-                              "set model_family")
+        raise CheckpointError(
+            f"cannot tell the model family of {checkpoint!r} (looked for {looked_for}); set model_family"
+        )
     kind = "config files" if best == CONFIG_MATCH else "released layouts"
     raise CheckpointError(f"{checkpoint!r} holds the {kind} of several families {matches}; set model_family")
 
@@ -68,8 +69,12 @@ def load_policy(
     family = model_family or detect_family(checkpoint, revision)
     if family not in FAMILIES:
         raise CheckpointError(f"unknown model_family {family!r}; known: {sorted(FAMILIES)}")
-    kwargs = dict(visual_tokenizer=visual_tokenizer, family_config=family_config, revision=revision,
-                  trust_remote_code=trust_remote_code)
+    kwargs = dict(
+        visual_tokenizer=visual_tokenizer,
+        family_config=family_config,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+    )
     if dtype is not None:
         kwargs["dtype"] = dtype
     return FAMILIES[family].load(checkpoint, **kwargs)

@@ -46,8 +46,13 @@ class FamilyConfig:
         """The family's own rules on its values; raise `CheckpointError(f"{source}: ...")`."""
 
     @classmethod
-    def load(cls: type[ConfigT], checkpoint: str, overrides: dict[str, Any] | None = None,
-             revision: str | None = None, required: bool | None = None) -> ConfigT:
+    def load(
+        cls: type[ConfigT],
+        checkpoint: str,
+        overrides: dict[str, Any] | None = None,
+        revision: str | None = None,
+        required: bool | None = None,
+    ) -> ConfigT:
         """The config file of `checkpoint` (folder or hub id) with `overrides` applied; without the file,
         `overrides` alone (a released layout configured by the user). `required`: whether a missing file is an
         error (default: unless `overrides` are given)."""

@@ -10,5 +10,7 @@ def check_image_size(images: torch.Tensor, expected: tuple[int, int], family: st
     them anyway, into a grid of another size, and the actions would silently not be `(B, num_actions)`. Resizing
     is the caller's (its data pipeline chooses how to crop and resample)."""
     if images.dim() != 4 or images.size(1) != 3 or tuple(images.shape[-2:]) != tuple(expected):
-        raise ValueError(f"{family}: encode_images takes pixels (B, 3, {expected[0]}, {expected[1]}) in [0, 1] "
-                         f"(the policy's image_size); got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"{family}: encode_images takes pixels (B, 3, {expected[0]}, {expected[1]}) in [0, 1] "
+            f"(the policy's image_size); got shape {tuple(images.shape)}"
+        )

@@ -43,7 +43,9 @@ def read_weights(path: str, entries: Sequence[str] = ()) -> dict[str, torch.Tens
                     raise
                 data = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) torch file
     except Exception as error:  # pickle errors come in many types; name the file
-        raise CheckpointError(f"cannot read {path} as a weights-only torch file ({type(error).__name__}: {error})") from None
+        raise CheckpointError(
+            f"cannot read {path} as a weights-only torch file ({type(error).__name__}: {error})"
+        ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict of weights, got {type(data).__name__}")
     if not entries:
@@ -51,8 +53,10 @@ def read_weights(path: str, entries: Sequence[str] = ()) -> dict[str, torch.Tens
     for entry in entries:
         if isinstance(data.get(entry), dict):
             return data[entry]
-    raise CheckpointError(f"{path}: no {entries[0]!r} entry (found {sorted(map(str, data))[:8]}); expected "
-                          f"{{{entries[0]!r}: state_dict, ...}}")
+    raise CheckpointError(
+        f"{path}: no {entries[0]!r} entry (found {sorted(map(str, data))[:8]}); expected "
+        f"{{{entries[0]!r}: state_dict, ...}}"
+    )
 
 
 def resolve_file(location: str, checkpoint: str, revision: str | None) -> str:
@@ -75,7 +79,10 @@ def merge_saved_adapter(checkpoint: str, revision: str | None, base: nn.Module) 
 
 
 def load_with_adapter(
-    checkpoint: str, revision: str | None, base_checkpoint: str | None, load_base: Callable[[str], nn.Module],
+    checkpoint: str,
+    revision: str | None,
+    base_checkpoint: str | None,
+    load_base: Callable[[str], nn.Module],
     config_name: str,
 ) -> nn.Module | None:
     """For a LoRA run's folder: the base (`load_base(base_checkpoint)`, named by the family config file
@@ -89,18 +96,24 @@ def load_with_adapter(
 
 def _has_tokenizer(checkpoint: str, revision: str | None) -> bool:
     if is_local(checkpoint):
-        return bool(glob.glob(os.path.join(checkpoint, "tokenizer*"))) or os.path.exists(os.path.join(checkpoint, "spiece.model"))
+        return bool(glob.glob(os.path.join(checkpoint, "tokenizer*"))) or os.path.exists(
+            os.path.join(checkpoint, "spiece.model")
+        )
     return resolve_subpath(checkpoint, "tokenizer_config.json", revision, required=False) is not None
 
 
-def load_text_encoder(location: str, dtype: str, checkpoint: str, revision: str | None) -> tuple[object, nn.Module, str]:
+def load_text_encoder(
+    location: str, dtype: str, checkpoint: str, revision: str | None
+) -> tuple[object, nn.Module, str]:
     """The frozen T5 encoder at `location` (hub id, or folder, relative to a local `checkpoint` when it is inside),
     its tokenizer (the checkpoint's own tokenizer files when it has them, as a converted or trained folder does)
     and the resolved location. The encoder is in eval mode with gradients off."""
     if not os.path.isabs(location) and is_local(checkpoint) and os.path.isdir(os.path.join(checkpoint, location)):
         location = os.path.abspath(os.path.join(checkpoint, location))
     tokenizer_location = checkpoint if _has_tokenizer(checkpoint, revision) else location
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, revision=revision if tokenizer_location == checkpoint else None)
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_location, revision=revision if tokenizer_location == checkpoint else None
+    )
     with whole_on_every_rank():
         encoder = T5EncoderModel.from_pretrained(location, dtype=getattr(torch, dtype))
     return tokenizer, encoder.eval().requires_grad_(False), location
@@ -127,8 +140,11 @@ def config_for_saved_model(config, model: nn.Module, weights_field: str, release
     config = replace(config, **fixed)
     if hasattr(model, "peft_config"):
         return replace(config, base_checkpoint=config.base_checkpoint or model.get_base_model().config._name_or_path)
-    return replace(config, **{weights_field: "model.safetensors", "base_checkpoint": None},
-                   **{name: None for name in released_fields})
+    return replace(
+        config,
+        **{weights_field: "model.safetensors", "base_checkpoint": None},
+        **{name: None for name in released_fields},
+    )
 
 
 @contextlib.contextmanager

@@ -16,8 +16,9 @@ from .clip import load_open_clip, load_state_dict_file
 from .loading import RewardConfigError
 from .registry import register_reward
 
-WEIGHTS_HINT = ("sac+logos+ava1-l14-linearMSE.pth from "
-                "https://github.com/christophschuhmann/improved-aesthetic-predictor")
+WEIGHTS_HINT = (
+    "sac+logos+ava1-l14-linearMSE.pth from https://github.com/christophschuhmann/improved-aesthetic-predictor"
+)
 
 
 class AestheticMLP(nn.Module):
@@ -45,8 +46,10 @@ class AestheticMLP(nn.Module):
         """Load a `.pth` / `.safetensors` with the released key names; the input width comes from the file."""
         state_dict = load_state_dict_file(path, owner)
         if "layers.0.weight" not in state_dict:
-            raise ValueError(f"{owner}: {path} is not an aesthetic MLP state dict (no 'layers.0.weight'; "
-                             f"keys: {sorted(state_dict)[:5]})")
+            raise ValueError(
+                f"{owner}: {path} is not an aesthetic MLP state dict (no 'layers.0.weight'; "
+                f"keys: {sorted(state_dict)[:5]})"
+            )
         head = cls(input_dim=state_dict["layers.0.weight"].shape[1])
         head.load_state_dict(state_dict)
         return head.eval().requires_grad_(False)
@@ -60,9 +63,16 @@ class AestheticReward:
     embeddings the head was trained on (default: OpenAI's ViT-L/14), as for `load_open_clip`.
     `force_quick_gelu`: default taken from open_clip's record of the pretrained tag (True for `openai`)."""
 
-    def __init__(self, weights: str | None = None, clip_model: str = "ViT-L-14", clip_pretrained: str | None = "openai",
-                 device: str | None = None, batch_size: int = 32, precision: str = "fp32",
-                 force_quick_gelu: bool | None = None) -> None:
+    def __init__(
+        self,
+        weights: str | None = None,
+        clip_model: str = "ViT-L-14",
+        clip_pretrained: str | None = "openai",
+        device: str | None = None,
+        batch_size: int = 32,
+        precision: str = "fp32",
+        force_quick_gelu: bool | None = None,
+    ) -> None:
         owner = "reward 'aesthetic'"
         if not weights:
             raise RewardConfigError(f"{owner} needs kwargs.weights: a local path to {WEIGHTS_HINT}")
@@ -72,8 +82,10 @@ class AestheticReward:
         self.clip = load_open_clip(clip_model, clip_pretrained, device, precision, force_quick_gelu)
         embed_dim = getattr(self.clip.model.visual, "output_dim", None)
         if embed_dim is not None and embed_dim != head.input_dim:
-            raise ValueError(f"{owner}: {weights} expects {head.input_dim}-d embeddings but {clip_model} gives "
-                             f"{embed_dim}-d ones; use the CLIP model the head was trained on")
+            raise ValueError(
+                f"{owner}: {weights} expects {head.input_dim}-d embeddings but {clip_model} gives "
+                f"{embed_dim}-d ones; use the CLIP model the head was trained on"
+            )
         self.head = head.to(self.clip.device)
         self.batch_size = batch_size
 

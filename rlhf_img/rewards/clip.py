@@ -35,8 +35,9 @@ def normalize_pixels(images: torch.Tensor, mean: Sequence[float], std: Sequence[
     return (images - mean_t) / std_t
 
 
-def preprocess_images(images: torch.Tensor, size: int | Sequence[int], mean: Sequence[float] = CLIP_MEAN,
-                      std: Sequence[float] = CLIP_STD) -> torch.Tensor:
+def preprocess_images(
+    images: torch.Tensor, size: int | Sequence[int], mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+) -> torch.Tensor:
     """`(B, 3, H, W)` in [0, 1] -> CLIP input: shorter side to `size` (bicubic, antialiased), centre crop,
     normalise. Differentiable, stays on the tensor's device."""
     if images.dim() != 4 or images.shape[1] != 3:
@@ -92,8 +93,12 @@ class OpenClip:
         return preprocess_images(images, self.size, self.mean, self.std)
 
     @torch.no_grad()
-    def image_features(self, images: torch.Tensor, batch_size: int = 32,
-                       preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    def image_features(
+        self,
+        images: torch.Tensor,
+        batch_size: int = 32,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """L2-normalised image embeddings, `(B, D)` float32. `preprocess` replaces the centre-crop transform
         (HPSv2 letterboxes)."""
         preprocess = preprocess or self.preprocess
@@ -110,8 +115,12 @@ class OpenClip:
         """The embeddings the last `image_features` call computed, if it was given this very tensor, else None."""
         return self.last.get(images)
 
-    def embed_images(self, images: torch.Tensor, batch_size: int = 32,
-                     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    def embed_images(
+        self,
+        images: torch.Tensor,
+        batch_size: int = 32,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """`image_features(images)`, reusing the last call's result when given that very tensor: what the CLIP
         rewards' `embed_images` capability returns (see `rlhf_img/rewards/reward_set.py`)."""
         cached = self.cached_image_features(images)
@@ -127,8 +136,13 @@ class OpenClip:
         return torch.cat(chunks)
 
 
-def load_open_clip(model: str, pretrained: str | None = None, device: str | torch.device | None = None,
-                   precision: str = "fp32", force_quick_gelu: bool | None = None) -> OpenClip:
+def load_open_clip(
+    model: str,
+    pretrained: str | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    force_quick_gelu: bool | None = None,
+) -> OpenClip:
     """An open_clip model from an architecture name plus `pretrained` (a tag such as `openai` or
     `laion2b_s32b_b79k`, or a local weights file), or from `hf-hub:ORG/REPO` / `local-dir:DIR` (given as
     `model`, or as `pretrained` for convenience). `force_quick_gelu=None` takes open_clip's record of the
@@ -139,16 +153,22 @@ def load_open_clip(model: str, pretrained: str | None = None, device: str | torc
     if pretrained and pretrained.startswith(SCHEMAS):
         model, pretrained = pretrained, None
     if model.startswith("local-dir:") and not os.path.isdir(model[len("local-dir:") :]):
-        raise FileNotFoundError(f"open_clip: local-dir not found: {model[len('local-dir:'):]}")
+        raise FileNotFoundError(f"open_clip: local-dir not found: {model[len('local-dir:') :]}")
     if pretrained and not model.startswith(SCHEMAS) and os.sep in pretrained and not os.path.isfile(pretrained):
         raise FileNotFoundError(f"open_clip: weights file not found: {pretrained}")
     if force_quick_gelu is None:
-        force_quick_gelu = bool(pretrained) and not model.startswith(SCHEMAS) and bool(
-            open_clip.get_pretrained_cfg(model, pretrained).get("quick_gelu", False))
+        force_quick_gelu = (
+            bool(pretrained)
+            and not model.startswith(SCHEMAS)
+            and bool(open_clip.get_pretrained_cfg(model, pretrained).get("quick_gelu", False))
+        )
     device = torch.device(device) if device is not None else default_device()
     clip_model = open_clip.create_model(
-        model, pretrained=None if model.startswith(SCHEMAS) else pretrained, precision=precision,
-        device=device, force_quick_gelu=force_quick_gelu,
+        model,
+        pretrained=None if model.startswith(SCHEMAS) else pretrained,
+        precision=precision,
+        device=device,
+        force_quick_gelu=force_quick_gelu,
     )
     clip_model.eval().requires_grad_(False)
     preprocess = open_clip.get_model_preprocess_cfg(clip_model)
@@ -174,6 +194,8 @@ def load_state_dict_file(path: str, owner: str) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickles holding more than tensors and containers are refused by weights_only
-        raise ValueError(f"{owner}: cannot load {path} as weights ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''}); re-save its state dict with "
-                         "torch.save or safetensors") from None
+        raise ValueError(
+            f"{owner}: cannot load {path} as weights ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); re-save its state dict with "
+            "torch.save or safetensors"
+        ) from None

@@ -28,9 +28,17 @@ class ClipScore:
     """CLIP image-text score. `model`: an open_clip architecture name (`ViT-H-14`), `hf-hub:ORG/REPO` or
     `local-dir:DIR`; `pretrained`: a tag (`laion2b_s32b_b79k`, `openai`) or a local weights file."""
 
-    def __init__(self, model: str = "ViT-H-14", pretrained: str | None = "laion2b_s32b_b79k",
-                 formula: str = "cosine", caption_template: str = "A photo of {prompt}", device: str | None = None,
-                 precision: str = "fp32", batch_size: int = 32, force_quick_gelu: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "ViT-H-14",
+        pretrained: str | None = "laion2b_s32b_b79k",
+        formula: str = "cosine",
+        caption_template: str = "A photo of {prompt}",
+        device: str | None = None,
+        precision: str = "fp32",
+        batch_size: int = 32,
+        force_quick_gelu: bool | None = None,
+    ) -> None:
         if formula not in FORMULAS:
             raise RewardConfigError(f"clip_score: formula must be one of {sorted(FORMULAS)}, got {formula!r}")
         if "{prompt}" not in caption_template:

@@ -27,8 +27,9 @@ class RewardError(RuntimeError):
 class RewardFunction:
     """A resolved reward with its display name and weight."""
 
-    def __init__(self, fn: Callable, name: str, weight: float = 1.0, normalize: bool = False,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self, fn: Callable, name: str, weight: float = 1.0, normalize: bool = False, timeout: float | None = None
+    ) -> None:
         self.fn, self.name, self.weight, self.normalize = fn, name, float(weight), bool(normalize)
         self.timeout = None if timeout is None else float(timeout)  # seconds per call; None: no limit
         self.__name__ = name  # TRL names reward columns after `__name__`
@@ -47,7 +48,9 @@ class RewardFunction:
         try:
             values = list(values)
         except TypeError:
-            raise RewardError(f"reward {self.name!r} returned {type(values).__name__}, expected a list of floats") from None
+            raise RewardError(
+                f"reward {self.name!r} returned {type(values).__name__}, expected a list of floats"
+            ) from None
         if len(values) != batch:
             raise RewardError(f"reward {self.name!r} returned {len(values)} values for {batch} images")
         out = []
@@ -84,8 +87,10 @@ def build_rewards(specs: Sequence[RewardSpec | str | dict | Callable]) -> list[R
 
 def _timeout_error(names: Sequence[str], seconds: float) -> RewardError:
     which = ", ".join(repr(name) for name in names)
-    return RewardError(f"reward {which} did not return within its timeout of {seconds:g}s (hung, or slower than "
-                       "that: raise `timeout` in its rewards entry if it is just slow); stopping the run")
+    return RewardError(
+        f"reward {which} did not return within its timeout of {seconds:g}s (hung, or slower than "
+        "that: raise `timeout` in its rewards entry if it is just slow); stopping the run"
+    )
 
 
 def _call_with_timeout(call: Callable[[], Any], seconds: float, names: Sequence[str], grace: float = 0.0) -> Any:
@@ -130,8 +135,9 @@ def _run_coroutines(coroutines: list, timeouts: Sequence[float | None] = (), nam
             raise _timeout_error([name], seconds) from None
 
     async def gather() -> list:
-        return await asyncio.gather(*(bounded(c, t, n) for c, t, n in zip(coroutines, timeouts, names)),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            *(bounded(c, t, n) for c, t, n in zip(coroutines, timeouts, names)), return_exceptions=True
+        )
 
     if coroutines and all(seconds is not None for seconds in timeouts):  # the loop runs in a watched thread
         return _call_with_timeout(lambda: asyncio.run(gather()), max(timeouts), names, grace=1.0)
@@ -165,8 +171,11 @@ def score_rewards(
         else:
             results[index] = reward.check(output, batch)
     if pending:
-        outputs = _run_coroutines([output for _, output in pending], [rewards[i].timeout for i, _ in pending],
-                                  [rewards[i].name for i, _ in pending])
+        outputs = _run_coroutines(
+            [output for _, output in pending],
+            [rewards[i].timeout for i, _ in pending],
+            [rewards[i].name for i, _ in pending],
+        )
         for (index, _), output in zip(pending, outputs):
             if isinstance(output, RewardError):
                 raise output

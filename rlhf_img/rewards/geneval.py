@@ -18,8 +18,6 @@ from typing import Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..images import to_uint8
-from .clip import OpenClip, default_device, load_open_clip
 from ..geneval_rules import (
     COUNTING_THRESHOLD,
     MAX_OBJECTS,
@@ -29,24 +27,100 @@ from ..geneval_rules import (
     evaluate,
     select_detections,
 )
+from ..images import to_uint8
+from .clip import OpenClip, default_device, load_open_clip
 from .loading import RewardConfigError
 from .registry import register_reward
 
 # GenEval's `object_names.txt`: COCO's 80 classes in COCO order, with GenEval's spellings
 GENEVAL_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "computer mouse", "tv remote",
-    "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock",
-    "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "computer mouse",
+    "tv remote",
+    "computer keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
-COLOR_TEMPLATES = ("a photo of a {color} {classname}", "a photo of a {color}-colored {classname}",
-                   "a photo of a {color} object")
+COLOR_TEMPLATES = (
+    "a photo of a {color} {classname}",
+    "a photo of a {color}-colored {classname}",
+    "a photo of a {color} object",
+)
 CROP_BACKGROUND = 0x99 / 255  # GenEval pastes the masked object on #999
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 
@@ -66,8 +140,14 @@ def box_from_mask(mask: torch.Tensor) -> tuple[float, float, float, float]:
 class Mask2FormerDetector:
     """COCO instance detections from a transformers Mask2Former checkpoint (hub id or local folder)."""
 
-    def __init__(self, model: str = DEFAULT_DETECTOR, device: str | torch.device | None = None,
-                 class_names: Sequence[str] | None = None, min_score: float = THRESHOLD, batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_DETECTOR,
+        device: str | torch.device | None = None,
+        class_names: Sequence[str] | None = None,
+        min_score: float = THRESHOLD,
+        batch_size: int = 8,
+    ) -> None:
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         self.device = torch.device(device) if device is not None else default_device()
@@ -75,8 +155,11 @@ class Mask2FormerDetector:
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model).to(self.device).eval()
         num_labels = self.model.config.num_labels
         if class_names is None:
-            class_names = GENEVAL_CLASSES if num_labels == len(GENEVAL_CLASSES) else [
-                self.model.config.id2label[i] for i in range(num_labels)]
+            class_names = (
+                GENEVAL_CLASSES
+                if num_labels == len(GENEVAL_CLASSES)
+                else [self.model.config.id2label[i] for i in range(num_labels)]
+            )
         if len(class_names) != num_labels:
             raise ValueError(f"geneval: {len(class_names)} class names for a detector with {num_labels} labels")
         self.class_names = list(class_names)
@@ -109,8 +192,9 @@ class Mask2FormerDetector:
 class ClipColorClassifier:
     """GenEval's zero-shot colour classifier (CLIP ViT-L-14, OpenAI weights, by default)."""
 
-    def __init__(self, clip: OpenClip, colors: Sequence[str] = GENEVAL_COLORS,
-                 templates: Sequence[str] = COLOR_TEMPLATES) -> None:
+    def __init__(
+        self, clip: OpenClip, colors: Sequence[str] = GENEVAL_COLORS, templates: Sequence[str] = COLOR_TEMPLATES
+    ) -> None:
         self.clip, self.colors, self.templates = clip, tuple(colors), tuple(templates)
         self._weights: dict[str, torch.Tensor] = {}
 
@@ -156,6 +240,7 @@ class ShapesDetector:
 
 def clean_metadata(tag: str, include: list[dict], exclude: list[dict] | None = None, prompt: str | None = None) -> dict:
     """GenEval metadata from dataset columns: Arrow-typed rows carry absent clause keys as None."""
+
     def clean(clause: dict) -> dict:
         return {key: value for key, value in clause.items() if value is not None}
 
@@ -168,22 +253,30 @@ def clean_metadata(tag: str, include: list[dict], exclude: list[dict] | None = N
 class GenEvalScorer:
     """Detector + GenEval's selection and rules (+ CLIP colours for detectors that do not know colours)."""
 
-    def __init__(self, detector: Detector, color_classifier: ClipColorClassifier | None = None,
-                 threshold: float = THRESHOLD, counting_threshold: float = COUNTING_THRESHOLD,
-                 max_objects: int = MAX_OBJECTS) -> None:
+    def __init__(
+        self,
+        detector: Detector,
+        color_classifier: ClipColorClassifier | None = None,
+        threshold: float = THRESHOLD,
+        counting_threshold: float = COUNTING_THRESHOLD,
+        max_objects: int = MAX_OBJECTS,
+    ) -> None:
         self.detector, self.color_classifier = detector, color_classifier
         self.threshold, self.counting_threshold, self.max_objects = threshold, counting_threshold, max_objects
 
-    def judge(self, images: torch.Tensor, metadata: Sequence[dict], mode: str = "strict"
-              ) -> tuple[list[Judgement], list[dict[str, list[Detection]]]]:
+    def judge(
+        self, images: torch.Tensor, metadata: Sequence[dict], mode: str = "strict"
+    ) -> tuple[list[Judgement], list[dict[str, list[Detection]]]]:
         """One `Judgement` per image, and the selected detections (for GenEval's `details`)."""
         detections = self.detector.detect(images)
         judgements, selected_all = [], []
         for image, found, meta in zip(images, detections, metadata):
             selected = select_detections(found, meta["tag"], self.threshold, self.counting_threshold, self.max_objects)
             if self.color_classifier is not None:
+
                 def classify(name, items, image=image):
                     return self.color_classifier(image.float(), name, items)
+
                 judgements.append(evaluate(selected, meta, mode, classify))
             else:
                 judgements.append(evaluate(selected, meta, mode))
@@ -191,10 +284,18 @@ class GenEvalScorer:
         return judgements, selected_all
 
 
-def build_scorer(detector: str = "mask2former", detector_model: str = DEFAULT_DETECTOR, clip_model: str = "ViT-L-14",
-                 clip_pretrained: str | None = "openai", device: str | None = None, batch_size: int = 8,
-                 class_names: Sequence[str] | None = None, threshold: float = THRESHOLD,
-                 counting_threshold: float = COUNTING_THRESHOLD, max_objects: int = MAX_OBJECTS) -> GenEvalScorer:
+def build_scorer(
+    detector: str = "mask2former",
+    detector_model: str = DEFAULT_DETECTOR,
+    clip_model: str = "ViT-L-14",
+    clip_pretrained: str | None = "openai",
+    device: str | None = None,
+    batch_size: int = 8,
+    class_names: Sequence[str] | None = None,
+    threshold: float = THRESHOLD,
+    counting_threshold: float = COUNTING_THRESHOLD,
+    max_objects: int = MAX_OBJECTS,
+) -> GenEvalScorer:
     """GenEval's setup by default: Mask2Former (COCO instance) + CLIP ViT-L-14 (OpenAI) colours."""
     if detector == "shapes":
         return GenEvalScorer(ShapesDetector(), None, threshold, counting_threshold, max_objects)
@@ -219,8 +320,15 @@ class GenEvalReward:
         self.mode = mode
         self.scorer = build_scorer(**scorer_kwargs)
 
-    def __call__(self, prompts: list[str], images: torch.Tensor, tag: list[str], include: list[list[dict]],
-                 exclude: list[list[dict] | None] | None = None, **columns) -> list[float]:
+    def __call__(
+        self,
+        prompts: list[str],
+        images: torch.Tensor,
+        tag: list[str],
+        include: list[list[dict]],
+        exclude: list[list[dict] | None] | None = None,
+        **columns,
+    ) -> list[float]:
         exclude = exclude or [None] * len(prompts)
         metadata = [clean_metadata(t, inc, exc) for t, inc, exc in zip(tag, include, exclude)]
         judgements, _ = self.scorer.judge(images, metadata, self.mode)

@@ -32,10 +32,14 @@ def letterbox_images(images: torch.Tensor, size: int, mean: Sequence[float], std
     scale = size / max(height, width)
     new_height, new_width = round(height * scale), round(width * scale)
     if (new_height, new_width) != (height, width):
-        images = F.interpolate(images, size=(new_height, new_width), mode="bicubic", align_corners=False, antialias=True)
+        images = F.interpolate(
+            images, size=(new_height, new_width), mode="bicubic", align_corners=False, antialias=True
+        )
     pad_height, pad_width = size - new_height, size - new_width
     if pad_height or pad_width:
-        images = F.pad(images, (pad_width // 2, pad_width - pad_width // 2, pad_height // 2, pad_height - pad_height // 2))
+        images = F.pad(
+            images, (pad_width // 2, pad_width - pad_width // 2, pad_height // 2, pad_height - pad_height // 2)
+        )
     return normalize_pixels(images, mean, std)
 
 
@@ -54,8 +58,14 @@ class HPSv2:
     """`weights`: an HPS v2 / v2.1 checkpoint, or a `.safetensors` / `.pt` state dict of the same model;
     `clip_model`: its open_clip architecture (`ViT-H-14`, or `local-dir:DIR` holding an `open_clip_config.json`)."""
 
-    def __init__(self, weights: str | None = None, clip_model: str = "ViT-H-14", device: str | None = None,
-                 batch_size: int = 32, precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        weights: str | None = None,
+        clip_model: str = "ViT-H-14",
+        device: str | None = None,
+        batch_size: int = 32,
+        precision: str = "fp32",
+    ) -> None:
         owner = "reward 'hpsv2'"
         if not weights:
             raise RewardConfigError(f"{owner} needs kwargs.weights: a local path to {WEIGHTS_HINT}")
@@ -64,8 +74,9 @@ class HPSv2:
         try:
             result = self.clip.model.load_state_dict(state_dict, strict=False)
         except RuntimeError as error:  # shape mismatches
-            raise ValueError(f"{owner}: {weights} does not fit open_clip {clip_model!r}: "
-                             f"{str(error).splitlines()[-1].strip()}") from None
+            raise ValueError(
+                f"{owner}: {weights} does not fit open_clip {clip_model!r}: {str(error).splitlines()[-1].strip()}"
+            ) from None
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
                 f"{owner}: {weights} does not fit open_clip {clip_model!r}: "

@@ -59,13 +59,20 @@ class RewardSpec:
         if not isinstance(normalize, bool):
             raise RewardConfigError(f"rewards: 'normalize' of {entry['name']!r} must be true or false")
         timeout = entry.get("timeout")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or not 0 < timeout < float("inf")):
-            raise RewardConfigError(f"rewards: 'timeout' of {entry['name']!r} must be a positive number of seconds, "
-                                    f"got {timeout!r}")
-        return cls(name=str(entry["name"]), weight=weight, kwargs=dict(kwargs),
-                   label=None if label is None else str(label), normalize=normalize,
-                   timeout=None if timeout is None else float(timeout))
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf")
+        ):
+            raise RewardConfigError(
+                f"rewards: 'timeout' of {entry['name']!r} must be a positive number of seconds, got {timeout!r}"
+            )
+        return cls(
+            name=str(entry["name"]),
+            weight=weight,
+            kwargs=dict(kwargs),
+            label=None if label is None else str(label),
+            normalize=normalize,
+            timeout=None if timeout is None else float(timeout),
+        )
 
 
 def _import_from_file(path: str, attribute: str, spec_name: str) -> Any:
@@ -84,7 +91,9 @@ def _import_from_file(path: str, attribute: str, spec_name: str) -> Any:
     except Exception as error:  # noqa: BLE001 - the user's module failed at import: one line naming the file
         del sys.modules[module_name]
         message = (str(error).splitlines() or [""])[0]
-        raise RewardConfigError(f"reward {spec_name!r}: importing {path} raised {type(error).__name__}: {message}") from None
+        raise RewardConfigError(
+            f"reward {spec_name!r}: importing {path} raised {type(error).__name__}: {message}"
+        ) from None
     if not hasattr(module, attribute):
         raise RewardConfigError(f"reward {spec_name!r}: {path} defines no {attribute!r}")
     return getattr(module, attribute)
@@ -107,8 +116,10 @@ def resolve_reward(spec: RewardSpec) -> Callable:
     # its per-request timeout, since the trainer's watchdog is off for it
     if spec.timeout is not None and getattr(REWARD_REGISTRY.get(name), "handles_timeout", False):
         if spec.kwargs.get("timeout", spec.timeout) != spec.timeout:
-            raise RewardConfigError(f"reward {spec.display_name!r}: 'timeout' is set twice ({spec.timeout:g} on the "
-                                    f"entry, {spec.kwargs['timeout']!r} in kwargs); keep the entry's")
+            raise RewardConfigError(
+                f"reward {spec.display_name!r}: 'timeout' is set twice ({spec.timeout:g} on the "
+                f"entry, {spec.kwargs['timeout']!r} in kwargs); keep the entry's"
+            )
         spec = dataclasses.replace(spec, kwargs={**spec.kwargs, "timeout": spec.timeout})
     if ":" in name:
         location, attribute = name.rsplit(":", 1)

@@ -90,18 +90,31 @@ class OcrReward:
     holding the target for prompts without double-quoted text. `min_confidence`: lines read with a lower mean
     character confidence are dropped (rapidocr's `text_score`)."""
 
-    def __init__(self, threads: int = 1, det_limit_side_len: int | None = None, use_cls: bool = False,
-                 text_column: str = "text", min_confidence: float = 0.5) -> None:
+    def __init__(
+        self,
+        threads: int = 1,
+        det_limit_side_len: int | None = None,
+        use_cls: bool = False,
+        text_column: str = "text",
+        min_confidence: float = 0.5,
+    ) -> None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise RewardConfigError(f"reward 'ocr': 'threads' must be a whole number >= 1, got {threads!r}")
-        if det_limit_side_len is not None and (isinstance(det_limit_side_len, bool)
-                                               or not isinstance(det_limit_side_len, int) or det_limit_side_len < 32):
-            raise RewardConfigError(f"reward 'ocr': 'det_limit_side_len' must be null or a whole number of pixels "
-                                    f">= 32, got {det_limit_side_len!r}")
-        if (isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float))
-                or not 0 <= min_confidence <= 1):
-            raise RewardConfigError(f"reward 'ocr': 'min_confidence' must be a number in [0, 1], "
-                                    f"got {min_confidence!r}")
+        if det_limit_side_len is not None and (
+            isinstance(det_limit_side_len, bool) or not isinstance(det_limit_side_len, int) or det_limit_side_len < 32
+        ):
+            raise RewardConfigError(
+                f"reward 'ocr': 'det_limit_side_len' must be null or a whole number of pixels "
+                f">= 32, got {det_limit_side_len!r}"
+            )
+        if (
+            isinstance(min_confidence, bool)
+            or not isinstance(min_confidence, (int, float))
+            or not 0 <= min_confidence <= 1
+        ):
+            raise RewardConfigError(
+                f"reward 'ocr': 'min_confidence' must be a number in [0, 1], got {min_confidence!r}"
+            )
         if not isinstance(text_column, str) or not text_column:
             raise RewardConfigError(f"reward 'ocr': 'text_column' must be a column name, got {text_column!r}")
         try:
@@ -121,8 +134,13 @@ class OcrReward:
                 detection = {"det_limit_type": "max", "det_limit_side_len": NATIVE_DETECTION_LIMIT}
             else:
                 detection = {"det_limit_type": "min", "det_limit_side_len": self.det_limit_side_len}
-            self._engine = self._engine_class(intra_op_num_threads=self.threads, inter_op_num_threads=self.threads,
-                                              use_cls=self.use_cls, text_score=self.min_confidence, **detection)
+            self._engine = self._engine_class(
+                intra_op_num_threads=self.threads,
+                inter_op_num_threads=self.threads,
+                use_cls=self.use_cls,
+                text_score=self.min_confidence,
+                **detection,
+            )
         return self._engine
 
     def read(self, image_bgr: np.ndarray) -> str:
@@ -149,8 +167,10 @@ class OcrReward:
                 value = column[index] if column is not None and index < len(column) else None
                 target = value if isinstance(value, str) else None
             if target is None or not normalize_text(target):
-                raise ValueError(f"prompt {prompt!r} has no double-quoted text and no {self.text_column!r} "
-                                 "column value to compare the image's text with")
+                raise ValueError(
+                    f"prompt {prompt!r} has no double-quoted text and no {self.text_column!r} "
+                    "column value to compare the image's text with"
+                )
             targets.append(target)
         return targets
 

@@ -33,9 +33,13 @@ class PickScore:
     """`model`: hub id or local folder of a `CLIPModel`; `processor`: hub id or local folder holding the
     tokenizer and `preprocessor_config.json`."""
 
-    def __init__(self, model: str = "yuvalkirstain/PickScore_v1",
-                 processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", device: str | None = None,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: str = "yuvalkirstain/PickScore_v1",
+        processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        device: str | None = None,
+        batch_size: int = 32,
+    ) -> None:
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
         for role, source in (("model", model), ("processor", processor)):
@@ -91,9 +95,16 @@ class PickScore:
         image_embeds = self.image_features(images)  # (B, D)
         scores = []
         for start in range(0, len(images), self.batch_size):
-            tokens = self.tokenizer(list(prompts[start : start + self.batch_size]), padding=True, truncation=True,
-                                    max_length=self.max_length, return_tensors="pt").to(self.device)
+            tokens = self.tokenizer(
+                list(prompts[start : start + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             text_embeds = F.normalize(_embeddings(self.model.get_text_features(**tokens)).float(), dim=-1)
-            scores.append(self.model.logit_scale.exp().float() * (image_embeds[start : start + len(text_embeds)]
-                                                                  * text_embeds).sum(-1))
+            scores.append(
+                self.model.logit_scale.exp().float()
+                * (image_embeds[start : start + len(text_embeds)] * text_embeds).sum(-1)
+            )
         return torch.cat(scores).tolist()

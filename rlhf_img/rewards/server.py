@@ -39,9 +39,9 @@ from ..images import to_uint8
 from ..recipe_paths import RecipePathError, resolve_reward_spec
 from ..yaml_files import YamlFileError, read_yaml_mapping
 from .compose import RewardError, RewardFunction, score_rewards
-from .reward_set import check_unique_names
 from .loading import RewardConfigError, RewardSpec
 from .registry import register_reward
+from .reward_set import check_unique_names
 
 LISTENING_PREFIX = "rlhf-img reward server listening on "
 # A /score body is ~4/3 x B x 3 x H x W bytes (base64 of uint8): 1 GiB holds ~240 images at 1024², far above one
@@ -105,8 +105,9 @@ def _none_for_nan(values: list[float]) -> list[float | None]:
 def load_server_rewards(config_path: str) -> list[RewardFunction]:
     """The rewards of a server config (`rewards:` in the recipe format), built now; RewardConfigError naming the file."""
     try:
-        config = read_yaml_mapping(config_path, "reward server config",
-                                   "a reward server config must be a mapping with a 'rewards' list")
+        config = read_yaml_mapping(
+            config_path, "reward server config", "a reward server config must be a mapping with a 'rewards' list"
+        )
     except YamlFileError as error:
         raise RewardConfigError(str(error)) from None
     unknown = sorted(set(config) - {"rewards"})
@@ -114,7 +115,9 @@ def load_server_rewards(config_path: str) -> list[RewardFunction]:
         raise RewardConfigError(f"{config_path}: unknown key(s) {unknown}; a reward server config has 'rewards' only")
     entries = config.get("rewards")
     if not isinstance(entries, list) or not entries:
-        raise RewardConfigError(f"{config_path}: 'rewards' must be a non-empty list, e.g. [{{name: jpeg_compressibility}}]")
+        raise RewardConfigError(
+            f"{config_path}: 'rewards' must be a non-empty list, e.g. [{{name: jpeg_compressibility}}]"
+        )
     rewards = []
     config_dir = os.path.dirname(os.path.abspath(config_path))
     for entry in entries:
@@ -123,16 +126,19 @@ def load_server_rewards(config_path: str) -> list[RewardFunction]:
         except RecipePathError as error:
             raise RewardConfigError(str(error)) from None
         if spec.normalize:  # the z-score is over the trainer's whole batch, which the server never sees
-            raise RewardConfigError(f"{config_path}: 'normalize' of {spec.display_name!r} is applied by the trainer; "
-                                    "set `normalize: true` on the recipe's `remote` entry instead")
+            raise RewardConfigError(
+                f"{config_path}: 'normalize' of {spec.display_name!r} is applied by the trainer; "
+                "set `normalize: true` on the recipe's `remote` entry instead"
+            )
         try:
             rewards.append(RewardFunction.from_spec(spec))
         except RewardConfigError:
             raise
         except Exception as error:  # noqa: BLE001 - a detector that fails to load: one line naming it
             message = (str(error).splitlines() or [""])[0]
-            raise RewardConfigError(f"{config_path}: reward {spec.display_name!r} failed to load "
-                                    f"({type(error).__name__}: {message})") from error
+            raise RewardConfigError(
+                f"{config_path}: reward {spec.display_name!r} failed to load ({type(error).__name__}: {message})"
+            ) from error
     check_unique_names([reward.name for reward in rewards], where=config_path)  # names key `per_reward`
     return rewards
 
@@ -142,8 +148,13 @@ class RewardHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True  # a stuck client never blocks shutdown
 
-    def __init__(self, address: tuple[str, int], rewards: list[RewardFunction], verbose: bool = False,
-                 max_request_bytes: int = int(DEFAULT_MAX_REQUEST_MB * 2**20)) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        rewards: list[RewardFunction],
+        verbose: bool = False,
+        max_request_bytes: int = int(DEFAULT_MAX_REQUEST_MB * 2**20),
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.rewards, self.verbose = rewards, verbose
         self.max_request_bytes = int(max_request_bytes)
@@ -193,8 +204,15 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": f"no endpoint GET {self.path}; try GET /health or POST /score"})
             return
         rewards = self.server.rewards
-        self._send_json(200, {"status": "ok", "rewards": [r.name for r in rewards], "weights": [r.weight for r in rewards],
-                              "max_request_bytes": self.server.max_request_bytes})
+        self._send_json(
+            200,
+            {
+                "status": "ok",
+                "rewards": [r.name for r in rewards],
+                "weights": [r.weight for r in rewards],
+                "max_request_bytes": self.server.max_request_bytes,
+            },
+        )
 
     def do_POST(self) -> None:  # noqa: N802
         if self.path.rstrip("/") != "/score":
@@ -219,7 +237,9 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             self._send_json(400, {"error": f"malformed request: {error}"})
             return
         except Exception as error:  # noqa: BLE001 - RewardError names the reward; anything else is still one line
-            message = str(error) if isinstance(error, RewardError) else f"reward server: {type(error).__name__}: {error}"
+            message = (
+                str(error) if isinstance(error, RewardError) else f"reward server: {type(error).__name__}: {error}"
+            )
             message = " ".join(message.split())
             self.log_error("%s", message)
             self._send_json(500, {"error": message})
@@ -229,9 +249,11 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
     def _refuse_too_large(self, length: int, limit: int) -> None:
         """413 with one line. The body is read and dropped in small chunks first (never held): a client still
         sending would otherwise see a reset connection instead of the answer."""
-        message = (f"request body of {_size(length)} is above this server's limit of {_size(limit)}: "
-                   "send fewer images per request (smaller per_device_train_batch_size) or start the server with a "
-                   "larger --max_request_mb")
+        message = (
+            f"request body of {_size(length)} is above this server's limit of {_size(limit)}: "
+            "send fewer images per request (smaller per_device_train_batch_size) or start the server with a "
+            "larger --max_request_mb"
+        )
         self.log_error("%s", message)
         remaining = length
         while remaining > 0 and (chunk := self.rfile.read(min(remaining, 1 << 20))):
@@ -251,8 +273,13 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def serve(config_path: str, host: str = "127.0.0.1", port: int = 0, verbose: bool = False,
-          max_request_mb: float = DEFAULT_MAX_REQUEST_MB) -> None:
+def serve(
+    config_path: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    verbose: bool = False,
+    max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
+) -> None:
     """Build the config's rewards, then serve them on `host:port` until Ctrl-C or SIGTERM (both stop it cleanly).
 
     Rewards are built before binding, so a bad config raises RewardConfigError and nothing is served. Prints one
@@ -313,11 +340,15 @@ class RemoteReward:
         try:
             status, body = self._request("GET", "/health")
         except _RETRYABLE as error:
-            raise RewardConfigError(f"remote reward: no reward server at {self.url} ({_describe(error)}); "
-                                    "start one with `rlhf-img serve-reward CONFIG.yaml`") from None
+            raise RewardConfigError(
+                f"remote reward: no reward server at {self.url} ({_describe(error)}); "
+                "start one with `rlhf-img serve-reward CONFIG.yaml`"
+            ) from None
         if status != 200 or not isinstance(body, dict) or body.get("status") != "ok":
-            raise RewardConfigError(f"remote reward: {self.url}/health did not answer like a reward server "
-                                    f"(HTTP {status}: {_one_line(body)})")
+            raise RewardConfigError(
+                f"remote reward: {self.url}/health did not answer like a reward server "
+                f"(HTTP {status}: {_one_line(body)})"
+            )
         self.server_rewards = body.get("rewards")
         limit = body.get("max_request_bytes")
         self.max_request_bytes = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
@@ -326,8 +357,12 @@ class RemoteReward:
     def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
         """(HTTP status, decoded JSON) of one request. Each socket operation is bounded by `timeout`, and reading
         the answer stops at `timeout` too, so a silent or trickling server cannot hang the trainer."""
-        request = urllib.request.Request(self.url + path, data=body, method=method,
-                                         headers={"Content-Type": "application/json"} if body is not None else {})
+        request = urllib.request.Request(
+            self.url + path,
+            data=body,
+            method=method,
+            headers={"Content-Type": "application/json"} if body is not None else {},
+        )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # direct: never via an HTTP proxy
         deadline = time.monotonic() + self.timeout
         try:
@@ -356,9 +391,11 @@ class RemoteReward:
         }
         body = json.dumps(payload).encode()
         if self.max_request_bytes is not None and len(body) > self.max_request_bytes:  # known from /health
-            raise RuntimeError(f"remote reward: the batch of {len(prompts)} images is {_size(len(body))}, above "
-                               f"the limit of {self.url} ({_size(self.max_request_bytes)}): use a smaller "
-                               "per_device_train_batch_size or start the server with a larger --max_request_mb")
+            raise RuntimeError(
+                f"remote reward: the batch of {len(prompts)} images is {_size(len(body))}, above "
+                f"the limit of {self.url} ({_size(self.max_request_bytes)}): use a smaller "
+                "per_device_train_batch_size or start the server with a larger --max_request_mb"
+            )
         attempts = self.retries + 1
         last_error = ""
         for attempt in range(1, attempts + 1):
@@ -396,4 +433,3 @@ def _describe(error: BaseException) -> str:
     if isinstance(reason, BaseException):
         return _one_line(f"{type(reason).__name__}: {reason}")
     return _one_line(reason)
-

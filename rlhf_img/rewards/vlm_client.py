@@ -149,8 +149,11 @@ def _top_logprobs(logprobs: Any) -> list[dict[str, float]] | None:
             return None
         candidates: dict[str, float] = {}
         for candidate in entry.get("top_logprobs") or []:
-            if isinstance(candidate, dict) and isinstance(candidate.get("token"), str) \
-                    and isinstance(candidate.get("logprob"), (int, float)):
+            if (
+                isinstance(candidate, dict)
+                and isinstance(candidate.get("token"), str)
+                and isinstance(candidate.get("logprob"), (int, float))
+            ):
                 candidates[candidate["token"]] = float(candidate["logprob"])
         if not candidates and isinstance(entry.get("token"), str) and isinstance(entry.get("logprob"), (int, float)):
             candidates[entry["token"]] = float(entry["logprob"])  # asked without alternatives: the chosen token
@@ -209,8 +212,17 @@ class VlmClient:
         temperature: sampling temperature of the judge; 0 (greedy) for a deterministic reward.
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 60.0,
-                 retries: int = 2, max_concurrency: int = 8, cache: bool = True, temperature: float = 0.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        retries: int = 2,
+        max_concurrency: int = 8,
+        cache: bool = True,
+        temperature: float = 0.0,
+    ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise RewardConfigError(f"VLM client: 'base_url' must look like http://127.0.0.1:8000/v1, got {base_url!r}")
         if not isinstance(model, str) or not model:
@@ -223,8 +235,11 @@ class VlmClient:
             raise RewardConfigError(f"VLM client: 'retries' must be an int >= 0, got {retries!r}")
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise RewardConfigError(f"VLM client: 'max_concurrency' must be an int >= 1, got {max_concurrency!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not 0 <= temperature < math.inf:
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not 0 <= temperature < math.inf
+        ):
             raise RewardConfigError(f"VLM client: 'temperature' must be a number >= 0, got {temperature!r}")
         self._openai = _import_openai()
         self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
@@ -248,8 +263,12 @@ class VlmClient:
     def _client_options(self) -> dict[str, Any]:
         """`AsyncOpenAI` options: no SDK retries (ours bound the time), and loopback reached directly, since a
         proxy from the environment cannot reach this machine's ports."""
-        options: dict[str, Any] = {"base_url": self.base_url, "api_key": self._api_key(), "timeout": self.timeout,
-                                   "max_retries": 0}
+        options: dict[str, Any] = {
+            "base_url": self.base_url,
+            "api_key": self._api_key(),
+            "timeout": self.timeout,
+            "max_retries": 0,
+        }
         factory = getattr(self._openai, "DefaultAsyncHttpxClient", None)
         if factory is not None and _is_loopback(self.base_url):
             options["http_client"] = factory(trust_env=False)
@@ -280,38 +299,58 @@ class VlmClient:
             if status in (401, 403):
                 raise RewardConfigError(f"{where} answered HTTP {status}: {self._key_hint()}") from None
             if status == 404:
-                raise RewardConfigError(f"{where} answered HTTP 404 ({body}): 'base_url' must be the server's "
-                                        "OpenAI root, e.g. http://127.0.0.1:8000/v1") from None
+                raise RewardConfigError(
+                    f"{where} answered HTTP 404 ({body}): 'base_url' must be the server's "
+                    "OpenAI root, e.g. http://127.0.0.1:8000/v1"
+                ) from None
             raise RewardConfigError(f"{where} answered HTTP {status}: {body}") from None
         except openai.APIConnectionError as error:
-            raise RewardConfigError(f"no VLM server answers at {self.base_url} ({_describe_connection_error(error)}); "
-                                    "start one first, e.g. `vllm serve MODEL --port 8000`") from None
+            raise RewardConfigError(
+                f"no VLM server answers at {self.base_url} ({_describe_connection_error(error)}); "
+                "start one first, e.g. `vllm serve MODEL --port 8000`"
+            ) from None
         try:
             listed = json.loads(text).get("data")
             served = [entry["id"] for entry in listed if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
         except (ValueError, AttributeError, TypeError):
-            raise RewardConfigError(f"{where} did not answer like an OpenAI-compatible server: "
-                                    f"{shorten(text)!r}") from None
+            raise RewardConfigError(
+                f"{where} did not answer like an OpenAI-compatible server: {shorten(text)!r}"
+            ) from None
         if self.model not in served:
-            raise RewardConfigError(f"{self.base_url} does not serve model {self.model!r}; it serves {served}: set "
-                                    "'model' to one of them (vLLM / SGLang: the --served-model-name)")
+            raise RewardConfigError(
+                f"{self.base_url} does not serve model {self.model!r}; it serves {served}: set "
+                "'model' to one of them (vLLM / SGLang: the --served-model-name)"
+            )
 
     # ------------------------------------------------------------------------------------------ asking
-    def ask(self, items: Sequence[tuple["Image.Image", str]], *, max_tokens: int = 64, top_logprobs: int = 0,
-            system: str | None = None) -> list[ChatAnswer | VlmCallError]:
+    def ask(
+        self,
+        items: Sequence[tuple["Image.Image", str]],
+        *,
+        max_tokens: int = 64,
+        top_logprobs: int = 0,
+        system: str | None = None,
+    ) -> list[ChatAnswer | VlmCallError]:
         """One answer per (image, question), concurrently; a failure after retries is returned as VlmCallError
         (callers decide to raise or mask). Never hangs past the bound in the module docstring. Works from inside
         a running event loop too (it then runs in a worker thread)."""
         return _run(self.ask_async(items, max_tokens=max_tokens, top_logprobs=top_logprobs, system=system))
 
-    async def ask_async(self, items: Sequence[tuple["Image.Image", str]], *, max_tokens: int = 64,
-                        top_logprobs: int = 0, system: str | None = None) -> list[ChatAnswer | VlmCallError]:
+    async def ask_async(
+        self,
+        items: Sequence[tuple["Image.Image", str]],
+        *,
+        max_tokens: int = 64,
+        top_logprobs: int = 0,
+        system: str | None = None,
+    ) -> list[ChatAnswer | VlmCallError]:
         """`ask` as a coroutine, for callers that have an event loop of their own."""
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"VLM client: 'max_tokens' must be an int >= 1, got {max_tokens!r}")
         if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:
-            raise ValueError(f"VLM client: 'top_logprobs' must be an int in 0..20 (OpenAI's limit), "
-                             f"got {top_logprobs!r}")
+            raise ValueError(
+                f"VLM client: 'top_logprobs' must be an int in 0..20 (OpenAI's limit), got {top_logprobs!r}"
+            )
         results: list[ChatAnswer | VlmCallError | None] = [None] * len(items)
         pending: dict[str, tuple[list[int], dict[str, Any]]] = {}  # cache key -> (indices, request)
         # each image once (a VQA asks several questions of one), in threads: PIL's encoder releases the GIL, and
@@ -332,8 +371,9 @@ class VlmClient:
         if pending:
             semaphore = asyncio.Semaphore(self.max_concurrency)
             async with self._openai.AsyncOpenAI(**self._client_options()) as client:
-                answers = await asyncio.gather(*(self._ask_one(client, semaphore, request)
-                                                 for _, request in pending.values()))
+                answers = await asyncio.gather(
+                    *(self._ask_one(client, semaphore, request) for _, request in pending.values())
+                )
             for (key, (indices, _)), answer in zip(pending.items(), answers):
                 if isinstance(answer, ChatAnswer) and self.cache is not None:
                     self.cache.put(key, answer)
@@ -348,22 +388,32 @@ class VlmClient:
         digest.update(png)
         return digest.hexdigest()
 
-    def _request(self, png: bytes, question: str, system: str | None, max_tokens: int,
-                 top_logprobs: int) -> dict[str, Any]:
+    def _request(
+        self, png: bytes, question: str, system: str | None, max_tokens: int, top_logprobs: int
+    ) -> dict[str, Any]:
         """The keyword arguments of `chat.completions.create`: system message (optional), then one user turn of
         an image part and a text part (the order peers use)."""
         image_url = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
-                                                     {"type": "text", "text": question}]})
-        request: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
-                                   "temperature": self.temperature}
+        messages.append(
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": question}],
+            }
+        )
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": self.temperature,
+        }
         if top_logprobs:
             request.update(logprobs=True, top_logprobs=top_logprobs)
         return request
 
-    async def _ask_one(self, client: Any, semaphore: asyncio.Semaphore,
-                       request: dict[str, Any]) -> ChatAnswer | VlmCallError:
+    async def _ask_one(
+        self, client: Any, semaphore: asyncio.Semaphore, request: dict[str, Any]
+    ) -> ChatAnswer | VlmCallError:
         """Attempts until an answer, a final error, or the retries run out. The slot is released while waiting
         out a backoff, so one failing request does not hold back the others."""
         attempts = self.retries + 1
@@ -417,9 +467,12 @@ class VlmClient:
             return self._error(f"answered without 'choices[0].message.content'{cut}", text)
         usage = body.get("usage")
         prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-        return ChatAnswer(text=content, top_logprobs=_top_logprobs(choice.get("logprobs")),
-                          finish_reason=finish_reason,
-                          prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None)
+        return ChatAnswer(
+            text=content,
+            top_logprobs=_top_logprobs(choice.get("logprobs")),
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
+        )
 
     def __repr__(self) -> str:
         return f"VlmClient({self.base_url!r}, model={self.model!r}, timeout={self.timeout:g}, retries={self.retries})"

@@ -74,11 +74,11 @@ UNIFIEDREWARD2_ACS_TEMPLATE = (
     "Text Caption: [{prompt}]"
 )
 SCORE_TAG_TEMPLATE = (
-    "This image was generated for the prompt \"{prompt}\". Rate it on a five-point scale: 1 Bad, 2 Poor, 3 Fair, "
+    'This image was generated for the prompt "{prompt}". Rate it on a five-point scale: 1 Bad, 2 Poor, 3 Fair, '
     "4 Good, 5 Excellent, judging how faithfully it depicts the prompt and its visual quality (sharpness, detail, "
     "composition, colour). Think briefly, then give your rating as <Score>N</Score>."
 )
-YES_NO_TEMPLATE = "Does this image match the description \"{prompt}\"? Answer yes or no."
+YES_NO_TEMPLATE = 'Does this image match the description "{prompt}"? Answer yes or no.'
 
 
 def parse_last_match(pattern: re.Pattern) -> Callable[[str], float | None]:
@@ -122,12 +122,25 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "unifiedreward_point": Preset(UNIFIEDREWARD_POINT_TEMPLATE, parse_last_match(re.compile(FINAL_SCORE_REGEX)),
-                                  "'Final Score: <number>'", 5.0, "score", 256),
-    "unifiedreward2_acs": Preset(UNIFIEDREWARD2_ACS_TEMPLATE, parse_acs,
-                                 "'Alignment/Coherence/Style Score (1-5): <number>' lines", 5.0, "score", 256),
-    "score_tag": Preset(SCORE_TAG_TEMPLATE, parse_last_match(re.compile(SCORE_TAG_REGEX)),
-                        "'<Score>N</Score>'", 5.0, "score", 512),
+    "unifiedreward_point": Preset(
+        UNIFIEDREWARD_POINT_TEMPLATE,
+        parse_last_match(re.compile(FINAL_SCORE_REGEX)),
+        "'Final Score: <number>'",
+        5.0,
+        "score",
+        256,
+    ),
+    "unifiedreward2_acs": Preset(
+        UNIFIEDREWARD2_ACS_TEMPLATE,
+        parse_acs,
+        "'Alignment/Coherence/Style Score (1-5): <number>' lines",
+        5.0,
+        "score",
+        256,
+    ),
+    "score_tag": Preset(
+        SCORE_TAG_TEMPLATE, parse_last_match(re.compile(SCORE_TAG_REGEX)), "'<Score>N</Score>'", 5.0, "score", 512
+    ),
     "yes_no": Preset(YES_NO_TEMPLATE, parse_yes_no, "'yes' or 'no' first", 1.0, "yes_no", 8),
 }
 
@@ -137,16 +150,20 @@ def _template_fields(template: str) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as error:
-        raise RewardConfigError(f"reward 'vlm_judge': 'template' is not a valid format string ({error}); "
-                                "write literal braces as {{ and }}") from None
+        raise RewardConfigError(
+            f"reward 'vlm_judge': 'template' is not a valid format string ({error}); "
+            "write literal braces as {{ and }}"
+        ) from None
     fields = []
     for _, name, _, _ in parsed:
         if name is None:
             continue
         root = re.split(r"[.\[]", name, maxsplit=1)[0]
         if not root or root.isdigit():
-            raise RewardConfigError(f"reward 'vlm_judge': 'template' placeholders must be named ({{prompt}} or a "
-                                    f"dataset column), got {{{name}}}")
+            raise RewardConfigError(
+                f"reward 'vlm_judge': 'template' placeholders must be named ({{prompt}} or a "
+                f"dataset column), got {{{name}}}"
+            )
         fields.append(root)
     return fields
 
@@ -173,19 +190,37 @@ class VlmJudgeReward:
 
     handles_timeout = True  # bounds each request itself: the trainer's per-call watchdog would cut retries short
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 template: str = "unifiedreward_point", parser: str | None = None, scale: float | None = None,
-                 mode: str | None = None, system: str | None = None, timeout: float = 60.0, retries: int = 2,
-                 max_concurrency: int = 8, max_tokens: int | None = None, top_logprobs: int = DEFAULT_TOP_LOGPROBS,
-                 image_size: int | None = None, on_failure: str = "raise", cache: bool = True,
-                 health_check: bool = True) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        template: str = "unifiedreward_point",
+        parser: str | None = None,
+        scale: float | None = None,
+        mode: str | None = None,
+        system: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 2,
+        max_concurrency: int = 8,
+        max_tokens: int | None = None,
+        top_logprobs: int = DEFAULT_TOP_LOGPROBS,
+        image_size: int | None = None,
+        on_failure: str = "raise",
+        cache: bool = True,
+        health_check: bool = True,
+    ) -> None:
         if not isinstance(template, str) or not template:
-            raise RewardConfigError(f"reward 'vlm_judge': 'template' must be a preset ({', '.join(PRESETS)}) or a "
-                                    f"question with {{prompt}}, got {template!r}")
+            raise RewardConfigError(
+                f"reward 'vlm_judge': 'template' must be a preset ({', '.join(PRESETS)}) or a "
+                f"question with {{prompt}}, got {template!r}"
+            )
         preset = PRESETS.get(template)
         if preset is None and not _template_fields(template):
-            raise RewardConfigError(f"reward 'vlm_judge': 'template' {shorten(template, 60)!r} is no preset "
-                                    f"({', '.join(PRESETS)}) and has no {{prompt}} placeholder")
+            raise RewardConfigError(
+                f"reward 'vlm_judge': 'template' {shorten(template, 60)!r} is no preset "
+                f"({', '.join(PRESETS)}) and has no {{prompt}} placeholder"
+            )
         self.template = preset.template if preset else template
         self.fields = _template_fields(self.template)
 
@@ -196,8 +231,12 @@ class VlmJudgeReward:
         if self.mode == "yes_no" and scale is not None:
             raise RewardConfigError("reward 'vlm_judge': 'scale' applies to mode 'score'; mode 'yes_no' gives P(yes)")
         self.scale = default_scale if scale is None else scale
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or self.scale == 0 \
-                or not math.isfinite(self.scale):
+        if (
+            isinstance(self.scale, bool)
+            or not isinstance(self.scale, (int, float))
+            or self.scale == 0
+            or not math.isfinite(self.scale)
+        ):
             raise RewardConfigError(f"reward 'vlm_judge': 'scale' must be a non-zero number, got {scale!r}")
 
         if max_tokens is None:
@@ -205,12 +244,13 @@ class VlmJudgeReward:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise RewardConfigError(f"reward 'vlm_judge': 'max_tokens' must be an int >= 1, got {max_tokens!r}")
         if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:
-            raise RewardConfigError(f"reward 'vlm_judge': 'top_logprobs' must be an int in 0..20, "
-                                    f"got {top_logprobs!r}")
-        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                       or image_size < 1):
-            raise RewardConfigError(f"reward 'vlm_judge': 'image_size' must be a positive int or null, "
-                                    f"got {image_size!r}")
+            raise RewardConfigError(f"reward 'vlm_judge': 'top_logprobs' must be an int in 0..20, got {top_logprobs!r}")
+        if image_size is not None and (
+            isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+        ):
+            raise RewardConfigError(
+                f"reward 'vlm_judge': 'image_size' must be a positive int or null, got {image_size!r}"
+            )
         if on_failure not in ("raise", "mask"):
             raise RewardConfigError(f"reward 'vlm_judge': 'on_failure' must be 'raise' or 'mask', got {on_failure!r}")
         if system is not None and not isinstance(system, str):
@@ -218,39 +258,54 @@ class VlmJudgeReward:
         self.max_tokens, self.image_size, self.on_failure, self.system = max_tokens, image_size, on_failure, system
         self.top_logprobs = top_logprobs if self.mode == "yes_no" else 0
         try:
-            self.client = VlmClient(base_url, model, api_key_env=api_key_env, timeout=timeout, retries=retries,
-                                    max_concurrency=max_concurrency, cache=cache)
+            self.client = VlmClient(
+                base_url,
+                model,
+                api_key_env=api_key_env,
+                timeout=timeout,
+                retries=retries,
+                max_concurrency=max_concurrency,
+                cache=cache,
+            )
             if health_check:
                 self.client.check()
         except RewardConfigError as error:
             raise RewardConfigError(f"reward 'vlm_judge': {error}") from None
 
-    def _resolve_parser(self, parser: str | None, template: str,
-                        preset: Preset | None) -> tuple[str, Callable[[str], float | None], str, float]:
+    def _resolve_parser(
+        self, parser: str | None, template: str, preset: Preset | None
+    ) -> tuple[str, Callable[[str], float | None], str, float]:
         """(name, parse, what it expects, default scale) for `parser`, defaulting to the template preset's."""
         if parser is None:
             if self.mode == "yes_no":
                 return "yes_no", parse_yes_no, PRESETS["yes_no"].expects, 1.0
             if preset is None:
-                raise RewardConfigError("reward 'vlm_judge': a custom 'template' needs a 'parser': a preset "
-                                        f"({', '.join(PRESETS)}) or a regex with one group capturing the number")
+                raise RewardConfigError(
+                    "reward 'vlm_judge': a custom 'template' needs a 'parser': a preset "
+                    f"({', '.join(PRESETS)}) or a regex with one group capturing the number"
+                )
             return template, preset.parse, preset.expects, preset.scale
         if not isinstance(parser, str) or not parser:
             raise RewardConfigError(f"reward 'vlm_judge': 'parser' must be a preset name or a regex, got {parser!r}")
         if self.mode == "yes_no" and parser != "yes_no":
-            raise RewardConfigError(f"reward 'vlm_judge': mode 'yes_no' reads yes/no itself; drop 'parser' "
-                                    f"({parser!r}) or use mode 'score'")
+            raise RewardConfigError(
+                f"reward 'vlm_judge': mode 'yes_no' reads yes/no itself; drop 'parser' ({parser!r}) or use mode 'score'"
+            )
         if parser in PRESETS:
             chosen = PRESETS[parser]
             return parser, chosen.parse, chosen.expects, chosen.scale
         try:
             pattern = re.compile(parser)
         except re.error as error:
-            raise RewardConfigError(f"reward 'vlm_judge': 'parser' {parser!r} is no preset ({', '.join(PRESETS)}) "
-                                    f"and not a valid regex ({error})") from None
+            raise RewardConfigError(
+                f"reward 'vlm_judge': 'parser' {parser!r} is no preset ({', '.join(PRESETS)}) "
+                f"and not a valid regex ({error})"
+            ) from None
         if pattern.groups != 1:
-            raise RewardConfigError(f"reward 'vlm_judge': the 'parser' regex {parser!r} must have exactly one group "
-                                    f"(the number), it has {pattern.groups}")
+            raise RewardConfigError(
+                f"reward 'vlm_judge': the 'parser' regex {parser!r} must have exactly one group "
+                f"(the number), it has {pattern.groups}"
+            )
         return f"regex {parser!r}", parse_last_match(pattern), f"a match of {parser!r}", 1.0
 
     # ------------------------------------------------------------------------------------------ scoring
@@ -261,8 +316,10 @@ class VlmJudgeReward:
             if field == "prompt":
                 continue
             if field not in columns:
-                raise RuntimeError(f"vlm_judge: the template's {{{field}}} is not a dataset column (columns: "
-                                   f"{sorted(columns)}); add the column or change the template")
+                raise RuntimeError(
+                    f"vlm_judge: the template's {{{field}}} is not a dataset column (columns: "
+                    f"{sorted(columns)}); add the column or change the template"
+                )
             values[field] = columns[field][index]
         return self.template.format_map(values)
 
@@ -277,20 +334,30 @@ class VlmJudgeReward:
     def _failure(self, answer: ChatAnswer | VlmCallError) -> str:
         if isinstance(answer, VlmCallError):
             return f"request failed: {answer}"
-        cut = (f"; the answer was cut at max_tokens={self.max_tokens} (finish_reason=length): raise max_tokens"
-               if answer.finish_reason == "length" else "")
-        return (f"the answer did not parse with {self.parser_name} (expected {self.expects}): "
-                f"{shorten(answer.text)!r}{cut}")
+        cut = (
+            f"; the answer was cut at max_tokens={self.max_tokens} (finish_reason=length): raise max_tokens"
+            if answer.finish_reason == "length"
+            else ""
+        )
+        return (
+            f"the answer did not parse with {self.parser_name} (expected {self.expects}): {shorten(answer.text)!r}{cut}"
+        )
 
     def __call__(self, prompts: list[str], images: torch.Tensor, **columns: Any) -> list[float | None]:
         questions = [self.question(index, prompt, columns) for index, prompt in enumerate(prompts)]
         pictures = to_pil(images)
         if self.image_size is not None:
             side = self.image_size
-            pictures = [picture if picture.size == (side, side)
-                        else picture.resize((side, side), Image.Resampling.BICUBIC) for picture in pictures]
-        answers = self.client.ask(list(zip(pictures, questions)), max_tokens=self.max_tokens,
-                                  top_logprobs=self.top_logprobs, system=self.system)
+            pictures = [
+                picture if picture.size == (side, side) else picture.resize((side, side), Image.Resampling.BICUBIC)
+                for picture in pictures
+            ]
+        answers = self.client.ask(
+            list(zip(pictures, questions)),
+            max_tokens=self.max_tokens,
+            top_logprobs=self.top_logprobs,
+            system=self.system,
+        )
         scores: list[float | None] = []
         failures: list[tuple[str, str]] = []
         for prompt, answer in zip(prompts, answers):
@@ -300,14 +367,18 @@ class VlmJudgeReward:
             scores.append(value)
         if failures:
             prompt, reason = failures[0]
-            summary = (f"vlm_judge: {len(failures)} of {len(prompts)} images got no score from "
-                       f"{self.client.base_url} (model {self.client.model!r}); first, prompt {shorten(prompt, 80)!r}: "
-                       f"{reason}")
+            summary = (
+                f"vlm_judge: {len(failures)} of {len(prompts)} images got no score from "
+                f"{self.client.base_url} (model {self.client.model!r}); first, prompt {shorten(prompt, 80)!r}: "
+                f"{reason}"
+            )
             if self.on_failure == "raise":
                 raise RuntimeError(summary + "; set on_failure: mask to give such images no score instead")
             logger.warning("%s; they count as no score (on_failure: mask)", summary)
         return scores
 
     def __repr__(self) -> str:
-        return (f"VlmJudgeReward({self.client.base_url!r}, model={self.client.model!r}, parser={self.parser_name}, "
-                f"mode={self.mode!r})")
+        return (
+            f"VlmJudgeReward({self.client.base_url!r}, model={self.client.model!r}, parser={self.parser_name}, "
+            f"mode={self.mode!r})"
+        )

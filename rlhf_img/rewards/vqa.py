@@ -27,11 +27,24 @@ ANSWERERS = ("shapes", "vlm")
 class VqaReward:
     """Soft-TIFA over a prompt's atoms, answered by the shapes world's detector or a VLM."""
 
-    def __init__(self, answerer: str = "shapes", aggregation: str = "soft_tifa", on_failure: str = "raise",
-                 counts: str = "geneval2", base_url: str | None = None, model: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0, retries: int = 2,
-                 max_concurrency: int = 8, question_suffix: str | None = None, top_logprobs: int = 20,
-                 max_tokens: int = 8, system: str | None = None, min_image_side: int = 0) -> None:
+    def __init__(
+        self,
+        answerer: str = "shapes",
+        aggregation: str = "soft_tifa",
+        on_failure: str = "raise",
+        counts: str = "geneval2",
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        retries: int = 2,
+        max_concurrency: int = 8,
+        question_suffix: str | None = None,
+        top_logprobs: int = 20,
+        max_tokens: int = 8,
+        system: str | None = None,
+        min_image_side: int = 0,
+    ) -> None:
         # imported here: `rlhf_img.rewards` is imported by every run, the VQA machinery only by runs that use it
         from ..eval.vqa import AGGREGATIONS, ShapesAnswerer, VlmAnswerer
         from ..eval.vqa.atoms import COUNT_MODES
@@ -52,10 +65,20 @@ class VqaReward:
         else:
             extra = {} if question_suffix is None else {"question_suffix": question_suffix}
             try:
-                self.answerer = VlmAnswerer(base_url=base_url, model=model, api_key_env=api_key_env, timeout=timeout,
-                                            retries=retries, max_concurrency=max_concurrency, top_logprobs=top_logprobs,
-                                            max_tokens=max_tokens, system=system, min_image_side=min_image_side,
-                                            on_failure=on_failure, **extra)
+                self.answerer = VlmAnswerer(
+                    base_url=base_url,
+                    model=model,
+                    api_key_env=api_key_env,
+                    timeout=timeout,
+                    retries=retries,
+                    max_concurrency=max_concurrency,
+                    top_logprobs=top_logprobs,
+                    max_tokens=max_tokens,
+                    system=system,
+                    min_image_side=min_image_side,
+                    on_failure=on_failure,
+                    **extra,
+                )
             except ValueError as error:
                 raise RewardConfigError(str(error)) from None
         self.masked_images = 0  # images left unscored by `on_failure: mask`, over the reward's life
@@ -70,6 +93,10 @@ class VqaReward:
         masked = sum(score is None for score in scores)
         if masked:
             self.masked_images += masked
-            logger.warning("vqa: %d of %d images unscored (a VLM answer was masked; %d so far)", masked, len(scores),
-                           self.masked_images)
+            logger.warning(
+                "vqa: %d of %d images unscored (a VLM answer was masked; %d so far)",
+                masked,
+                len(scores),
+                self.masked_images,
+            )
         return scores

@@ -10,6 +10,19 @@ from .guidance import guide, sample_actions, scored_logprobs, truncation_mask
 from .next_token import CausalLMAdapter, unwrap_causal_lm
 from .prefix import PrefixRows, stack_prefixes
 
-__all__ = ["CausalLMAdapter", "NextTokenAdapter", "NextTokenPolicy", "PrefixRows", "SampleGenerators", "guide",
-           "guided_draw", "sample_actions", "sample_guided", "score_guided", "scored_logprobs", "stack_prefixes",
-           "truncation_mask", "unwrap_causal_lm"]
+__all__ = [
+    "CausalLMAdapter",
+    "NextTokenAdapter",
+    "NextTokenPolicy",
+    "PrefixRows",
+    "SampleGenerators",
+    "guide",
+    "guided_draw",
+    "sample_actions",
+    "sample_guided",
+    "score_guided",
+    "scored_logprobs",
+    "stack_prefixes",
+    "truncation_mask",
+    "unwrap_causal_lm",
+]

@@ -92,8 +92,14 @@ def chunked_scored_logprobs(
     recompute = torch.is_grad_enabled() and not _zero3_enabled()
     for start in range(0, rows.size(0), chunk_size):
         piece = slice(start, start + chunk_size)
-        args = (head, rows[piece], None if uncond_rows is None else uncond_rows[piece], flat_actions[piece],
-                sampling, detach_uncond)
+        args = (
+            head,
+            rows[piece],
+            None if uncond_rows is None else uncond_rows[piece],
+            flat_actions[piece],
+            sampling,
+            detach_uncond,
+        )
         if recompute:
             # keep only the chunk's inputs; the backward recomputes its logits (autocast state included)
             logp, entropy = checkpoint(_score_rows, *args, use_reentrant=False)

@@ -66,8 +66,9 @@ class NextTokenAdapter(Protocol):
         """Image codes `(R,)` -> the inputs of one decode step `(R, 1)` ids or `(R, 1, C)` embeddings."""
         ...
 
-    def forward(self, network: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                cache) -> torch.Tensor:
+    def forward(
+        self, network: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache
+    ) -> torch.Tensor:
         """Final hidden states `(R, n, C)` of `inputs` `(R, n[, C])` at `positions` `(R, n)`, attending to the
         `mask` `(R, S)` of every cache slot (S = slots after this step's write); writes `cache`."""
         ...
@@ -80,8 +81,9 @@ class NextTokenAdapter(Protocol):
         """The config a transformers `DynamicCache` / `StaticCache` is built from (layer count and types)."""
         ...
 
-    def teacher_forced_hidden(self, model: nn.Module, network: nn.Module, prompts: PromptBatch, codes: torch.Tensor,
-                              branches: Sequence[bool]) -> torch.Tensor:
+    def teacher_forced_hidden(
+        self, model: nn.Module, network: nn.Module, prompts: PromptBatch, codes: torch.Tensor, branches: Sequence[bool]
+    ) -> torch.Tensor:
         """Final hidden states `(len(branches) * B, T, C)` at the positions that predict `codes` `(B, T)`, for the
         conditional (True) / unconditional (False) rows stacked in `branches` order, in ONE forward through
         `model` itself (the possibly wrapped module: peft / DDP / FSDP hooks must fire)."""
@@ -95,7 +97,9 @@ class NextTokenAdapter(Protocol):
 def decode_step(adapter: NextTokenAdapter) -> DecodeStep:
     """The decode step of every loop: one code per row through the cached forward, then the head's logits."""
 
-    def step(network: nn.Module, codes: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
+    def step(
+        network: nn.Module, codes: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, cache
+    ) -> torch.Tensor:
         hidden = adapter.forward(network, adapter.step_inputs(network, codes), mask, position, cache)[:, -1]  # (R, C)
         return adapter.head(network)(hidden).float()  # (R, K)
 
@@ -111,7 +115,10 @@ def forced_inputs(adapter: NextTokenAdapter, num_tokens: int) -> list[tuple[int,
 
 
 def guided_draw(
-    logits: torch.Tensor, batch: int, with_uncond: bool, sampling: Sampling,
+    logits: torch.Tensor,
+    batch: int,
+    with_uncond: bool,
+    sampling: Sampling,
     generator: torch.Generator | SampleGenerators | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Actions and their log-probs from the logits `(R, ..., K)` of all rows (conditional rows first, then as many
@@ -126,8 +133,9 @@ def guided_draw(
     return actions, scored_logprobs(guided, actions, sampling)[0]
 
 
-def _prefill_rows(adapter: NextTokenAdapter, network: nn.Module, prompts: PromptBatch, with_uncond: bool,
-                  share: bool) -> tuple[PrefixRows, torch.Tensor | None]:
+def _prefill_rows(
+    adapter: NextTokenAdapter, network: nn.Module, prompts: PromptBatch, with_uncond: bool, share: bool
+) -> tuple[PrefixRows, torch.Tensor | None]:
     """The rows to prefill and `index` `(R,)`: decode row i reads prefill row `index[i]` (None: identity).
 
     Decode rows are the B conditional rows, then (with guidance) the B unconditional rows. `share`: each distinct
@@ -256,11 +264,20 @@ class NextTokenPolicy:
     num_actions: int
 
     def sample(
-        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling,
+        self,
+        model: nn.Module,
+        prompts: PromptBatch,
+        sampling: Sampling,
         generator: torch.Generator | SampleGenerators | None = None,
     ) -> Rollout:
-        return sample_guided(self.adapter, unwrap_causal_lm(model), prompts, num_tokens=self.num_actions,
-                             sampling=sampling, generator=generator)
+        return sample_guided(
+            self.adapter,
+            unwrap_causal_lm(model),
+            prompts,
+            num_tokens=self.num_actions,
+            sampling=sampling,
+            generator=generator,
+        )
 
     def logprobs(
         self, model: nn.Module, prompts: PromptBatch, actions: torch.Tensor, sampling: Sampling
@@ -268,5 +285,7 @@ class NextTokenPolicy:
         network = unwrap_causal_lm(model)
         return score_guided(
             lambda branches: self.adapter.teacher_forced_hidden(model, network, prompts, actions, branches),
-            self.adapter.head(network), actions, sampling,
+            self.adapter.head(network),
+            actions,
+            sampling,
         )

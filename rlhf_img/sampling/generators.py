@@ -67,9 +67,9 @@ class SampleGenerators:
                 "grouped by sample (batch-major), the same number per sample"
             )
         per_sample = rows // len(self)
-        uniforms = torch.cat([
-            torch.rand(per_sample, generator=g, device=probs.device, dtype=torch.float64) for g in self.generators
-        ])  # (N,) in [0, 1)
+        uniforms = torch.cat(
+            [torch.rand(per_sample, generator=g, device=probs.device, dtype=torch.float64) for g in self.generators]
+        )  # (N,) in [0, 1)
         cumulative = probs.double().cumsum(-1)  # (N, V)
         total = cumulative[:, -1]
         # strictly below the total even after rounding, so the search always lands on an action with mass

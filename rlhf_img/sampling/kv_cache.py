@@ -51,8 +51,10 @@ def resolve_sampler(name: str, model: nn.Module, device: torch.device, config=No
         sharded = any(_is_sharded(p) for p in model.parameters())
         return "compiled" if device.type == "cuda" and static_ok and not sharded else "shared"
     if name in ("static", "compiled") and not static_ok:
-        raise ValueError(f"sampler={name!r} needs full attention in every layer; this model has layer types "
-                         f"{sorted(set(layer_types))}: use sampler='shared'")
+        raise ValueError(
+            f"sampler={name!r} needs full attention in every layer; this model has layer types "
+            f"{sorted(set(layer_types))}: use sampler='shared'"
+        )
     return name
 
 
@@ -88,8 +90,9 @@ class StaticDecoder:
         self.cache: StaticCache | None = None
         self._cache_key: tuple | None = None
 
-    def start(self, config, prefix: DynamicCache, index: torch.Tensor, prefix_mask: torch.Tensor,
-              num_new: int) -> torch.Tensor:
+    def start(
+        self, config, prefix: DynamicCache, index: torch.Tensor, prefix_mask: torch.Tensor, num_new: int
+    ) -> torch.Tensor:
         """Copy rows `index` `(R,)` of the prefilled `prefix` (length P) into the static cache, with room for
         `num_new` more tokens; returns the attention mask `(R, S)` every decode step uses: the prompt's padding
         masked, every later position open (the causal rule hides positions not yet written)."""
@@ -98,8 +101,13 @@ class StaticDecoder:
         values = [layer.values.index_select(0, index) for layer in prefix.layers]
         needed = prefix_length + num_new
         # inference-mode tensors cannot be updated in place outside inference mode (and vice versa): part of the key
-        key = (index.numel(), keys[0].dtype, keys[0].device, tuple(k.shape[1:2] + k.shape[3:] for k in keys),
-               torch.is_inference_mode_enabled())
+        key = (
+            index.numel(),
+            keys[0].dtype,
+            keys[0].device,
+            tuple(k.shape[1:2] + k.shape[3:] for k in keys),
+            torch.is_inference_mode_enabled(),
+        )
         if self.cache is None or self._cache_key != key or self.cache.get_max_length() < needed:
             self.cache = StaticCache(config=config, max_cache_len=static_length(needed))
             self._cache_key = key
@@ -114,8 +122,9 @@ class StaticDecoder:
         mask[:, :prefix_length] = prefix_mask.index_select(0, index)
         return mask
 
-    def __call__(self, model: nn.Module, codes: torch.Tensor, position: torch.Tensor, mask: torch.Tensor,
-                 written: int) -> torch.Tensor:
+    def __call__(
+        self, model: nn.Module, codes: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, written: int
+    ) -> torch.Tensor:
         """Logits `(R, K)` after feeding `codes` `(R,)` at `position` `(R, 1)`; `written`: positions the cache
         held before this step (restored if the compiled step fails, so the eager retry writes the same slot)."""
         if self.compiled is not None:
@@ -124,9 +133,13 @@ class StaticDecoder:
                     torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are no longer read
                 return self.compiled(model, codes, position, mask, self.cache).clone()  # graphs reuse output memory
             except Exception as error:  # noqa: BLE001 -- compile fails in many ways (no compiler, unsupported op)
-                warnings.warn(f"rlhf-img: torch.compile of the decode step failed ({type(error).__name__}: "
-                              f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); sampling "
-                              "continues with the eager static-cache step", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"rlhf-img: torch.compile of the decode step failed ({type(error).__name__}: "
+                    f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); sampling "
+                    "continues with the eager static-cache step",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 self.compiled = None
                 for layer in self.cache.layers:
                     layer.cumulative_length.fill_(written)

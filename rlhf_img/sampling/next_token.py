@@ -85,8 +85,9 @@ class CausalLMAdapter:
     def step_inputs(self, network: nn.Module, codes: torch.Tensor) -> torch.Tensor:
         return (codes + self.code_offset).unsqueeze(1)  # (R, 1) token ids
 
-    def forward(self, network: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                cache) -> torch.Tensor:
+    def forward(
+        self, network: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache
+    ) -> torch.Tensor:
         return network.get_decoder()(
             input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
         ).last_hidden_state
@@ -97,8 +98,9 @@ class CausalLMAdapter:
     def cache_config(self, network: nn.Module) -> PretrainedConfig:
         return network.config
 
-    def teacher_forced_hidden(self, model: nn.Module, network: nn.Module, prompts: PromptBatch, codes: torch.Tensor,
-                              branches: Sequence[bool]) -> torch.Tensor:
+    def teacher_forced_hidden(
+        self, model: nn.Module, network: nn.Module, prompts: PromptBatch, codes: torch.Tensor, branches: Sequence[bool]
+    ) -> torch.Tensor:
         """Prompt rows (conditional, or the unconditional row per sample) + all codes as tokens, left-padded
         together; one forward through `model`, asking for one position of full-vocabulary logits only."""
         batch, num_tokens = codes.shape
@@ -113,6 +115,12 @@ class CausalLMAdapter:
             ids.append(torch.cat([prompt_ids, tokens], 1))
             masks.append(torch.cat([prompt_mask, ones], 1))
         ids, mask = left_pad_stack(ids, masks, self.pad_id)
-        outputs = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                        output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        outputs = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            output_hidden_states=True,
+            logits_to_keep=1,
+            use_cache=False,
+        )
         return outputs.hidden_states[-1][:, -num_tokens - 1 : -1]

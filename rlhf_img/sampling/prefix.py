@@ -29,8 +29,9 @@ class PrefixRows:
     def expand(self, rows: int) -> "PrefixRows":
         """One row repeated `rows` times (a prompt-independent unconditional row, prefilled per sample by `plain`)."""
         shape = (rows, *self.inputs.shape[1:])
-        return PrefixRows(self.inputs.expand(shape), self.mask.expand(rows, -1), self.positions.expand(rows, -1),
-                          self.pad_value)
+        return PrefixRows(
+            self.inputs.expand(shape), self.mask.expand(rows, -1), self.positions.expand(rows, -1), self.pad_value
+        )
 
 
 def stack_prefixes(blocks: Sequence[PrefixRows]) -> PrefixRows:

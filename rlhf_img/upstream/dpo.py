@@ -68,50 +68,68 @@ class ImageDPOConfig(SamplingOptions, TrainingArguments):
 
     mode: str = field(
         default="offline",
-        metadata={"help": "'offline': pairs from `dataset` (prompt, chosen, rejected: images or actions); 'online': "
-                  "each step samples `num_generations` images per prompt of `dataset` from the current policy, scores "
-                  "them with `rewards` and trains on each group's best vs worst.", "choices": list(MODES)},
+        metadata={
+            "help": "'offline': pairs from `dataset` (prompt, chosen, rejected: images or actions); 'online': "
+            "each step samples `num_generations` images per prompt of `dataset` from the current policy, scores "
+            "them with `rewards` and trains on each group's best vs worst.",
+            "choices": list(MODES),
+        },
     )
     beta: float = field(
         default=0.1,
-        metadata={"help": "TRL's beta: how far the policy may move from the reference (higher: less). For "
-                  "loss_type 'ipo' it is the regularisation tau of the IPO paper."},
+        metadata={
+            "help": "TRL's beta: how far the policy may move from the reference (higher: less). For "
+            "loss_type 'ipo' it is the regularisation tau of the IPO paper."
+        },
     )
     loss_type: str = field(
         default="sigmoid",
-        metadata={"help": "'sigmoid': DPO, -log sigmoid(beta * (chosen_logratio - rejected_logratio)); 'ipo': "
-                  "((chosen_logratio - rejected_logratio) / T - 1 / (2 beta))^2 with T the actions per image (TRL's "
-                  "length-normalised IPO). Log-ratios are summed action log-probs minus the reference's.",
-                  "choices": list(LOSS_TYPES)},
+        metadata={
+            "help": "'sigmoid': DPO, -log sigmoid(beta * (chosen_logratio - rejected_logratio)); 'ipo': "
+            "((chosen_logratio - rejected_logratio) / T - 1 / (2 beta))^2 with T the actions per image (TRL's "
+            "length-normalised IPO). Log-ratios are summed action log-probs minus the reference's.",
+            "choices": list(LOSS_TYPES),
+        },
     )
     rewards: str | None = field(
         default=None,
-        metadata={"help": "Online mode (and `rlhf-img dpo pairs`): the rewards that rank each group, the GRPO "
-                  "recipe's list of {name, weight, normalize, label, kwargs}, combined as GRPO combines them."},
+        metadata={
+            "help": "Online mode (and `rlhf-img dpo pairs`): the rewards that rank each group, the GRPO "
+            "recipe's list of {name, weight, normalize, label, kwargs}, combined as GRPO combines them."
+        },
     )
     num_generations: int = field(
-        default=8, metadata={"help": "Online: images sampled per prompt; the best and the worst make its pair."})
+        default=8, metadata={"help": "Online: images sampled per prompt; the best and the worst make its pair."}
+    )
     caption_dropout: float = field(
         default=0.0,
-        metadata={"help": "Share of pairs scored under the family's unconditional prompt instead of their caption "
-                  "(both images, policy and reference), so the unconditional branch CFG needs learns the "
-                  "preference too; 0: off."},
+        metadata={
+            "help": "Share of pairs scored under the family's unconditional prompt instead of their caption "
+            "(both images, policy and reference), so the unconditional branch CFG needs learns the "
+            "preference too; 0: off."
+        },
     )
     logprob_chunk_size: int = field(
         default=Sampling.logprob_chunk_size,
-        metadata={"help": "Score this many image tokens at a time in the log-prob pass (per-chunk activation "
-                  "checkpointing); 0: all at once."},
+        metadata={
+            "help": "Score this many image tokens at a time in the log-prob pass (per-chunk activation "
+            "checkpointing); 0: all at once."
+        },
     )
     trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow the checkpoint's own code (hub models that need it), as in GRPO."})
+        default=False, metadata={"help": "Allow the checkpoint's own code (hub models that need it), as in GRPO."}
+    )
     disable_dropout: bool = field(
-        default=True, metadata={"help": "Disable dropout, so the policy and the reference agree before training."})
+        default=True, metadata={"help": "Disable dropout, so the policy and the reference agree before training."}
+    )
     # transformers defaults changed for this stage:
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
     report_to: None | str | list[str] = field(
-        default="none", metadata={"help": "Dashboards: 'wandb', 'tensorboard', 'all' or 'none'."})
+        default="none", metadata={"help": "Dashboards: 'wandb', 'tensorboard', 'all' or 'none'."}
+    )
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Kept False: every column is read (prompt metadata reaches the rewards)."})
+        default=False, metadata={"help": "Kept False: every column is read (prompt metadata reaches the rewards)."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,8 +142,10 @@ class ImageDPOConfig(SamplingOptions, TrainingArguments):
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.num_generations < 2:
-            raise ValueError(f"num_generations must be >= 2 (a pair is the best and the worst of a group), got "
-                             f"{self.num_generations}")
+            raise ValueError(
+                f"num_generations must be >= 2 (a pair is the best and the worst of a group), got "
+                f"{self.num_generations}"
+            )
         if str(self.eval_strategy) not in ("no", "IntervalStrategy.NO"):
             raise ValueError("eval_strategy: DPO runs have no evaluation loop; score the output with `rlhf-img eval`")
         self.rewards = parse_structured(self.rewards, "rewards")
@@ -150,10 +170,12 @@ class DPODataConfig(PromptDataConfig):
 
     dataset: str | None = field(
         default=None,
-        metadata={"help": "Offline: a .jsonl/.json/.csv/.parquet pair table (image paths relative to the file) or a "
-                  "`datasets` name or save_to_disk folder, with prompt / chosen / rejected columns (images, or "
-                  "actions as lists of ints). Online: prompts, as in a GRPO recipe (.txt, or a table whose other "
-                  "columns reach the rewards)."},
+        metadata={
+            "help": "Offline: a .jsonl/.json/.csv/.parquet pair table (image paths relative to the file) or a "
+            "`datasets` name or save_to_disk folder, with prompt / chosen / rejected columns (images, or "
+            "actions as lists of ints). Online: prompts, as in a GRPO recipe (.txt, or a table whose other "
+            "columns reach the rewards)."
+        },
     )
     chosen_column: str = field(default="chosen", metadata={"help": "Offline: the column of the preferred images."})
     rejected_column: str = field(default="rejected", metadata={"help": "Offline: the column of the other images."})
@@ -164,8 +186,13 @@ DPO_DATACLASSES = (ImageDPOConfig, ImageModelConfig, DPODataConfig)
 
 # ------------------------------------------------------------------------------------------------- loss
 def dpo_losses(
-    chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
-    ref_rejected_logps: torch.Tensor, beta: float, loss_type: str, num_actions: int,
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    loss_type: str,
+    num_actions: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair losses `(P,)` and TRL's implicit rewards `beta * logratio` for the chosen and the rejected `(P,)`
     (detached), from summed sequence log-probs `(P,)` of the policy and the reference (module docstring)."""
@@ -198,8 +225,16 @@ class ImageDPOTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: the Trainer divides by the accumulation
 
-    def __init__(self, policy: Policy, args: ImageDPOConfig, train_dataset, rewards=None, peft_config=None,
-                 callbacks=None, optimizers=(None, None)) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        args: ImageDPOConfig,
+        train_dataset,
+        rewards=None,
+        peft_config=None,
+        callbacks=None,
+        optimizers=(None, None),
+    ) -> None:
         from trl.trainer.utils import disable_dropout_in_model
 
         self.policy = policy
@@ -226,9 +261,13 @@ class ImageDPOTrainer(Trainer):
         self._micro_steps = self._generation = 0  # number the batches: the online samples' and dropout's streams
         self.groups_seen = self.groups_without_spread = 0
         super().__init__(
-            model=model, args=args, train_dataset=train_dataset,
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
             data_collator=collate_prompts if args.mode == "online" else collate_pairs,
-            processing_class=policy.processing_class, callbacks=callbacks, optimizers=optimizers,
+            processing_class=policy.processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
         )
         check_trainable = getattr(policy, "check_trainable", None)  # optional family hook (policy.py)
         if check_trainable is not None:
@@ -273,8 +312,9 @@ class ImageDPOTrainer(Trainer):
 
         device, groups = self.accelerator.device, self.args.num_generations
         first = self.accelerator.process_index * len(prompts) * groups  # global sample index, as GRPO numbers them
-        generators = SampleGenerators.for_samples(self.args.seed, "dpo", self._generation,
-                                                  range(first, first + len(prompts) * groups), device)
+        generators = SampleGenerators.for_samples(
+            self.args.seed, "dpo", self._generation, range(first, first + len(prompts) * groups), device
+        )
         start = time.perf_counter()
         with (
             torch.no_grad(),
@@ -283,16 +323,21 @@ class ImageDPOTrainer(Trainer):
             unsharded_root(unwrapped),
             self.accelerator.autocast(),
         ):
-            sampled = sample_and_rank(self.policy, unwrapped, prompts, columns, self.rewards, groups,
-                                      self.args.sampling, generators, device)
+            sampled = sample_and_rank(
+                self.policy, unwrapped, prompts, columns, self.rewards, groups, self.args.sampling, generators, device
+            )
         ranked = sampled.ranked
         self._log_rollouts(sampled, time.perf_counter() - start)
         keep = ranked.valid.nonzero().squeeze(1)
         weight = torch.ones(len(keep), device=device)
         if len(keep) == 0:  # no pair this batch: a zero-weight stand-in keeps the backward (and DDP) in step
             keep, weight = torch.zeros(1, dtype=torch.long, device=ranked.valid.device), torch.zeros(1, device=device)
-        return {"prompt": [prompts[int(i)] for i in keep], "chosen": sampled.actions[ranked.best[keep]].to(device),
-                "rejected": sampled.actions[ranked.worst[keep]].to(device), "weight": weight}
+        return {
+            "prompt": [prompts[int(i)] for i in keep],
+            "chosen": sampled.actions[ranked.best[keep]].to(device),
+            "rejected": sampled.actions[ranked.worst[keep]].to(device),
+            "weight": weight,
+        }
 
     def _log_rollouts(self, sampled, seconds: float) -> None:
         """GRPO's reward metrics over every sampled image (all processes), how many groups gave no pair, and the
@@ -303,9 +348,16 @@ class ImageDPOTrainer(Trainer):
         totals = self.accelerator.gather(ranked.totals.to(device))
         per_func = self.accelerator.gather(sampled.rewards_per_func.to(device))
         valid = ranked.valid
-        counts = torch.tensor([len(valid), int((~valid).sum()), int(valid.sum()),
-                               float(ranked.totals[ranked.best[valid]].sum()),
-                               float(ranked.totals[ranked.worst[valid]].sum())], device=device)
+        counts = torch.tensor(
+            [
+                len(valid),
+                int((~valid).sum()),
+                int(valid.sum()),
+                float(ranked.totals[ranked.best[valid]].sum()),
+                float(ranked.totals[ranked.worst[valid]].sum()),
+            ],
+            device=device,
+        )
         groups, no_spread, pairs, chosen_sum, rejected_sum = self.accelerator.gather(counts[None]).sum(0).tolist()
         self.groups_seen += int(groups)
         self.groups_without_spread += int(no_spread)
@@ -338,14 +390,16 @@ class ImageDPOTrainer(Trainer):
         draws = torch.rand(count, generator=torch.Generator().manual_seed(seed))
         return (draws >= self.args.caption_dropout).to(self.accelerator.device)
 
-    def sequence_logps(self, model: torch.nn.Module, prompts: list[str], actions: torch.Tensor,
-                       conditional: torch.Tensor | None) -> torch.Tensor:
+    def sequence_logps(
+        self, model: torch.nn.Module, prompts: list[str], actions: torch.Tensor, conditional: torch.Tensor | None
+    ) -> torch.Tensor:
         """Summed log-probs `(B,)` of `actions` `(B, T)` under `model` (the caption's, or the unconditional prompt's
         where `conditional` is False)."""
         batch = self.policy.encode_prompts(prompts, self.accelerator.device)
         with self.accelerator.autocast():
-            logps = action_logprobs(self.policy, model, batch, actions, conditional,
-                                    chunk_size=self.args.logprob_chunk_size)
+            logps = action_logprobs(
+                self.policy, model, batch, actions, conditional, chunk_size=self.args.logprob_chunk_size
+            )
         return logps.float().sum(dim=1)
 
     def reference_logps(self, prompts: list[str], actions: torch.Tensor, conditional: torch.Tensor | None):
@@ -368,8 +422,8 @@ class ImageDPOTrainer(Trainer):
         chosen_logps, rejected_logps = logps.chunk(2)
         ref_chosen, ref_rejected = ref_logps.chunk(2)
         losses, chosen_rewards, rejected_rewards = dpo_losses(
-            chosen_logps, rejected_logps, ref_chosen, ref_rejected, self.args.beta, self.args.loss_type,
-            actions.size(1))
+            chosen_logps, rejected_logps, ref_chosen, ref_rejected, self.args.beta, self.args.loss_type, actions.size(1)
+        )
         loss = (losses * weight).sum() / weight.sum().clamp(min=1.0)
         self._log_pairs(weight, chosen_rewards, rejected_rewards, chosen_logps.detach(), rejected_logps.detach())
         return (loss, {"losses": losses}) if return_outputs else loss
@@ -377,21 +431,32 @@ class ImageDPOTrainer(Trainer):
     def _log_pairs(self, weight, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> None:
         """TRL's DPO metrics, averaged over the real pairs of every process (sums and counts are gathered, since
         the processes may hold different numbers of pairs online)."""
-        values = torch.stack([
-            weight.sum(),
-            (weight * chosen_rewards).sum(),
-            (weight * rejected_rewards).sum(),
-            (weight * (chosen_rewards > rejected_rewards).float()).sum(),
-            (weight * (chosen_rewards - rejected_rewards)).sum(),
-            (weight * chosen_logps).sum(),
-            (weight * rejected_logps).sum(),
-        ])
+        values = torch.stack(
+            [
+                weight.sum(),
+                (weight * chosen_rewards).sum(),
+                (weight * rejected_rewards).sum(),
+                (weight * (chosen_rewards > rejected_rewards).float()).sum(),
+                (weight * (chosen_rewards - rejected_rewards)).sum(),
+                (weight * chosen_logps).sum(),
+                (weight * rejected_logps).sum(),
+            ]
+        )
         totals = self.accelerator.gather(values.reshape(1, -1)).sum(dim=0)
         count = totals[0].item()
         if count == 0:
             return
-        for key, total in zip(("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                               "logps/chosen", "logps/rejected"), totals[1:].tolist()):
+        for key, total in zip(
+            (
+                "rewards/chosen",
+                "rewards/rejected",
+                "rewards/accuracies",
+                "rewards/margins",
+                "logps/chosen",
+                "logps/rejected",
+            ),
+            totals[1:].tolist(),
+        ):
             self._metrics[key].append(total / count)
         self._metrics["pairs/count"].append(count)
 
@@ -407,8 +472,9 @@ class ImageDPOTrainer(Trainer):
         the family (`load_policy(output_dir)`) and trains with `rlhf-img train`."""
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            self.policy.save_pretrained(output_dir or self.args.output_dir,
-                                        model=self.accelerator.unwrap_model(self.model))
+            self.policy.save_pretrained(
+                output_dir or self.args.output_dir, model=self.accelerator.unwrap_model(self.model)
+            )
 
     def create_model_card(self, model_name: str | None = None, tags=None, **unused) -> None:
         """rlhf-img's card (model_card.py) instead of transformers' text-model card, also on `push_to_hub`."""
@@ -457,8 +523,10 @@ def prepare_dpo(recipe_path: str, overrides: Sequence[str], write_pairs: bool = 
         args, model_args, data_args = parse_recipe(recipe_path, overrides, DPO_DATACLASSES, "dpo")
     except UsageError as error:
         if "'dataset'" in str(error) and "not found" in str(error):  # an offline pair table not written yet
-            raise UsageError(str(error).replace("prompt file not found", "file not found") + "; `rlhf-img dpo pairs "
-                             "ONLINE_RECIPE --output_dir DIR` writes ranked pairs from a model") from None
+            raise UsageError(
+                str(error).replace("prompt file not found", "file not found") + "; `rlhf-img dpo pairs "
+                "ONLINE_RECIPE --output_dir DIR` writes ranked pairs from a model"
+            ) from None
         raise
     online = write_pairs or args.mode == "online"
     check_run_keys(args, model_args)
@@ -468,33 +536,50 @@ def prepare_dpo(recipe_path: str, overrides: Sequence[str], write_pairs: bool = 
     if online and not args.reward_specs:
         raise UsageError("recipe key 'rewards' is required in mode 'online' (a list of rewards that rank each group)")
     if not online and args.reward_specs:
-        raise UsageError("recipe key 'rewards' is read in mode 'online' only (offline pairs are already ranked); "
-                         "remove it or set mode: online")
+        raise UsageError(
+            "recipe key 'rewards' is read in mode 'online' only (offline pairs are already ranked); "
+            "remove it or set mode: online"
+        )
     try:  # the data first: a missing file fails before a model loads
         rewards = RewardSet.build(args.reward_specs) if online else None
         if online:
-            dataset = load_prompt_dataset(data_args.dataset, config=data_args.dataset_config,
-                                          split=data_args.dataset_split, prompt_column=data_args.prompt_column,
-                                          max_prompts=data_args.max_prompts)
+            dataset = load_prompt_dataset(
+                data_args.dataset,
+                config=data_args.dataset_config,
+                split=data_args.dataset_split,
+                prompt_column=data_args.prompt_column,
+                max_prompts=data_args.max_prompts,
+            )
         else:
             try:
                 table, base_dir = load_pair_table(
-                    data_args.dataset, prompt_column=data_args.prompt_column, chosen_column=data_args.chosen_column,
-                    rejected_column=data_args.rejected_column, config=data_args.dataset_config,
-                    split=data_args.dataset_split, max_rows=data_args.max_prompts)
+                    data_args.dataset,
+                    prompt_column=data_args.prompt_column,
+                    chosen_column=data_args.chosen_column,
+                    rejected_column=data_args.rejected_column,
+                    config=data_args.dataset_config,
+                    split=data_args.dataset_split,
+                    max_rows=data_args.max_prompts,
+                )
             except FileNotFoundError:
-                raise UsageError(f"recipe key 'dataset': pair table not found: {data_args.dataset} (`rlhf-img dpo "
-                                 "pairs ONLINE_RECIPE --output_dir DIR` writes ranked pairs from a model)") from None
+                raise UsageError(
+                    f"recipe key 'dataset': pair table not found: {data_args.dataset} (`rlhf-img dpo "
+                    "pairs ONLINE_RECIPE --output_dir DIR` writes ranked pairs from a model)"
+                ) from None
         policy = load_policy(
-            model_args.model_name_or_path, model_args.model_family, visual_tokenizer=model_args.visual_tokenizer,
-            dtype=model_args.dtype, family_config=model_args.family_config,
+            model_args.model_name_or_path,
+            model_args.model_family,
+            visual_tokenizer=model_args.visual_tokenizer,
+            dtype=model_args.dtype,
+            family_config=model_args.family_config,
             revision=None if model_args.model_revision == "main" else model_args.model_revision,
             trust_remote_code=args.trust_remote_code,
         )
         if not online:
             image_size = policy.image_size if hasattr(policy, "encode_images") else None
-            dataset = PreferencePairs(table, image_size, policy.num_actions, base_dir, data_args.chosen_column,
-                                      data_args.rejected_column)
+            dataset = PreferencePairs(
+                table, image_size, policy.num_actions, base_dir, data_args.chosen_column, data_args.rejected_column
+            )
             if len(dataset) > 0:
                 dataset[0]  # a first row that cannot be read fails here, naming its file
     except (RewardConfigError, CheckpointError, FileNotFoundError) as error:
@@ -520,31 +605,43 @@ def run_dpo(run: PreparedDPO) -> int:
         print(f"rlhf-img: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     if trainer.state.global_step == 0 and args.max_steps != 0:
-        print(f"rlhf-img: error: trained 0 steps (max_steps {args.max_steps}, {len(run.dataset)} rows); nothing was "
-              "saved", file=sys.stderr)
+        print(
+            f"rlhf-img: error: trained 0 steps (max_steps {args.max_steps}, {len(run.dataset)} rows); nothing was "
+            "saved",
+            file=sys.stderr,
+        )
         return 1
     trainer.save_state()  # first, so that push_to_hub (in save_model) uploads trainer_state.json too
     trainer.save_model(args.output_dir)
     trainer.create_model_card()  # README.md: rlhf-img's model card (model_card.py), main process only
     if trainer.accelerator.is_main_process:
-        print(f"rlhf-img: DPO ({args.mode}, {args.loss_type}) trained {trainer.state.global_step} steps in "
-              f"{time.time() - start:.0f}s; saved to {args.output_dir}")
+        print(
+            f"rlhf-img: DPO ({args.mode}, {args.loss_type}) trained {trainer.state.global_step} steps in "
+            f"{time.time() - start:.0f}s; saved to {args.output_dir}"
+        )
         print(f"rlhf-img: {margin_summary(trainer.state.log_history)}")
         if args.mode == "online":
-            print(f"rlhf-img: {reward_summary(trainer.state.log_history)}; {trainer.groups_without_spread} of "
-                  f"{trainer.groups_seen} groups had no reward spread (no pair)")
+            print(
+                f"rlhf-img: {reward_summary(trainer.state.log_history)}; {trainer.groups_without_spread} of "
+                f"{trainer.groups_seen} groups had no reward spread (no pair)"
+            )
     return 0
 
 
 def margin_summary(log_history: list[dict]) -> str:
     """The first and last logged DPO margin and accuracy (TRL's `rewards/margins`, `rewards/accuracies`)."""
-    logged = [entry for entry in log_history if isinstance(entry.get("rewards/margins"), (int, float))
-              and math.isfinite(entry["rewards/margins"])]
+    logged = [
+        entry
+        for entry in log_history
+        if isinstance(entry.get("rewards/margins"), (int, float)) and math.isfinite(entry["rewards/margins"])
+    ]
     if not logged:
         return "no DPO pair was trained (no margin logged)"
     first, last = logged[0], logged[-1]
-    return (f"margin {first['rewards/margins']:.4g} (step {first['step']}) -> {last['rewards/margins']:.4g} "
-            f"(step {last['step']}), accuracy {first['rewards/accuracies']:.3g} -> {last['rewards/accuracies']:.3g}")
+    return (
+        f"margin {first['rewards/margins']:.4g} (step {first['step']}) -> {last['rewards/margins']:.4g} "
+        f"(step {last['step']}), accuracy {first['rewards/accuracies']:.3g} -> {last['rewards/accuracies']:.3g}"
+    )
 
 
 def run_pairs(run: PreparedDPO) -> int:
@@ -556,12 +653,22 @@ def run_pairs(run: PreparedDPO) -> int:
     policy.model.to(device).eval()
     policy.to(device)
     start = time.time()
-    counts = write_ranked_pairs(policy, run.dataset, run.rewards, args.output_dir, num_generations=args.num_generations,
-                                sampling=args.sampling, seed=args.seed,
-                                prompts_per_batch=args.per_device_train_batch_size, device=device)
+    counts = write_ranked_pairs(
+        policy,
+        run.dataset,
+        run.rewards,
+        args.output_dir,
+        num_generations=args.num_generations,
+        sampling=args.sampling,
+        seed=args.seed,
+        prompts_per_batch=args.per_device_train_batch_size,
+        device=device,
+    )
     table = os.path.join(args.output_dir, "pairs.jsonl")
-    print(f"rlhf-img: {counts['pairs']} pairs from {counts['prompts']} prompts x {args.num_generations} images "
-          f"({counts['no_spread']} groups without reward spread skipped) in {time.time() - start:.0f}s; wrote {table}")
+    print(
+        f"rlhf-img: {counts['pairs']} pairs from {counts['prompts']} prompts x {args.num_generations} images "
+        f"({counts['no_spread']} groups without reward spread skipped) in {time.time() - start:.0f}s; wrote {table}"
+    )
     return 0 if counts["pairs"] else 1
 
 

@@ -47,8 +47,14 @@ def load_image(value: Any, base_dir: str, size: tuple[int, int]) -> torch.Tensor
 
 
 def load_pair_table(
-    source: str, *, prompt_column: str = "prompt", chosen_column: str = "chosen", rejected_column: str = "rejected",
-    config: str | None = None, split: str = "train", max_rows: int | None = None,
+    source: str,
+    *,
+    prompt_column: str = "prompt",
+    chosen_column: str = "chosen",
+    rejected_column: str = "rejected",
+    config: str | None = None,
+    split: str = "train",
+    max_rows: int | None = None,
 ) -> tuple[Dataset, str]:
     """The pair rows (a `datasets.Dataset`, memory-mapped) with the prompt column renamed `prompt`, and the folder
     relative image paths start from (the table file's folder, the `save_to_disk` folder, else the current one).
@@ -79,17 +85,26 @@ class PreferencePairs(torch.utils.data.Dataset):
     be of the same kind). `image_size` may be None for an actions table (a family that cannot encode images)."""
 
     def __init__(
-        self, table: Dataset, image_size: tuple[int, int] | None, num_actions: int, base_dir: str = ".",
-        chosen_column: str = "chosen", rejected_column: str = "rejected",
+        self,
+        table: Dataset,
+        image_size: tuple[int, int] | None,
+        num_actions: int,
+        base_dir: str = ".",
+        chosen_column: str = "chosen",
+        rejected_column: str = "rejected",
     ) -> None:
         kinds = {pair_kind(table, chosen_column), pair_kind(table, rejected_column)}
         if len(kinds) != 1:
-            raise ValueError(f"columns {chosen_column!r} and {rejected_column!r} must both hold images or both hold "
-                             "actions (lists of ints)")
+            raise ValueError(
+                f"columns {chosen_column!r} and {rejected_column!r} must both hold images or both hold "
+                "actions (lists of ints)"
+            )
         self.kind = kinds.pop()
         if self.kind == "images" and image_size is None:
-            raise ValueError("this family cannot encode images (no encode_images); give pairs as actions "
-                             "(lists of ints) or use mode: online")
+            raise ValueError(
+                "this family cannot encode images (no encode_images); give pairs as actions "
+                "(lists of ints) or use mode: online"
+            )
         self.table, self.image_size, self.num_actions, self.base_dir = table, image_size, num_actions, base_dir
         self.columns = (chosen_column, rejected_column)
 
@@ -104,8 +119,10 @@ class PreferencePairs(torch.utils.data.Dataset):
             if self.kind == "actions":
                 actions = torch.as_tensor(value, dtype=torch.long)
                 if actions.shape != (self.num_actions,):
-                    raise ValueError(f"row {index}, column {column!r}: {tuple(actions.shape)} actions, the policy "
-                                     f"takes ({self.num_actions},)")
+                    raise ValueError(
+                        f"row {index}, column {column!r}: {tuple(actions.shape)} actions, the policy "
+                        f"takes ({self.num_actions},)"
+                    )
                 item[name] = actions
             else:
                 item[name] = load_image(value, self.base_dir, self.image_size)
@@ -114,15 +131,19 @@ class PreferencePairs(torch.utils.data.Dataset):
 
 def collate_pairs(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Pair rows -> `{"prompt": [B], "chosen": (B, ...), "rejected": (B, ...)}`."""
-    return {"prompt": [row["prompt"] for row in rows],
-            "chosen": torch.stack([row["chosen"] for row in rows]),
-            "rejected": torch.stack([row["rejected"] for row in rows])}
+    return {
+        "prompt": [row["prompt"] for row in rows],
+        "chosen": torch.stack([row["chosen"] for row in rows]),
+        "rejected": torch.stack([row["rejected"] for row in rows]),
+    }
 
 
 def collate_prompts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Prompt rows (online DPO) -> `{"prompt": [B], "columns": {name: [B]}}`: the other columns reach the rewards."""
-    return {"prompt": [row["prompt"] for row in rows],
-            "columns": {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}}
+    return {
+        "prompt": [row["prompt"] for row in rows],
+        "columns": {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"},
+    }
 
 
 # ----------------------------------------------------------------------------------------- ranked groups
@@ -141,8 +162,9 @@ def rank_groups(rewards_per_func: torch.Tensor, rewards: RewardSet, num_generati
     """Best and worst of each group by the rewards `(N, R)` (NaN = no score), combined exactly as GRPO combines
     them before its advantages (weights, and `normalize: true` rewards z-scored over the batch first), so DPO and
     GRPO rank the same images the same way. Unscored samples are never picked; ties give no pair."""
-    result = group_advantages(rewards_per_func, rewards.weights, num_generations, "none", "sum_then_normalize",
-                              rewards.normalize)
+    result = group_advantages(
+        rewards_per_func, rewards.weights, num_generations, "none", "sum_then_normalize", rewards.normalize
+    )
     scored = ~torch.isnan(result.rewards).view(-1, num_generations)  # (G, n)
     ranking = result.advantages.view(-1, num_generations)  # the combined reward minus its group mean
     best_value, best = ranking.masked_fill(~scored, -torch.inf).max(dim=1)
@@ -164,14 +186,22 @@ class SampledGroups(NamedTuple):
 
 @torch.no_grad()
 def sample_and_rank(
-    policy: Policy, model: torch.nn.Module, prompts: list[str], columns: dict[str, list[Any]], rewards: RewardSet,
-    num_generations: int, sampling: Sampling, generators: SampleGenerators, device: torch.device | str,
+    policy: Policy,
+    model: torch.nn.Module,
+    prompts: list[str],
+    columns: dict[str, list[Any]],
+    rewards: RewardSet,
+    num_generations: int,
+    sampling: Sampling,
+    generators: SampleGenerators,
+    device: torch.device | str,
 ) -> SampledGroups:
     """Sample `num_generations` images for each prompt with the given per-sample generators (one per image, rows
     grouped by prompt), decode, score with the reward set, rank each group."""
     repeated = [prompt for prompt in prompts for _ in range(num_generations)]
-    repeated_columns = {key: [value for value in values for _ in range(num_generations)]
-                        for key, values in columns.items()}
+    repeated_columns = {
+        key: [value for value in values for _ in range(num_generations)] for key, values in columns.items()
+    }
     rollout = policy.sample(model, policy.encode_prompts(repeated, device), sampling, generators)
     images = policy.decode(rollout.actions)
     rewards_per_func = rewards.score(repeated, images, repeated_columns)
@@ -180,8 +210,16 @@ def sample_and_rank(
 
 
 def write_ranked_pairs(
-    policy: Policy, prompts: Dataset, rewards: RewardSet, output_dir: str, *, num_generations: int,
-    sampling: Sampling, seed: int, prompts_per_batch: int, device: torch.device | str = "cpu",
+    policy: Policy,
+    prompts: Dataset,
+    rewards: RewardSet,
+    output_dir: str,
+    *,
+    num_generations: int,
+    sampling: Sampling,
+    seed: int,
+    prompts_per_batch: int,
+    device: torch.device | str = "cpu",
 ) -> dict[str, int]:
     """Sample a group per prompt from `policy`, keep each group's best and worst image (by the rewards) and write
     them as a pair table: `output_dir/pairs.jsonl` (`prompt`, `chosen` / `rejected` PNG paths relative to it,
@@ -196,8 +234,17 @@ def write_ranked_pairs(
             batch = collate_prompts(list(rows))
             indices = range(start * num_generations, (start + len(rows)) * num_generations)
             generators = SampleGenerators.for_samples(seed, "dpo-pairs", 0, indices, device)
-            groups = sample_and_rank(policy, policy.model, batch["prompt"], batch["columns"], rewards, num_generations,
-                                     sampling, generators, device)
+            groups = sample_and_rank(
+                policy,
+                policy.model,
+                batch["prompt"],
+                batch["columns"],
+                rewards,
+                num_generations,
+                sampling,
+                generators,
+                device,
+            )
             ranked = groups.ranked
             pictures = to_pil(groups.images)
             for group, prompt in enumerate(batch["prompt"]):
@@ -213,8 +260,7 @@ def write_ranked_pairs(
                     record[name] = relative
                     record[f"{name}_actions"] = groups.actions[index].tolist()
                     record[f"{name}_reward"] = float(ranked.totals[index])
-                record.update({key: values[group] for key, values in batch["columns"].items()
-                               if key not in record})
+                record.update({key: values[group] for key, values in batch["columns"].items() if key not in record})
                 table.write(json.dumps(record) + "\n")
                 counts["pairs"] += 1
     return counts

@@ -57,36 +57,81 @@ class EncodeConfig(FamilyOptions):
     """The `rlhf-img encode` recipe keys (plus `model_family`, `visual_tokenizer`, `family_config` from
     `FamilyOptions`, shared with training and eval)."""
 
-    model_name_or_path: str = field(default="", metadata={"help": "Checkpoint whose visual tokenizer encodes the "
-                                                          "images (local folder or hub id). Required."})
-    dtype: str | None = field(default=None, metadata={"help": "Weights dtype, e.g. bfloat16; default: the family's "
-                                                      "(float32 for causal_vq). Part of the shard plan."})
-    dataset: str = field(default="", metadata={"help": "Image/caption pairs: an image folder (.txt captions or "
-                                               "metadata.jsonl/csv), a .jsonl/.json/.csv/.parquet table, a `datasets` "
-                                               "save_to_disk folder or hub name, or webdataset .tar shards (file, "
-                                               "glob or folder). Required."})
+    model_name_or_path: str = field(
+        default="",
+        metadata={"help": "Checkpoint whose visual tokenizer encodes the images (local folder or hub id). Required."},
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Weights dtype, e.g. bfloat16; default: the family's "
+            "(float32 for causal_vq). Part of the shard plan."
+        },
+    )
+    dataset: str = field(
+        default="",
+        metadata={
+            "help": "Image/caption pairs: an image folder (.txt captions or "
+            "metadata.jsonl/csv), a .jsonl/.json/.csv/.parquet table, a `datasets` "
+            "save_to_disk folder or hub name, or webdataset .tar shards (file, "
+            "glob or folder). Required."
+        },
+    )
     dataset_config: str | None = field(default=None, metadata={"help": "Config name of a hub dataset."})
-    dataset_split: str = field(default="train",
-                               metadata={"help": "Split of a hub dataset or save_to_disk DatasetDict."})
-    image_column: str = field(default="image", metadata={"help": "Table/dataset column with the image (a path "
-                                                         "relative to the table file, bytes, or an Image feature)."})
-    caption_column: str = field(default="caption", metadata={"help": "Table/dataset column with the caption; also the "
-                                                             "key read from metadata.jsonl/csv and webdataset .json."})
-    key_column: str | None = field(default=None, metadata={"help": "Column with a unique row key; default: the image "
-                                                           "path, else the row number (folders and tars: the file "
-                                                           "key)."})
-    output_dir: str = field(default="", metadata={"help": "Where encode.json and shards/ go. Required. A rerun into "
-                                                  "the same folder resumes (finished shards are kept)."})
-    shard_size: int = field(default=5000, metadata={"help": "Input rows per shard (the unit of resume and of work "
-                                                    "per process)."})
+    dataset_split: str = field(
+        default="train", metadata={"help": "Split of a hub dataset or save_to_disk DatasetDict."}
+    )
+    image_column: str = field(
+        default="image",
+        metadata={
+            "help": "Table/dataset column with the image (a path "
+            "relative to the table file, bytes, or an Image feature)."
+        },
+    )
+    caption_column: str = field(
+        default="caption",
+        metadata={
+            "help": "Table/dataset column with the caption; also the "
+            "key read from metadata.jsonl/csv and webdataset .json."
+        },
+    )
+    key_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column with a unique row key; default: the image "
+            "path, else the row number (folders and tars: the file "
+            "key)."
+        },
+    )
+    output_dir: str = field(
+        default="",
+        metadata={
+            "help": "Where encode.json and shards/ go. Required. A rerun into "
+            "the same folder resumes (finished shards are kept)."
+        },
+    )
+    shard_size: int = field(
+        default=5000, metadata={"help": "Input rows per shard (the unit of resume and of work per process)."}
+    )
     batch_size: int = field(default=32, metadata={"help": "Images per `encode_images` call."})
     max_examples: int | None = field(default=None, metadata={"help": "Encode only the first N input rows."})
-    num_workers: int = field(default=4, metadata={"help": "Threads that read, decode and resize images ahead of the "
-                                                  "encoder (0: in the main thread)."})
-    prefetch_batches: int = field(default=2, metadata={"help": "Batches of images decoded ahead of the encoder; "
-                                                       "memory grows with it, not with the dataset."})
-    seed: int = field(default=0, metadata={"help": "Seeds torch and friends before encoding (for a stochastic "
-                                           "encoder; the built-in ones are deterministic)."})
+    num_workers: int = field(
+        default=4,
+        metadata={"help": "Threads that read, decode and resize images ahead of the encoder (0: in the main thread)."},
+    )
+    prefetch_batches: int = field(
+        default=2,
+        metadata={
+            "help": "Batches of images decoded ahead of the encoder; memory grows with it, not with the dataset."
+        },
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seeds torch and friends before encoding (for a stochastic "
+            "encoder; the built-in ones are deterministic)."
+        },
+    )
     use_cpu: bool = field(default=False, metadata={"help": "Encode on CPU even when an accelerator is present."})
 
     def __post_init__(self) -> None:
@@ -100,8 +145,9 @@ class EncodeConfig(FamilyOptions):
             raise ValueError(f"max_examples must be >= 1, got {self.max_examples}")
 
 
-def ordered_map(function: Callable[[Item], Result], items: Iterable[Item], num_workers: int,
-                lookahead: int) -> Iterator[Result]:
+def ordered_map(
+    function: Callable[[Item], Result], items: Iterable[Item], num_workers: int, lookahead: int
+) -> Iterator[Result]:
     """`map(function, items)` in order, computed by `num_workers` threads at most `lookahead` items ahead (PIL
     decodes and resizes outside the GIL). Memory: `lookahead` results, whatever the length of `items`."""
     if num_workers == 0:
@@ -137,19 +183,29 @@ class _Scan:
         self.num_rows = count
 
 
-def _plan(config: EncodeConfig, family: str, source: ImageSource, image_size: tuple[int, int],
-          num_actions: int) -> dict:
+def _plan(
+    config: EncodeConfig, family: str, source: ImageSource, image_size: tuple[int, int], num_actions: int
+) -> dict:
     """The settings that decide what a shard holds: a rerun must match them to reuse its finished shards."""
+
     def local(path: str | None) -> str | None:  # the same folder named from another working directory is the same
         return os.path.abspath(path) if path and os.path.exists(path) else path
 
     return {
-        "family": family, "checkpoint": local(config.model_name_or_path),
-        "visual_tokenizer": local(config.visual_tokenizer), "family_config": config.family_config,
-        "dtype": config.dtype, "image_size": list(image_size), "num_actions": num_actions,
+        "family": family,
+        "checkpoint": local(config.model_name_or_path),
+        "visual_tokenizer": local(config.visual_tokenizer),
+        "family_config": config.family_config,
+        "dtype": config.dtype,
+        "image_size": list(image_size),
+        "num_actions": num_actions,
         "source": os.path.abspath(config.dataset) if source.kind == "webdataset" else local(config.dataset),
-        "source_kind": source.kind, "image_column": config.image_column, "caption_column": config.caption_column,
-        "key_column": config.key_column, "shard_size": config.shard_size, "max_examples": config.max_examples,
+        "source_kind": source.kind,
+        "image_column": config.image_column,
+        "caption_column": config.caption_column,
+        "key_column": config.key_column,
+        "shard_size": config.shard_size,
+        "max_examples": config.max_examples,
     }
 
 
@@ -166,9 +222,11 @@ def check_finished_keys(source: ImageSource, finished: dict[int, dict], shard_si
     for shard, record in sorted(finished.items()):
         digest = digests.get(shard)
         if digest is None or digest.hexdigest() != record.get("keys_sha256"):
-            raise ShardPlanError(f"{output_dir}: shard {shard} was encoded from other rows than the input now holds "
-                                 f"at rows {record['rows']} (was it changed since?); use another output_dir or "
-                                 "delete it")
+            raise ShardPlanError(
+                f"{output_dir}: shard {shard} was encoded from other rows than the input now holds "
+                f"at rows {record['rows']} (was it changed since?); use another output_dir or "
+                "delete it"
+            )
 
 
 def _family(config: EncodeConfig) -> str:
@@ -183,8 +241,9 @@ def _owned_rows(num_rows: int | None, shard_size: int, owns: Callable[[int], boo
     """Rows this process will encode, when the stream's length is known up front (for the progress bar)."""
     if num_rows is None:
         return None
-    return sum(min(shard_size, num_rows - shard * shard_size)
-               for shard in range(-(-num_rows // shard_size)) if owns(shard))
+    return sum(
+        min(shard_size, num_rows - shard * shard_size) for shard in range(-(-num_rows // shard_size)) if owns(shard)
+    )
 
 
 class _Encoder:
@@ -201,8 +260,14 @@ class _Encoder:
     def add(self, shard: int, row: PreparedRow) -> None:
         if self.writer is None or self.writer.index != shard:
             self.finish_shard((self.writer.index + 1) * self.config.shard_size if self.writer else 0)
-            self.writer = ShardWriter(self.config.output_dir, shard, shard * self.config.shard_size, self.plan,
-                                      self.num_actions, self.process_index)
+            self.writer = ShardWriter(
+                self.config.output_dir,
+                shard,
+                shard * self.config.shard_size,
+                self.plan,
+                self.num_actions,
+                self.process_index,
+            )
         self.writer.keys.add(row.key)
         if row.reason is not None:
             self.writer.skip(row.key, row.reason)
@@ -219,14 +284,20 @@ class _Encoder:
         images = pixels.to(self.device).permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W) in [0, 1]
         actions = self.policy.encode_images(images)  # (B, T) long
         if tuple(actions.shape) != (len(self.batch), self.num_actions):
-            raise RuntimeError(f"encode_images returned actions of shape {tuple(actions.shape)} for "
-                               f"{len(self.batch)} images; the policy says {self.num_actions} actions per image")
+            raise RuntimeError(
+                f"encode_images returned actions of shape {tuple(actions.shape)} for "
+                f"{len(self.batch)} images; the policy says {self.num_actions} actions per image"
+            )
         actions = actions.cpu()
         if actions.numel() and (actions.min() < np.iinfo(np.int32).min or actions.max() > np.iinfo(np.int32).max):
             raise RuntimeError("encode_images returned actions outside int32")
-        self.writer.add([row.key for row in self.batch], [row.caption for row in self.batch],
-                        actions.to(torch.int32).numpy(), [row.height for row in self.batch],
-                        [row.width for row in self.batch])
+        self.writer.add(
+            [row.key for row in self.batch],
+            [row.caption for row in self.batch],
+            actions.to(torch.int32).numpy(),
+            [row.height for row in self.batch],
+            [row.width for row in self.batch],
+        )
         self.encoded += len(self.batch)
         self.batch = []
 
@@ -266,13 +337,23 @@ def _set_up(config: EncodeConfig) -> _Setup:
         raise ValueError("model_name_or_path: set the checkpoint whose visual tokenizer encodes the images")
     if not config.output_dir:
         raise ValueError("output_dir: set where the shards go")
-    source = open_source(config.dataset, image_column=config.image_column, caption_column=config.caption_column,
-                         key_column=config.key_column, dataset_config=config.dataset_config,
-                         dataset_split=config.dataset_split)
+    source = open_source(
+        config.dataset,
+        image_column=config.image_column,
+        caption_column=config.caption_column,
+        key_column=config.key_column,
+        dataset_config=config.dataset_config,
+        dataset_split=config.dataset_split,
+    )
     state = PartialState(cpu=config.use_cpu)
     set_seed(config.seed)
-    policy = load_policy(config.model_name_or_path, config.model_family, visual_tokenizer=config.visual_tokenizer,
-                         dtype=config.dtype, family_config=config.family_config)
+    policy = load_policy(
+        config.model_name_or_path,
+        config.model_family,
+        visual_tokenizer=config.visual_tokenizer,
+        dtype=config.dtype,
+        family_config=config.family_config,
+    )
     policy.to(state.device)  # the frozen visual tokenizer; the LM stays where it was loaded
     image_size = tuple(int(x) for x in policy.image_size)
     plan = _plan(config, _family(config), source, image_size, int(policy.num_actions))
@@ -296,11 +377,20 @@ def _encode_owned_shards(config: EncodeConfig, setup: _Setup) -> tuple[int, int,
     if known_rows is not None and config.max_examples is not None:
         known_rows = min(known_rows, config.max_examples)
     encoder = _Encoder(setup.policy, config, setup.plan, state.device, rank)
-    bar = tqdm(total=_owned_rows(known_rows, config.shard_size, owns), desc="encode", unit="img",
-               disable=not state.is_main_process, dynamic_ncols=True)
+    bar = tqdm(
+        total=_owned_rows(known_rows, config.shard_size, owns),
+        desc="encode",
+        unit="img",
+        disable=not state.is_main_process,
+        dynamic_ncols=True,
+    )
     start = time.perf_counter()
-    prepared = ordered_map(lambda item: (item[0], prepare_row(item[1], setup.image_size)), scan, config.num_workers,
-                           config.prefetch_batches * config.batch_size)
+    prepared = ordered_map(
+        lambda item: (item[0], prepare_row(item[1], setup.image_size)),
+        scan,
+        config.num_workers,
+        config.prefetch_batches * config.batch_size,
+    )
     try:
         for shard, row in prepared:
             encoder.add(shard, row)
@@ -336,9 +426,15 @@ def run_encode(config: EncodeConfig) -> dict:
         encoded, seconds = sum(count for count, _ in work), max(took for _, took in work)
     state.wait_for_everyone()
     num_shards = -(-num_rows // config.shard_size)
-    summary = {"output_dir": output_dir, "num_rows": num_rows, "num_shards": num_shards,
-               "reused_shards": len(setup.finished), "encoded_this_run": encoded, "seconds": seconds,
-               "images_per_second": encoded / seconds if seconds > 0 else 0.0}
+    summary = {
+        "output_dir": output_dir,
+        "num_rows": num_rows,
+        "num_shards": num_shards,
+        "reused_shards": len(setup.finished),
+        "encoded_this_run": encoded,
+        "seconds": seconds,
+        "images_per_second": encoded / seconds if seconds > 0 else 0.0,
+    }
     if state.is_main_process:
         info = collect_info(output_dir, setup.plan, num_shards, num_rows)
         info.write(output_dir)
@@ -349,10 +445,12 @@ def run_encode(config: EncodeConfig) -> dict:
 
 def summary_line(summary: dict, shown: int = 3) -> str:
     """One line: counts, time, and the first skipped keys with their reasons."""
-    line = (f"rlhf-img: encoded {summary['num_encoded']} of {summary['num_rows']} pairs into {summary['num_shards']} "
-            f"shards in {os.path.join(summary['output_dir'], SHARDS_FOLDER)} ({summary['encoded_this_run']} this run "
-            f"in {summary['seconds']:.1f}s, {summary['images_per_second']:.0f} images/s; "
-            f"{summary['reused_shards']} finished shards kept)")
+    line = (
+        f"rlhf-img: encoded {summary['num_encoded']} of {summary['num_rows']} pairs into {summary['num_shards']} "
+        f"shards in {os.path.join(summary['output_dir'], SHARDS_FOLDER)} ({summary['encoded_this_run']} this run "
+        f"in {summary['seconds']:.1f}s, {summary['images_per_second']:.0f} images/s; "
+        f"{summary['reused_shards']} finished shards kept)"
+    )
     skipped = summary["skipped"]
     if skipped:
         listed = "; ".join(f"{entry['key']} ({entry['reason']})" for entry in skipped[:shown])

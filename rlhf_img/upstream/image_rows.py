@@ -68,8 +68,9 @@ def fit_image(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     if image.format == "JPEG":
         stored_height, stored_width = (width, height) if orientation in TRANSPOSING_ORIENTATIONS else (height, width)
         scale = max(stored_height / image.height, stored_width / image.width)
-        image.draft("RGB", (max(stored_width, round(image.width * scale)),
-                            max(stored_height, round(image.height * scale))))
+        image.draft(
+            "RGB", (max(stored_width, round(image.width * scale)), max(stored_height, round(image.height * scale)))
+        )
     if orientation != 1:
         image = ImageOps.exif_transpose(image)
     image = image.convert("RGB")

@@ -205,8 +205,9 @@ def _cell_key(record: dict, number: int, image_column: str, key_column: str | No
     return path if isinstance(path, str) and path else str(number)
 
 
-def _record_row(record: Any, number: int, image_column: str, caption_column: str, key_column: str | None,
-                base_dir: str | None) -> SourceRow:
+def _record_row(
+    record: Any, number: int, image_column: str, caption_column: str, key_column: str | None, base_dir: str | None
+) -> SourceRow:
     if isinstance(record, BadRow):
         error = record
 
@@ -278,22 +279,27 @@ def table_source(path: str, image_column: str, caption_column: str, key_column: 
 
 def _is_saved_dataset(path: str) -> bool:
     """A `save_to_disk` folder (a Dataset's state.json or a DatasetDict's dataset_dict.json)."""
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, name))
-                                       for name in ("state.json", "dataset_dict.json"))
+    return os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, name)) for name in ("state.json", "dataset_dict.json")
+    )
 
 
-def datasets_source(name: str, image_column: str, caption_column: str, key_column: str | None,
-                    config: str | None, split: str) -> ImageSource:
+def datasets_source(
+    name: str, image_column: str, caption_column: str, key_column: str | None, config: str | None, split: str
+) -> ImageSource:
     """A `save_to_disk` folder or a hub dataset. The scan reads the key and caption columns only; each row's
     image cell is read (undecoded, from the memory-mapped table) when the row is loaded."""
-    from datasets import DatasetDict, Image as ImageFeature, load_dataset, load_from_disk
+    from datasets import DatasetDict, load_dataset, load_from_disk
+    from datasets import Image as ImageFeature
 
     is_saved = _is_saved_dataset(name)
     try:
         dataset = load_from_disk(name) if is_saved else load_dataset(name, config, split=split)
     except Exception as error:  # noqa: BLE001 - datasets raises many types; one line naming the source
-        raise SourceError(f"{name}: cannot load it as a dataset ({type(error).__name__}: "
-                          f"{one_line(str(error).splitlines()[0] if str(error) else '')})") from None
+        raise SourceError(
+            f"{name}: cannot load it as a dataset ({type(error).__name__}: "
+            f"{one_line(str(error).splitlines()[0] if str(error) else '')})"
+        ) from None
     if isinstance(dataset, DatasetDict):
         if split not in dataset:
             raise SourceError(f"{name}: no split {split!r} (splits: {list(dataset)}); set dataset_split")
@@ -323,8 +329,9 @@ def datasets_source(name: str, image_column: str, caption_column: str, key_colum
     return ImageSource("datasets", name, len(dataset), rows)
 
 
-def _dataset_loader(images, number: int, image_column: str, caption: Any,
-                    caption_column: str) -> Callable[[], tuple[str, Image.Image]]:
+def _dataset_loader(
+    images, number: int, image_column: str, caption: Any, caption_column: str
+) -> Callable[[], tuple[str, Image.Image]]:
     def load() -> tuple[str, Image.Image]:
         text = caption_text(caption, f"column {caption_column!r} is empty")
         return text, _image_loader(images[number][image_column], None)()
@@ -382,8 +389,9 @@ def _tar_loader(path: str, members: dict[str, tarfile.TarInfo], caption_column: 
             caption = _read_member(path, members["txt"]).decode("utf-8").strip()
         elif "json" in members:
             record = json.loads(_read_member(path, members["json"]))
-            caption = caption_text(record.get(caption_column) if isinstance(record, dict) else None,
-                               f"no {caption_column!r} in its .json")
+            caption = caption_text(
+                record.get(caption_column) if isinstance(record, dict) else None, f"no {caption_column!r} in its .json"
+            )
         else:
             raise BadRow("no caption member (.txt or .json)")
         if image_member is None:
@@ -416,9 +424,15 @@ def webdataset_source(location: str, caption_column: str) -> ImageSource:
 # ------------------------------------------------------------------------------------------------------- choose
 
 
-def open_source(dataset: str, *, image_column: str = "image", caption_column: str = "caption",
-                key_column: str | None = None, dataset_config: str | None = None,
-                dataset_split: str = "train") -> ImageSource:
+def open_source(
+    dataset: str,
+    *,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    key_column: str | None = None,
+    dataset_config: str | None = None,
+    dataset_split: str = "train",
+) -> ImageSource:
     """The input `dataset` names, by its shape: webdataset tars, a table file, a `save_to_disk` folder, a folder
     of images, else a hub dataset name. Raises `SourceError` (one line) when it cannot be read at all."""
     if not dataset:

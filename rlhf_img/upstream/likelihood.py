@@ -40,6 +40,7 @@ def action_logprobs(
 
     `model` is what the caller trains (peft- / DeepSpeed-wrapped: its hooks must fire); `chunk_size` overrides
     the scorer's `logprob_chunk_size`."""
+
     def sampling(base: Sampling) -> Sampling:
         if chunk_size is None:
             return base
@@ -52,6 +53,7 @@ def action_logprobs(
     logps = actions.new_zeros(actions.shape, dtype=torch.float32)
     for mask, base in ((conditional, CONDITIONAL), (~conditional, UNCONDITIONAL)):
         rows = mask.nonzero().squeeze(1)
-        logps = logps.index_put((rows,), policy.logprobs(model, select_rows(prompts, rows), actions[rows],
-                                                         sampling(base))[0].float())
+        logps = logps.index_put(
+            (rows,), policy.logprobs(model, select_rows(prompts, rows), actions[rows], sampling(base))[0].float()
+        )
     return logps

@@ -37,26 +37,44 @@ class ActionSFTConfig(TrainingArguments):
 
     dataset: str | None = field(
         default=None,
-        metadata={"help": "A folder written by `rlhf-img encode` (encode.json + shards/): the (caption, actions) rows "
-                  "to train on, read memory-mapped. Its family and image size must be the model's."})
+        metadata={
+            "help": "A folder written by `rlhf-img encode` (encode.json + shards/): the (caption, actions) rows "
+            "to train on, read memory-mapped. Its family and image size must be the model's."
+        },
+    )
     caption_dropout: float = field(
-        default=0.1, metadata={"help": "Share of rows scored under the family's unconditional prompt (CFG's null "
-                               "prompt) instead of their caption, so that guidance has an unconditional model."})
+        default=0.1,
+        metadata={
+            "help": "Share of rows scored under the family's unconditional prompt (CFG's null "
+            "prompt) instead of their caption, so that guidance has an unconditional model."
+        },
+    )
     from_scratch: bool = field(
-        default=False, metadata={"help": "Pretraining: re-draw the trainable model's weights with its own initialiser "
-                                 "before training (the architecture is the checkpoint's config; the visual tokenizer "
-                                 "and text encoder stay as loaded)."})
+        default=False,
+        metadata={
+            "help": "Pretraining: re-draw the trainable model's weights with its own initialiser "
+            "before training (the architecture is the checkpoint's config; the visual tokenizer "
+            "and text encoder stay as loaded)."
+        },
+    )
     max_examples: int | None = field(default=None, metadata={"help": "Train on the first N rows only."})
     logprob_chunk_size: int = field(
-        default=512, metadata={"help": "Positions whose logits the scorer computes at a time (per-chunk activation "
-                               "checkpointing: memory grows with the chunk, not with the image's length); 0: all "
-                               "at once, faster when (batch x actions x codes) logits fit."})
+        default=512,
+        metadata={
+            "help": "Positions whose logits the scorer computes at a time (per-chunk activation "
+            "checkpointing: memory grows with the chunk, not with the image's length); 0: all "
+            "at once, faster when (batch x actions x codes) logits fit."
+        },
+    )
     # defaults for this stage (transformers' own are for text models on GPUs)
     output_dir: str = field(default="runs/sft", metadata={"help": "Where the trained family checkpoint is written."})
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Kept False: the collator reads the caption and actions columns itself."})
+        default=False, metadata={"help": "Kept False: the collator reads the caption and actions columns itself."}
+    )
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Dashboards (wandb, tensorboard)."})
-    save_strategy: str = field(default="no", metadata={"help": "Checkpointing during SFT ('no' keeps only the result)."})
+    save_strategy: str = field(
+        default="no", metadata={"help": "Checkpointing during SFT ('no' keeps only the result)."}
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
 
     def __post_init__(self) -> None:
@@ -69,8 +87,10 @@ class ActionSFTConfig(TrainingArguments):
 
 def collate_actions(rows: Sequence[dict]) -> dict:
     """Rows of an encoded dataset -> `captions` (list) and `actions` `(B, T)` long."""
-    return {"captions": [str(row["caption"]) for row in rows],
-            "actions": torch.tensor([row["actions"] for row in rows], dtype=torch.long)}
+    return {
+        "captions": [str(row["caption"]) for row in rows],
+        "actions": torch.tensor([row["actions"] for row in rows], dtype=torch.long),
+    }
 
 
 def reinitialize(model: nn.Module) -> int:
@@ -85,8 +105,11 @@ def reinitialize(model: nn.Module) -> int:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not isinstance(base, PreTrainedModel):
         raise ValueError(f"from_scratch: {type(base).__name__} is not a transformers model with `_init_weights`")
-    trainable = [module for module in base.modules()
-                 if (parameters := list(module.parameters())) and all(p.requires_grad for p in parameters)]
+    trainable = [
+        module
+        for module in base.modules()
+        if (parameters := list(module.parameters())) and all(p.requires_grad for p in parameters)
+    ]
     with torch.no_grad():
         for module in trainable:
             for parameter in module.parameters():
@@ -100,12 +123,19 @@ def reinitialize(model: nn.Module) -> int:
 class ActionSFTTrainer(Trainer):
     """transformers' `Trainer` whose loss is the family scorer's negative log-likelihood of the actions."""
 
-    def __init__(self, policy: Policy, args: ActionSFTConfig, train_dataset, model: nn.Module | None = None,
-                 **kwargs) -> None:
+    def __init__(
+        self, policy: Policy, args: ActionSFTConfig, train_dataset, model: nn.Module | None = None, **kwargs
+    ) -> None:
         """`model`: what to train, default `policy.model` (pass the peft-wrapped model under LoRA)."""
         self.policy = policy
-        super().__init__(model=policy.model if model is None else model, args=args, train_dataset=train_dataset,
-                         data_collator=collate_actions, processing_class=policy.processing_class, **kwargs)
+        super().__init__(
+            model=policy.model if model is None else model,
+            args=args,
+            train_dataset=train_dataset,
+            data_collator=collate_actions,
+            processing_class=policy.processing_class,
+            **kwargs,
+        )
         self.policy.to(self.args.device)
         # caption dropout draws from its own stream (seeded per process), never from the global RNG; a resumed run
         # starts that stream again (which rows drop changes, their share does not)
@@ -115,16 +145,23 @@ class ActionSFTTrainer(Trainer):
         captions, actions = inputs["captions"], inputs["actions"]
         conditional = torch.rand(len(captions), generator=self._dropout_generator) >= self.args.caption_dropout
         prompts = self.policy.encode_prompts(captions, actions.device)
-        logps = action_logprobs(self.policy, model, prompts, actions, conditional.to(actions.device),
-                                chunk_size=self.args.logprob_chunk_size)
+        logps = action_logprobs(
+            self.policy,
+            model,
+            prompts,
+            actions,
+            conditional.to(actions.device),
+            chunk_size=self.args.logprob_chunk_size,
+        )
         loss = -logps.mean()
         return (loss, {"logps": logps}) if return_outputs else loss
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
         if self.args.should_save:  # the family's own files next to the model or adapter (GRPO's trainer does the same)
-            self.policy.save_pretrained(output_dir or self.args.output_dir,
-                                        model=self.accelerator.unwrap_model(self.model))
+            self.policy.save_pretrained(
+                output_dir or self.args.output_dir, model=self.accelerator.unwrap_model(self.model)
+            )
 
     def create_model_card(self, model_name: str | None = None, tags=None, **unused) -> None:
         """rlhf-img's card (model_card.py) instead of transformers' text-model card, also on `push_to_hub`."""
@@ -136,9 +173,11 @@ def check_encoded_matches(info, policy: Policy, family: str, path: str) -> None:
     if info.family != family:
         raise ValueError(f"dataset: {path} was encoded for model family {info.family!r}, not {family!r}")
     if tuple(info.image_size) != tuple(policy.image_size) or info.num_actions != policy.num_actions:
-        raise ValueError(f"dataset: {path} holds {info.num_actions} actions per image at {tuple(info.image_size)}, "
-                         f"the model takes {policy.num_actions} at {tuple(policy.image_size)}; re-encode it "
-                         "for this model (`rlhf-img encode`)")
+        raise ValueError(
+            f"dataset: {path} holds {info.num_actions} actions per image at {tuple(info.image_size)}, "
+            f"the model takes {policy.num_actions} at {tuple(policy.image_size)}; re-encode it "
+            "for this model (`rlhf-img encode`)"
+        )
 
 
 def run_action_sft(args: ActionSFTConfig, model_args) -> str:
@@ -150,9 +189,13 @@ def run_action_sft(args: ActionSFTConfig, model_args) -> str:
 
     info = EncodedInfo.read(args.dataset)
     dataset = open_encoded(args.dataset)
-    policy = load_policy(model_args.model_name_or_path, model_args.model_family,
-                         visual_tokenizer=model_args.visual_tokenizer, dtype=model_args.dtype,
-                         family_config=model_args.family_config)
+    policy = load_policy(
+        model_args.model_name_or_path,
+        model_args.model_family,
+        visual_tokenizer=model_args.visual_tokenizer,
+        dtype=model_args.dtype,
+        family_config=model_args.family_config,
+    )
     family = model_args.model_family or detect_family(model_args.model_name_or_path)
     check_encoded_matches(info, policy, family, args.dataset)
     if args.max_examples is not None:

@@ -65,13 +65,15 @@ def shard_features(num_actions: int):
     """The shard columns: `actions` is a fixed-length list of `num_actions` int32 (T per row, for every row)."""
     from datasets import Features, List, Value
 
-    return Features({
-        "key": Value("string"),
-        "caption": Value("string"),
-        "actions": List(Value("int32"), length=num_actions),
-        "height": Value("int32"),
-        "width": Value("int32"),
-    })
+    return Features(
+        {
+            "key": Value("string"),
+            "caption": Value("string"),
+            "actions": List(Value("int32"), length=num_actions),
+            "height": Value("int32"),
+            "width": Value("int32"),
+        }
+    )
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -87,15 +89,17 @@ class ShardWriter:
     """Writes one shard: every row's key goes to `keys` in input order, then `add` batches of encoded rows and
     `skip` bad ones; `close` (sidecar, then the Arrow file renamed into place) or `abort` (temporary file removed)."""
 
-    def __init__(self, output_dir: str, index: int, start: int, plan: dict, num_actions: int,
-                 process_index: int = 0) -> None:
+    def __init__(
+        self, output_dir: str, index: int, start: int, plan: dict, num_actions: int, process_index: int = 0
+    ) -> None:
         from datasets.arrow_writer import ArrowWriter
 
         self.index, self.start, self.plan, self.num_actions = index, start, plan, num_actions
         self.process_index = process_index
         self.arrow_path, self.sidecar_path = shard_paths(output_dir, index)
         stale_files = glob.glob(self.arrow_path + TEMPORARY_SUFFIX + "*") + glob.glob(
-            self.sidecar_path + TEMPORARY_SUFFIX + "*")
+            self.sidecar_path + TEMPORARY_SUFFIX + "*"
+        )
         for stale in stale_files:
             os.remove(stale)  # half-written by a killed run (one process owns a shard, so none is in use)
         self.temporary_path = f"{self.arrow_path}{TEMPORARY_SUFFIX}-{os.getpid()}"
@@ -103,17 +107,23 @@ class ShardWriter:
         self.writer = ArrowWriter(features=self.features, path=self.temporary_path)
         self.encoded, self.skipped, self.keys = 0, [], KeysDigest()
 
-    def add(self, keys: list[str], captions: list[str], actions: np.ndarray, heights: list[int],
-            widths: list[int]) -> None:
+    def add(
+        self, keys: list[str], captions: list[str], actions: np.ndarray, heights: list[int], widths: list[int]
+    ) -> None:
         """Append encoded rows; `actions` `(B, T)` int32."""
         if actions.shape != (len(keys), self.num_actions):
-            raise ValueError(f"shard {self.index}: actions of shape {actions.shape}, expected ({len(keys)}, "
-                             f"{self.num_actions})")
+            raise ValueError(
+                f"shard {self.index}: actions of shape {actions.shape}, expected ({len(keys)}, {self.num_actions})"
+            )
         flat = pa.array(np.ascontiguousarray(actions, dtype=np.int32).reshape(-1), type=pa.int32())
         table = pa.Table.from_arrays(
-            [pa.array(keys, pa.string()), pa.array(captions, pa.string()),
-             pa.FixedSizeListArray.from_arrays(flat, self.num_actions),
-             pa.array(heights, pa.int32()), pa.array(widths, pa.int32())],
+            [
+                pa.array(keys, pa.string()),
+                pa.array(captions, pa.string()),
+                pa.FixedSizeListArray.from_arrays(flat, self.num_actions),
+                pa.array(heights, pa.int32()),
+                pa.array(widths, pa.int32()),
+            ],
             schema=self.features.arrow_schema,
         )
         self.writer.write_table(table)
@@ -125,13 +135,21 @@ class ShardWriter:
     def close(self, end: int) -> dict:
         """Finish the shard for input rows [start, end); returns its sidecar record."""
         if self.encoded + len(self.skipped) != end - self.start:
-            raise RuntimeError(f"shard {self.index}: {self.encoded} encoded + {len(self.skipped)} skipped rows, "
-                               f"expected {end - self.start} (rows [{self.start}, {end}))")
+            raise RuntimeError(
+                f"shard {self.index}: {self.encoded} encoded + {len(self.skipped)} skipped rows, "
+                f"expected {end - self.start} (rows [{self.start}, {end}))"
+            )
         self.writer.finalize()
         self.writer.close()
-        record = {"shard": self.index, "rows": [self.start, end], "encoded": self.encoded,
-                  "skipped": self.skipped, "keys_sha256": self.keys.hexdigest(), "process": self.process_index,
-                  "plan": self.plan}
+        record = {
+            "shard": self.index,
+            "rows": [self.start, end],
+            "encoded": self.encoded,
+            "skipped": self.skipped,
+            "keys_sha256": self.keys.hexdigest(),
+            "process": self.process_index,
+            "plan": self.plan,
+        }
         _write_json(self.sidecar_path, record)
         os.replace(self.temporary_path, self.arrow_path)  # the shard counts from here on
         return record
@@ -172,19 +190,21 @@ def finished_shards(output_dir: str, plan: dict) -> dict[int, dict]:
     different plan (its rows would not be this run's rows)."""
     finished = {}
     for arrow_path in sorted(glob.glob(os.path.join(output_dir, SHARDS_FOLDER, "shard-*.arrow"))):
-        stem = os.path.basename(arrow_path)[len("shard-"):-len(".arrow")]
+        stem = os.path.basename(arrow_path)[len("shard-") : -len(".arrow")]
         if not stem.isdigit():
             continue
         record = read_sidecar(output_dir, int(stem))
         if record is None:
             continue
         if record.get("plan") != plan:
-            differing = sorted(k for k in set(plan) | set(record.get("plan") or {})
-                               if plan.get(k) != (record.get("plan") or {}).get(k))
+            differing = sorted(
+                k for k in set(plan) | set(record.get("plan") or {}) if plan.get(k) != (record.get("plan") or {}).get(k)
+            )
             raise ShardPlanError(
                 f"{output_dir} holds shards encoded with other settings ({', '.join(differing)} differ, e.g. "
                 f"{differing[0]}={(record.get('plan') or {}).get(differing[0])!r} there, {plan.get(differing[0])!r} "
-                "now); use another output_dir or delete it")
+                "now); use another output_dir or delete it"
+            )
         finished[int(stem)] = record
     return finished
 
@@ -218,8 +238,10 @@ class EncodedInfo:
     def read(cls, folder: str) -> "EncodedInfo":
         path = os.path.join(folder, INFO_FILE)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{folder}: no {INFO_FILE}; not an `rlhf-img encode` output, or the encode did "
-                                    "not finish (rerun it: finished shards are kept)")
+            raise FileNotFoundError(
+                f"{folder}: no {INFO_FILE}; not an `rlhf-img encode` output, or the encode did "
+                "not finish (rerun it: finished shards are kept)"
+            )
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         names = {f.name for f in dataclasses.fields(cls)}
@@ -235,17 +257,37 @@ def collect_info(output_dir: str, plan: dict, num_shards: int, num_rows: int) ->
     for index in range(num_shards):
         record = read_sidecar(output_dir, index)
         if record is None or record.get("plan") != plan:
-            raise RuntimeError(f"shard {index} of {num_shards} is not finished in {output_dir}; rerun the encode "
-                               "(finished shards are kept)")
-        shards.append({"file": f"{SHARDS_FOLDER}/{shard_stem(index)}.arrow", "rows": record["rows"],
-                       "encoded": record["encoded"]})
+            raise RuntimeError(
+                f"shard {index} of {num_shards} is not finished in {output_dir}; rerun the encode "
+                "(finished shards are kept)"
+            )
+        shards.append(
+            {"file": f"{SHARDS_FOLDER}/{shard_stem(index)}.arrow", "rows": record["rows"], "encoded": record["encoded"]}
+        )
         skipped += [{**entry, "shard": index} for entry in record["skipped"]]
         encoded += record["encoded"]
-    info_fields: dict[str, Any] = {key: plan[key] for key in (
-        "family", "checkpoint", "visual_tokenizer", "family_config", "dtype", "image_size", "num_actions", "source",
-        "source_kind", "image_column", "caption_column", "key_column", "shard_size", "max_examples")}
-    return EncodedInfo(**info_fields, num_rows=num_rows, num_encoded=encoded, num_skipped=len(skipped),
-                       shards=shards, skipped=skipped)
+    info_fields: dict[str, Any] = {
+        key: plan[key]
+        for key in (
+            "family",
+            "checkpoint",
+            "visual_tokenizer",
+            "family_config",
+            "dtype",
+            "image_size",
+            "num_actions",
+            "source",
+            "source_kind",
+            "image_column",
+            "caption_column",
+            "key_column",
+            "shard_size",
+            "max_examples",
+        )
+    }
+    return EncodedInfo(
+        **info_fields, num_rows=num_rows, num_encoded=encoded, num_skipped=len(skipped), shards=shards, skipped=skipped
+    )
 
 
 def open_encoded(folder: str):
@@ -266,6 +308,7 @@ def open_encoded(folder: str):
     parts = [Dataset.from_file(os.path.join(folder, shard["file"]), in_memory=False) for shard in info.shards]
     non_empty = [part for part in parts if len(part)] or parts[:1]  # a shard of only bad rows adds nothing
     if not non_empty:
-        return Dataset.from_dict({name: [] for name in shard_features(info.num_actions)},
-                                 features=shard_features(info.num_actions))
+        return Dataset.from_dict(
+            {name: [] for name in shard_features(info.num_actions)}, features=shard_features(info.num_actions)
+        )
     return non_empty[0] if len(non_empty) == 1 else concatenate_datasets(non_empty)

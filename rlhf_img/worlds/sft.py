@@ -46,7 +46,9 @@ class WorldSFTConfig(ActionSFTConfig):
     shape and data; `dataset` is left unset: the stage renders and encodes its own."""
 
     visual_tokenizer: str = field(default="runs/shapes-tokenizer", metadata={"help": "VQ tokenizer folder (stage a)."})
-    arch: str = field(default="llama", metadata={"help": "LM architecture: 'llama' or 'qwen2'.", "choices": ["llama", "qwen2"]})
+    arch: str = field(
+        default="llama", metadata={"help": "LM architecture: 'llama' or 'qwen2'.", "choices": ["llama", "qwen2"]}
+    )
     hidden_size: int = field(default=128, metadata={"help": "LM width."})
     num_layers: int = field(default=4, metadata={"help": "LM depth."})
     num_heads: int = field(default=4, metadata={"help": "Attention heads."})
@@ -62,7 +64,9 @@ class WorldSFTConfig(ActionSFTConfig):
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     logging_steps: int = field(default=50, metadata={"help": "Log every N steps."})
-    save_strategy: str = field(default="no", metadata={"help": "Checkpointing during SFT ('no' keeps only the result)."})
+    save_strategy: str = field(
+        default="no", metadata={"help": "Checkpointing during SFT ('no' keeps only the result)."}
+    )
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Dashboards."})
     use_cpu: bool = field(default=True, metadata={"help": "Train on the CPU."})
 
@@ -92,8 +96,9 @@ def render_pairs(config: WorldSFTConfig, folder: str) -> str:
     for row in train_rows:
         by_tag.setdefault(row["tag"], []).append(row)
     tags = sorted(by_tag)
-    for index in tqdm(range(config.num_examples), desc="sft: rendering pairs", dynamic_ncols=True,
-                      disable=config.disable_tqdm):
+    for index in tqdm(
+        range(config.num_examples), desc="sft: rendering pairs", dynamic_ncols=True, disable=config.disable_tqdm
+    ):
         row = rng.choice(by_tag[rng.choice(tags)])
         Image.fromarray(shapes.render_prompt(row, rng.randrange(2**31))).save(os.path.join(folder, f"{index:06d}.png"))
         with open(os.path.join(folder, f"{index:06d}.txt"), "w") as f:
@@ -152,7 +157,16 @@ def run_sft(config: WorldSFTConfig) -> str:
     initial = write_initial_checkpoint(config, os.path.join(work, "init"))
     pairs = render_pairs(config, os.path.join(work, "pairs"))
     encoded = os.path.join(work, "encoded")
-    run_encode(EncodeConfig(model_name_or_path=initial, dataset=pairs, output_dir=encoded, batch_size=256,
-                            shard_size=20000, use_cpu=config.use_cpu, seed=config.seed))
+    run_encode(
+        EncodeConfig(
+            model_name_or_path=initial,
+            dataset=pairs,
+            output_dir=encoded,
+            batch_size=256,
+            shard_size=20000,
+            use_cpu=config.use_cpu,
+            seed=config.seed,
+        )
+    )
     config.dataset = encoded
     return run_action_sft(config, ImageModelConfig(model_name_or_path=initial, dtype="float32"))

@@ -49,24 +49,50 @@ def all_prompts() -> list[dict]:
     """Every prompt of the world with GenEval metadata (`tag`, `include`, `exclude`, `prompt`)."""
     rows = []
     for shape in SHAPES:
-        rows.append({"tag": "single_object", "include": [{"class": shape, "count": 1}], "prompt": f"a photo of a {shape}"})
+        rows.append(
+            {"tag": "single_object", "include": [{"class": shape, "count": 1}], "prompt": f"a photo of a {shape}"}
+        )
     for a, b in itertools.permutations(SHAPES, 2):
-        rows.append({"tag": "two_object", "include": [{"class": a, "count": 1}, {"class": b, "count": 1}],
-                     "prompt": f"a photo of a {a} and a {b}"})
+        rows.append(
+            {
+                "tag": "two_object",
+                "include": [{"class": a, "count": 1}, {"class": b, "count": 1}],
+                "prompt": f"a photo of a {a} and a {b}",
+            }
+        )
     for shape, (n, word) in itertools.product(SHAPES, NUMBERS.items()):
-        rows.append({"tag": "counting", "include": [{"class": shape, "count": n}],
-                     "exclude": [{"class": shape, "count": n + 1}], "prompt": f"a photo of {word} {shape}s"})
+        rows.append(
+            {
+                "tag": "counting",
+                "include": [{"class": shape, "count": n}],
+                "exclude": [{"class": shape, "count": n + 1}],
+                "prompt": f"a photo of {word} {shape}s",
+            }
+        )
     for shape, color in itertools.product(SHAPES, COLORS):
-        rows.append({"tag": "colors", "include": [{"class": shape, "count": 1, "color": color}],
-                     "prompt": f"a photo of {_article(color)} {color} {shape}"})
+        rows.append(
+            {
+                "tag": "colors",
+                "include": [{"class": shape, "count": 1, "color": color}],
+                "prompt": f"a photo of {_article(color)} {color} {shape}",
+            }
+        )
     for (a, b), relation in itertools.product(itertools.permutations(SHAPES, 2), RELATIONS):
-        rows.append({"tag": "position",
-                     "include": [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [relation, 0]}],
-                     "prompt": f"a photo of a {a} {relation} a {b}"})
+        rows.append(
+            {
+                "tag": "position",
+                "include": [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [relation, 0]}],
+                "prompt": f"a photo of a {a} {relation} a {b}",
+            }
+        )
     for (a, b), (ca, cb) in itertools.product(itertools.permutations(SHAPES, 2), itertools.permutations(COLORS, 2)):
-        rows.append({"tag": "color_attr",
-                     "include": [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}],
-                     "prompt": f"a photo of {_article(ca)} {ca} {a} and {_article(cb)} {cb} {b}"})
+        rows.append(
+            {
+                "tag": "color_attr",
+                "include": [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}],
+                "prompt": f"a photo of {_article(ca)} {ca} {a} and {_article(cb)} {cb} {b}",
+            }
+        )
     return rows
 
 

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from ..families.causal_vq.vq import VQTokenizer
 from ..geneval_rules import summarize
-from . import shapes
 from ..images import to_uint8
+from . import shapes
 from .shapes_detector import judge
 
 
@@ -33,13 +33,17 @@ class TokenizerTrainingConfig:
     output_dir: str = field(default="runs/shapes-tokenizer", metadata={"help": "Where the tokenizer is written."})
     codebook_size: int = field(default=256, metadata={"help": "Number of codes K."})
     code_dim: int = field(default=16, metadata={"help": "Codebook vector size."})
-    channels: list[int] = field(default_factory=lambda: [16, 32], metadata={"help": "Conv widths; one 2x down-sampling each."})
+    channels: list[int] = field(
+        default_factory=lambda: [16, 32], metadata={"help": "Conv widths; one 2x down-sampling each."}
+    )
     num_images: int = field(default=20000, metadata={"help": "Rendered training images (train prompts only)."})
     batch_size: int = field(default=64, metadata={"help": "Images per step."})
     max_steps: int = field(default=2500, metadata={"help": "Optimizer steps."})
     learning_rate: float = field(default=2e-3, metadata={"help": "AdamW peak learning rate (cosine decay)."})
     dead_code_every: int = field(default=100, metadata={"help": "Re-seed codes unused for this many steps."})
-    eval_images_per_prompt: int = field(default=4, metadata={"help": "Held-out renders per prompt for the final check."})
+    eval_images_per_prompt: int = field(
+        default=4, metadata={"help": "Held-out renders per prompt for the final check."}
+    )
     seed: int = field(default=0, metadata={"help": "Random seed (scenes, init, batches)."})
 
 
@@ -68,7 +72,9 @@ def train_tokenizer(config: TokenizerTrainingConfig) -> dict:
     train_rows, held_out = shapes.split_prompts()
     start = time.time()
     data = render_dataset(train_rows, config.num_images, config.seed)
-    tokenizer = VQTokenizer(codebook_size=config.codebook_size, code_dim=config.code_dim, channels=tuple(config.channels))
+    tokenizer = VQTokenizer(
+        codebook_size=config.codebook_size, code_dim=config.code_dim, channels=tuple(config.channels)
+    )
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=config.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / config.max_steps))
@@ -100,8 +106,12 @@ def train_tokenizer(config: TokenizerTrainingConfig) -> dict:
     table = reconstruction_table(tokenizer, held_out, config.eval_images_per_prompt, config.seed + 1)
     os.makedirs(config.output_dir, exist_ok=True)
     tokenizer.save_pretrained(config.output_dir)
-    summary = {"config": asdict(config), "train_seconds": round(train_seconds, 1), "held_out_reconstruction": table,
-               "final_recon_mse": recon_loss.item()}
+    summary = {
+        "config": asdict(config),
+        "train_seconds": round(train_seconds, 1),
+        "held_out_reconstruction": table,
+        "final_recon_mse": recon_loss.item(),
+    }
     with open(os.path.join(config.output_dir, "training_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

@@ -12,7 +12,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow  # each case launches DeepSpeed processes (about 15 s each)
@@ -24,22 +23,41 @@ RECIPE = os.path.join(REPO, "recipes", "tiny-random-jpeg.yaml")
 
 def ds_env(**extra: str) -> dict:
     """The environment of every launch here: DeepSpeed on the CPU, offline, one thread per process."""
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-            "OMP_NUM_THREADS": "1", **extra}
+    return {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
 
 
 def accelerate_command(config: str, processes: int, *target: str) -> list[str]:
     """`accelerate launch --config_file recipes/accelerate/<config> --num_processes N --mixed_precision no TARGET`."""
-    return [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
-            os.path.join(REPO, "recipes", "accelerate", config), "--num_processes", str(processes),
-            "--mixed_precision", "no", "--main_process_port", "0", *target]
+    return [
+        os.path.join(os.path.dirname(sys.executable), "accelerate"),
+        "launch",
+        "--config_file",
+        os.path.join(REPO, "recipes", "accelerate", config),
+        "--num_processes",
+        str(processes),
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        *target,
+    ]
 
 
-def launch(config: str, processes: int, output_dir, *overrides: str, recipe: str = RECIPE) -> subprocess.CompletedProcess:
+def launch(
+    config: str, processes: int, output_dir, *overrides: str, recipe: str = RECIPE
+) -> subprocess.CompletedProcess:
     """`accelerate launch ... -m rlhf_img.cli train RECIPE --output_dir OUT ...` on CPU (default recipe:
     recipes/tiny-random-jpeg.yaml)."""
-    command = accelerate_command(config, processes, "-m", "rlhf_img.cli", "train", recipe, "--output_dir",
-                                 str(output_dir), *overrides)
+    command = accelerate_command(
+        config, processes, "-m", "rlhf_img.cli", "train", recipe, "--output_dir", str(output_dir), *overrides
+    )
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=ds_env(), cwd=REPO)
 
 
@@ -81,10 +99,14 @@ def test_the_shipped_zero_configs_train_two_steps_and_save_a_loadable_adapter(ze
 def test_zero2_and_zero3_train_the_same_adapter(zero2_and_zero3_lora_runs):
     from safetensors.torch import load_file
 
-    zero2, zero3 = (load_file(os.path.join(out, "adapter_model.safetensors"))
-                    for out, _ in (zero2_and_zero3_lora_runs["zero2.yaml"], zero2_and_zero3_lora_runs["zero3.yaml"]))
+    zero2, zero3 = (
+        load_file(os.path.join(out, "adapter_model.safetensors"))
+        for out, _ in (zero2_and_zero3_lora_runs["zero2.yaml"], zero2_and_zero3_lora_runs["zero3.yaml"])
+    )
     assert zero2.keys() == zero3.keys() and all(value.numel() > 0 for value in zero3.values())
-    for key in zero2:  # measured: at most 4.9e-5 apart after two steps at lr 1e-2 (sharded reductions round differently)
+    for (
+        key
+    ) in zero2:  # measured: at most 4.9e-5 apart after two steps at lr 1e-2 (sharded reductions round differently)
         scale = float(zero2[key].abs().max()) or 1.0
         assert float((zero2[key] - zero3[key]).abs().max()) <= 1e-3 * scale, key
 
@@ -92,8 +114,18 @@ def test_zero2_and_zero3_train_the_same_adapter(zero2_and_zero3_lora_runs):
 def test_zero3_full_fine_tuning_with_kl_logs_the_same_on_one_and_two_processes(tmp_path):
     """1 process x batch 64 and 2 processes x batch 32: the same rollouts (per-sample random streams), rewards,
     KL to the reference and loss; the gathered 16-bit save reloads to the same images."""
-    common = ["--max_steps", "3", "--logging_steps", "1", "--use_peft", "false", "--beta", "0.04",
-              "--learning_rate", "1e-4"]
+    common = [
+        "--max_steps",
+        "3",
+        "--logging_steps",
+        "1",
+        "--use_peft",
+        "false",
+        "--beta",
+        "0.04",
+        "--learning_rate",
+        "1e-4",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     for processes, batch, out in ((1, "64", one), (2, "32", two)):
         result = launch("zero3.yaml", processes, out, *common, "--per_device_train_batch_size", batch)
@@ -146,10 +178,12 @@ def killed_in_zero3_save(output_dir, stop_in_save: int, *overrides: str) -> None
     script.write_text(BLOCKING_RUN)
     sentinel = output_dir.parent / "in-save"
     env = ds_env(STOP_IN_SAVE=str(stop_in_save), SENTINEL=str(sentinel))
-    command = accelerate_command("zero3.yaml", 2, str(script), "train", RECIPE, "--output_dir", str(output_dir),
-                                 *overrides)
-    launcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+    command = accelerate_command(
+        "zero3.yaml", 2, str(script), "train", RECIPE, "--output_dir", str(output_dir), *overrides
+    )
+    launcher = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     pid_files = [sentinel.parent / f"in-save-{rank}" for rank in (0, 1)]
     deadline = time.monotonic() + 300
     while not all(path.exists() and path.read_text() for path in pid_files):
@@ -174,9 +208,26 @@ def test_zero3_killed_in_a_save_resumes_from_deepspeeds_last_complete_checkpoint
     A constant learning rate keeps the comparison about the resume alone."""
     from rlhf_img.resume import MARKER, checkpoints
 
-    common = ["--logging_steps", "1", "--use_peft", "false", "--beta", "0.04", "--learning_rate", "1e-4",
-              "--lr_scheduler_type", "constant", "--per_device_train_batch_size", "32", "--save_strategy", "steps",
-              "--save_steps", "2", "--max_steps", "6"]
+    common = [
+        "--logging_steps",
+        "1",
+        "--use_peft",
+        "false",
+        "--beta",
+        "0.04",
+        "--learning_rate",
+        "1e-4",
+        "--lr_scheduler_type",
+        "constant",
+        "--per_device_train_batch_size",
+        "32",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--max_steps",
+        "6",
+    ]
     unbroken, killed = tmp_path / "unbroken", tmp_path / "killed"
     result = launch("zero3.yaml", 2, unbroken, *common)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -195,12 +246,20 @@ def test_zero3_killed_in_a_save_resumes_from_deepspeeds_last_complete_checkpoint
     assert (killed / "checkpoint-4" / MARKER).exists() and (killed / "checkpoint-6" / MARKER).exists()
 
 
-FAMILY_LORA_RECIPES = {"causal_vq": "tiny-random-jpeg.yaml", "simplear": "simplear-0.5b-grpo-clip-lora.yaml",
-                       "janus": "janus-pro-1b-grpo-geneval-lora.yaml", "llamagen": "llamagen-xl-grpo-lora.yaml",
-                       "infinity": "infinity-2b-grpo-clip.yaml"}
-FAMILY_FULL_RECIPES = {"causal_vq": "tiny-random-jpeg.yaml", "simplear": "simplear-0.5b-grpo-clip.yaml",
-                       "janus": "janus-pro-7b-grpo-geneval.yaml", "llamagen": "llamagen-xl-grpo.yaml",
-                       "infinity": "infinity-2b-grpo-clip-full.yaml"}
+FAMILY_LORA_RECIPES = {
+    "causal_vq": "tiny-random-jpeg.yaml",
+    "simplear": "simplear-0.5b-grpo-clip-lora.yaml",
+    "janus": "janus-pro-1b-grpo-geneval-lora.yaml",
+    "llamagen": "llamagen-xl-grpo-lora.yaml",
+    "infinity": "infinity-2b-grpo-clip.yaml",
+}
+FAMILY_FULL_RECIPES = {
+    "causal_vq": "tiny-random-jpeg.yaml",
+    "simplear": "simplear-0.5b-grpo-clip.yaml",
+    "janus": "janus-pro-7b-grpo-geneval.yaml",
+    "llamagen": "llamagen-xl-grpo.yaml",
+    "infinity": "infinity-2b-grpo-clip-full.yaml",
+}
 FINAL_EVAL = ["--eval_every", "2", "--eval_max_prompts", "2", "--eval_images_per_prompt", "2", "--eval_seed", "3"]
 
 
@@ -222,9 +281,22 @@ def family_run(family: str, recipe: str, config: str, root, *extra: str, convert
         with open(os.path.join(checkpoint, f"{family}.json")) as f:
             family_config = json.load(f)
     overrides, out = tiny_clip_recipe_overrides(str(root))
-    overrides += ["--model_name_or_path", checkpoint, "--family_config", json.dumps(family_config or {}),
-                  "--num_generations", "4", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-                  *FINAL_EVAL, "--eval_prompts", str(root / "prompts.txt"), *extra]
+    overrides += [
+        "--model_name_or_path",
+        checkpoint,
+        "--family_config",
+        json.dumps(family_config or {}),
+        "--num_generations",
+        "4",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        *FINAL_EVAL,
+        "--eval_prompts",
+        str(root / "prompts.txt"),
+        *extra,
+    ]
     if tiny.load_kwargs.get("visual_tokenizer"):
         overrides += ["--visual_tokenizer", tiny.load_kwargs["visual_tokenizer"]]
     recipe = os.path.join(REPO, "recipes", recipe)
@@ -252,9 +324,15 @@ def assert_reloads_with_the_same_images(family: str, out: str, recipe: str, over
     rows = load_eval_prompts(args.eval_prompts, args.eval_max_prompts)
     policy = load_policy(out, dtype="float32")
     with torch.no_grad():
-        images = generate_images(policy, rows, args.eval_images_per_prompt, args.sampling, args.eval_seed,
-                                 batch_prompts=max(1, args.per_device_eval_batch_size // args.eval_images_per_prompt),
-                                 progress=False)
+        images = generate_images(
+            policy,
+            rows,
+            args.eval_images_per_prompt,
+            args.sampling,
+            args.eval_seed,
+            batch_prompts=max(1, args.per_device_eval_batch_size // args.eval_images_per_prompt),
+            progress=False,
+        )
     blank = [""] * len(images)
     reloaded = np.asarray(captioned_grid(images, blank, columns=args.eval_images_per_prompt), dtype=np.int16)
     tiles = np.asarray(captioned_grid(torch.zeros_like(images), blank, columns=args.eval_images_per_prompt)) == 0
@@ -279,9 +357,21 @@ def test_every_family_fine_tunes_fully_with_a_kl_reference_and_reloads_with_the_
     under ZeRO-3, whole under ZeRO-2) on its stand-in, converted to this project's layout where the family has a
     converter, 2 processes, 2 steps; the saved model (gathered from its partitions under ZeRO-3,
     `zero3_save_16bit_model`) reloads as the family and samples the images the run's final weights sampled."""
-    out, recipe, overrides = family_run(family, FAMILY_FULL_RECIPES[family], config, tmp_path, "--use_peft", "false",
-                                        "--beta", "0.04", "--learning_rate", "1e-4", "--warmup_steps", "0",
-                                        convert=True)  # KL > 0 at step 2 needs an update at step 1
+    out, recipe, overrides = family_run(
+        family,
+        FAMILY_FULL_RECIPES[family],
+        config,
+        tmp_path,
+        "--use_peft",
+        "false",
+        "--beta",
+        "0.04",
+        "--learning_rate",
+        "1e-4",
+        "--warmup_steps",
+        "0",
+        convert=True,
+    )  # KL > 0 at step 2 needs an update at step 1
     assert all("kl" in entry for entry in history(out)) and any(entry["kl"] > 0 for entry in history(out))
     assert os.path.exists(os.path.join(out, "model.safetensors"))
     assert_reloads_with_the_same_images(family, out, recipe, overrides)

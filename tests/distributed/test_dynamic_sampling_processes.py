@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_recipe
-from safetensors.torch import load_file
 from numerics import assert_close_scaled
+from safetensors.torch import load_file
 from test_process_invariance import _pixels, _rollouts, _run
 
 pytestmark = pytest.mark.slow  # two training commands, one of them on two gloo processes
@@ -33,33 +33,85 @@ def test_two_processes_refill_what_one_process_refills(tmp_path):
     from rlhf_img.families.causal_vq.tiny import save_tiny_causal_vq
 
     checkpoint = save_tiny_causal_vq(str(tmp_path / "tiny-qwen2"), arch="qwen2", seed=0)
-    (tmp_path / "prompts.txt").write_text("\n".join(["flat 0", "flat 1", "flat 2", "bright 0", "bright 1", "bright 2",
-                                                     "bright 3", "bright 4"]))
+    (tmp_path / "prompts.txt").write_text(
+        "\n".join(["flat 0", "flat 1", "flat 2", "bright 0", "bright 1", "bright 2", "bright 3", "bright 4"])
+    )
     (tmp_path / "my_rewards.py").write_text(REWARD_FILE)
     recipe = write_recipe(
-        tmp_path / "recipe.yaml", model_family="causal_vq", model_name_or_path=checkpoint, dtype="float32",
-        use_peft=True, lora_r=8, lora_alpha=16, lora_target_modules="all-linear", dataset=str(tmp_path / "prompts.txt"),
-        rewards=[{"name": f"{tmp_path / 'my_rewards.py'}:flat_or_bright"}], num_generations=4, max_steps=2,
-        learning_rate=1e-2, beta=0.0, cfg_mode="none", use_cpu=True, seed=0, logging_steps=1, report_to="none",
-        save_strategy="no", save_rollouts=True, disable_tqdm=True, activation_checkpointing=False,
-        dynamic_sampling=True, max_resample_rounds=3,
-        keep_best=True, eval_every=1, eval_prompts=str(tmp_path / "prompts.txt"), eval_max_prompts=2,
+        tmp_path / "recipe.yaml",
+        model_family="causal_vq",
+        model_name_or_path=checkpoint,
+        dtype="float32",
+        use_peft=True,
+        lora_r=8,
+        lora_alpha=16,
+        lora_target_modules="all-linear",
+        dataset=str(tmp_path / "prompts.txt"),
+        rewards=[{"name": f"{tmp_path / 'my_rewards.py'}:flat_or_bright"}],
+        num_generations=4,
+        max_steps=2,
+        learning_rate=1e-2,
+        beta=0.0,
+        cfg_mode="none",
+        use_cpu=True,
+        seed=0,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        save_rollouts=True,
+        disable_tqdm=True,
+        activation_checkpointing=False,
+        dynamic_sampling=True,
+        max_resample_rounds=3,
+        keep_best=True,
+        eval_every=1,
+        eval_prompts=str(tmp_path / "prompts.txt"),
+        eval_max_prompts=2,
         eval_images_per_prompt=5,
     )
-    _run([sys.executable, "-m", "rlhf_img", "train", recipe, "--output_dir", str(tmp_path / "one"),
-          "--per_device_train_batch_size", str(GLOBAL_BATCH)], tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf_img",
+            "train",
+            recipe,
+            "--output_dir",
+            str(tmp_path / "one"),
+            "--per_device_train_batch_size",
+            str(GLOBAL_BATCH),
+        ],
+        tmp_path,
+    )
     script = os.path.join(os.path.dirname(sys.executable), "rlhf-img")
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, "train",
-          recipe, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", str(GLOBAL_BATCH // 2)],
-         tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            script,
+            "train",
+            recipe,
+            "--output_dir",
+            str(tmp_path / "two"),
+            "--per_device_train_batch_size",
+            str(GLOBAL_BATCH // 2),
+        ],
+        tmp_path,
+    )
 
     one, two = _rollouts(tmp_path / "one"), _rollouts(tmp_path / "two")
     assert sorted(one) == sorted(two) and len(one) == 2 * GLOBAL_BATCH
     for key in one:
         assert two[key]["prompt"] == one[key]["prompt"], key
         assert np.abs(_pixels(tmp_path / "two", two[key]) - _pixels(tmp_path / "one", one[key])).max() <= 1, key
-    assert_close_scaled(torch.tensor([two[k]["advantage"] for k in sorted(one)]),
-                        torch.tensor([one[k]["advantage"] for k in sorted(one)]))
+    assert_close_scaled(
+        torch.tensor([two[k]["advantage"] for k in sorted(one)]),
+        torch.tensor([one[k]["advantage"] for k in sorted(one)]),
+    )
 
     def history(folder):
         with open(folder / "trainer_state.json") as f:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow  # launches two processes per case
@@ -28,9 +27,19 @@ with open(f"resolved_{accelerator.process_index}.txt", "w") as f:  # one file pe
 
 
 def _launch(*arguments: str, cwd) -> subprocess.CompletedProcess:
-    command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
-               os.path.join(REPO, "recipes", "accelerate", "fsdp.yaml"), "--num_processes", "2", "--mixed_precision",
-               "no", "--main_process_port", "0", *arguments]
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "accelerate"),
+        "launch",
+        "--config_file",
+        os.path.join(REPO, "recipes", "accelerate", "fsdp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        *arguments,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
@@ -45,12 +54,26 @@ def test_the_fsdp_config_on_cpu_resolves_to_ddp_over_gloo(tmp_path):
 
 
 def test_processes_that_accelerate_leaves_unjoined_stop_the_run_with_one_line(tmp_path):
-    result = _launch("-m", "rlhf_img.cli", "train", os.path.join(REPO, "recipes", "tiny-random-jpeg.yaml"),
-                     "--use_cpu", "false", "--max_steps", "2", "--per_device_train_batch_size", "32",
-                     "--output_dir", str(tmp_path / "out"), cwd=REPO)
+    result = _launch(
+        "-m",
+        "rlhf_img.cli",
+        "train",
+        os.path.join(REPO, "recipes", "tiny-random-jpeg.yaml"),
+        "--use_cpu",
+        "false",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "32",
+        "--output_dir",
+        str(tmp_path / "out"),
+        cwd=REPO,
+    )
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("rlhf-img: error")]
-    assert errors == ["rlhf-img: error: 2 processes were launched but accelerate runs 1 (distributed type "
-                      "DistributedType.NO): each would train alone; on a CPU set use_cpu: true (gloo), with GPUs "
-                      "check the launch config"]
+    assert errors == [
+        "rlhf-img: error: 2 processes were launched but accelerate runs 1 (distributed type "
+        "DistributedType.NO): each would train alone; on a CPU set use_cpu: true (gloo), with GPUs "
+        "check the launch config"
+    ]
     assert not (tmp_path / "out" / "trainer_state.json").exists()

@@ -15,8 +15,16 @@ pytestmark = pytest.mark.slow  # several processes over gloo (torchrun / acceler
 @pytest.mark.timeout(240)
 def test_fsdp2_sharded_policy_samples_scores_and_backprops_like_the_unsharded_one(tiny_checkpoint):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               os.path.join(REPO, "tests", "distributed", "fsdp_worker.py"), tiny_checkpoint]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        os.path.join(REPO, "tests", "distributed", "fsdp_worker.py"),
+        tiny_checkpoint,
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=200)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]

@@ -22,8 +22,18 @@ pytestmark = pytest.mark.slow  # several processes over gloo (torchrun / acceler
 GLOBAL_BATCH, STEPS = 12, 2
 REWARD_FILE = "def brightness(prompts, images, **kwargs):\n    return images.mean(dim=(1, 2, 3)).tolist()\n"
 # every per-step scalar that depends on the sampled images, the rewards, the advantages or the gradient
-COMPARED = ("reward", "reward_std", "frac_reward_zero_std", "rewards/{b}/mean", "rewards/{b}/std",
-            "rewards/jpeg_compressibility/mean", "rewards/jpeg_compressibility/std", "grad_norm", "kl", "entropy")
+COMPARED = (
+    "reward",
+    "reward_std",
+    "frac_reward_zero_std",
+    "rewards/{b}/mean",
+    "rewards/{b}/std",
+    "rewards/jpeg_compressibility/mean",
+    "rewards/jpeg_compressibility/std",
+    "grad_norm",
+    "kl",
+    "entropy",
+)
 
 
 def _free_port() -> int:
@@ -34,8 +44,13 @@ def _free_port() -> int:
 
 def _run(command: list[str], cwd) -> str:
     """Run a training command with one thread per process and no network; its stdout + stderr."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{' '.join(command)} exited {done.returncode}:\n{output[-4000:]}"
@@ -59,16 +74,36 @@ def setup(tmp_path_factory):
     brightness = f"{root / 'my_rewards.py'}:brightness"
     recipe = write_recipe(
         root / "recipe.yaml",
-        model_family="causal_vq", model_name_or_path=checkpoint, dtype="float32",
-        use_peft=True, lora_r=8, lora_alpha=16, lora_target_modules="all-linear",
+        model_family="causal_vq",
+        model_name_or_path=checkpoint,
+        dtype="float32",
+        use_peft=True,
+        lora_r=8,
+        lora_alpha=16,
+        lora_target_modules="all-linear",
         dataset=str(root / "prompts.txt"),
         rewards=[{"name": brightness, "weight": 1.0}, {"name": "jpeg_compressibility", "weight": 0.5}],
-        num_generations=4, max_steps=STEPS, learning_rate=1e-2, beta=0.04, loss_type="dapo",
-        cfg_mode="none", temperature=1.0, use_cpu=True, seed=0, logging_steps=1,
-        report_to="none", save_strategy="steps", save_steps=1, save_rollouts=True, disable_tqdm=True,
+        num_generations=4,
+        max_steps=STEPS,
+        learning_rate=1e-2,
+        beta=0.04,
+        loss_type="dapo",
+        cfg_mode="none",
+        temperature=1.0,
+        use_cpu=True,
+        seed=0,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="steps",
+        save_steps=1,
+        save_rollouts=True,
+        disable_tqdm=True,
         activation_checkpointing=False,
         # in-loop eval: every process samples in lockstep, the main one scores; the same numbers on any count
-        eval_every=1, eval_prompts=str(root / "prompts.txt"), eval_max_prompts=2, eval_images_per_prompt=2,
+        eval_every=1,
+        eval_prompts=str(root / "prompts.txt"),
+        eval_max_prompts=2,
+        eval_images_per_prompt=2,
     )
     output = _run([sys.executable, "-m", "rlhf_img", *_train(recipe, root / "one", GLOBAL_BATCH)], root)
     return {"root": root, "recipe": recipe, "brightness": brightness, "reference": root / "one", "output": output}
@@ -125,8 +160,9 @@ def assert_same_run(actual_dir, expected_dir, brightness: str, steps=range(1, ST
         for key in (k.format(b=brightness) for k in COMPARED):
             assert_close_scaled(torch.tensor(a[key]), torch.tensor(e[key])), (step, key)
         # the loss sums advantage-weighted ratios over a group (~0 at ratio 1): its scale is the advantages'
-        assert_close_scaled(torch.tensor([a["loss"], advantages.abs().max()]),
-                            torch.tensor([e["loss"], advantages.abs().max()]))
+        assert_close_scaled(
+            torch.tensor([a["loss"], advantages.abs().max()]), torch.tensor([e["loss"], advantages.abs().max()])
+        )
     evals_a = {h["step"]: h["eval_reward"] for h in _eval_history(actual_dir)}
     evals_e = {h["step"]: h["eval_reward"] for h in _eval_history(expected_dir)}
     assert set(evals_a) >= {step for step in steps if step in evals_e} and evals_e
@@ -137,9 +173,19 @@ def assert_same_run(actual_dir, expected_dir, brightness: str, steps=range(1, ST
 @pytest.mark.timeout(300)
 def test_two_torchrun_processes_sample_and_log_what_one_process_does(setup, tmp_path):
     rlhf_img_script = os.path.join(os.path.dirname(sys.executable), "rlhf-img")
-    output = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                   rlhf_img_script, *_train(setup["recipe"], tmp_path / "two", GLOBAL_BATCH // 2,
-                                            "--save_strategy", "no")], tmp_path)
+    output = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            rlhf_img_script,
+            *_train(setup["recipe"], tmp_path / "two", GLOBAL_BATCH // 2, "--save_strategy", "no"),
+        ],
+        tmp_path,
+    )
     assert os.path.exists(tmp_path / "two" / "rollouts" / "rollouts_rank1.jsonl")  # two ranks did sample
     assert_same_run(tmp_path / "two", setup["reference"], setup["brightness"])
     # the end-of-run summary: once, from the main process
@@ -152,9 +198,23 @@ def test_accelerate_launch_with_the_ddp_config_matches_one_process(setup, tmp_pa
     """The shipped DDP config (recipes/accelerate/ddp.yaml) on CPU: accelerate starts torchrun, the recipe's
     `use_cpu: true` makes it gloo; the module form `-m rlhf_img.cli` works as the script."""
     config = os.path.join(REPO, "recipes", "accelerate", "ddp.yaml")
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes", "2",
-          "--main_process_port", str(_free_port()), "-m", "rlhf_img.cli",
-          *_train(setup["recipe"], tmp_path / "ddp", GLOBAL_BATCH // 2, "--save_strategy", "no")], tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            config,
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(_free_port()),
+            "-m",
+            "rlhf_img.cli",
+            *_train(setup["recipe"], tmp_path / "ddp", GLOBAL_BATCH // 2, "--save_strategy", "no"),
+        ],
+        tmp_path,
+    )
     assert os.path.exists(tmp_path / "ddp" / "rollouts" / "rollouts_rank1.jsonl")
     assert_same_run(tmp_path / "ddp", setup["reference"], setup["brightness"])
 
@@ -164,7 +224,21 @@ def test_a_resumed_run_samples_what_the_uninterrupted_run_did(setup, tmp_path):
     """Step 2 after resuming from checkpoint-1 uses the same per-image streams as step 2 of the unbroken run."""
     checkpoint = setup["reference"] / "checkpoint-1"
     assert checkpoint.is_dir()
-    _run([sys.executable, "-m", "rlhf_img",
-          *_train(setup["recipe"], tmp_path / "resumed", GLOBAL_BATCH, "--save_strategy", "no",
-                  "--resume_from_checkpoint", str(checkpoint))], tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf_img",
+            *_train(
+                setup["recipe"],
+                tmp_path / "resumed",
+                GLOBAL_BATCH,
+                "--save_strategy",
+                "no",
+                "--resume_from_checkpoint",
+                str(checkpoint),
+            ),
+        ],
+        tmp_path,
+    )
     assert_same_run(tmp_path / "resumed", setup["reference"], setup["brightness"], steps=[2])

@@ -35,8 +35,9 @@ def _brightness(prompts, images, **kwargs):
 def _sample(policy, model=None, *, cfg_mode="guided", sampler="plain", seed=0, prompts=PROMPTS):
     sampling = Sampling(cfg_mode=cfg_mode, sampler=sampler, **SAMPLING)
     batch = policy.encode_prompts(prompts)
-    return policy.sample(model if model is not None else policy.model, batch, sampling,
-                         generator=torch.Generator().manual_seed(seed))
+    return policy.sample(
+        model if model is not None else policy.model, batch, sampling, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_stand_in_is_detected_and_loads_as_a_policy(stand_in, policy):
@@ -130,8 +131,16 @@ def test_one_grpo_step_saves_a_model_that_reloads_to_identical_images(stand_in, 
     name, tiny = stand_in
     fresh = load_policy(tiny.checkpoint, name, **tiny.load_kwargs)
     before = {k: v.clone() for k, v in fresh.model.state_dict().items()}
-    args = grpo_args(tmp_path, max_steps=1, per_device_train_batch_size=4, num_generations=2, learning_rate=5e-2,
-                     cfg_mode="guided", cfg_scale=2.0, beta=0.0)
+    args = grpo_args(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        learning_rate=5e-2,
+        cfg_mode="guided",
+        cfg_scale=2.0,
+        beta=0.0,
+    )
     peft = LoraConfig(r=4, lora_alpha=8, target_modules=tiny.lora_target_modules) if mode == "lora" else None
     dataset = Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(4)]})
     trainer = ImageGRPOTrainer(fresh, args, dataset, reward_funcs=[_brightness], peft_config=peft)

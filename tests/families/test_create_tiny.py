@@ -11,9 +11,14 @@ from conftest import REPO
 from rlhf_img.cli import main
 from rlhf_img.families import detect_family
 
-RECIPES = {"causal_vq": "tiny-random-jpeg.yaml", "simplear": "simplear-0.5b-grpo-clip-lora.yaml",
-           "janus": "janus-pro-1b-grpo-geneval-lora.yaml", "llamagen": "llamagen-xl-grpo-lora.yaml",
-           "infinity": "infinity-2b-grpo-clip.yaml", "emu3": "emu3-gen-grpo-geneval-lora.yaml"}
+RECIPES = {
+    "causal_vq": "tiny-random-jpeg.yaml",
+    "simplear": "simplear-0.5b-grpo-clip-lora.yaml",
+    "janus": "janus-pro-1b-grpo-geneval-lora.yaml",
+    "llamagen": "llamagen-xl-grpo-lora.yaml",
+    "infinity": "infinity-2b-grpo-clip.yaml",
+    "emu3": "emu3-gen-grpo-geneval-lora.yaml",
+}
 
 
 @pytest.mark.slow  # six real 2-step GRPO runs (~45 s together)
@@ -28,8 +33,18 @@ def test_create_tiny_then_a_shipped_recipe_runs_on_it_with_the_printed_overrides
     assert overrides[overrides.index("--model_family") + 1] == family
     assert detect_family(overrides[overrides.index("--model_name_or_path") + 1]) == family
     reward_and_data, out = tiny_clip_recipe_overrides(str(tmp_path))
-    code = main(["train", os.path.join(REPO, "recipes", RECIPES[family]), *overrides, *reward_and_data,
-                 "--num_generations", "4", "--per_device_train_batch_size", "4"])
+    code = main(
+        [
+            "train",
+            os.path.join(REPO, "recipes", RECIPES[family]),
+            *overrides,
+            *reward_and_data,
+            "--num_generations",
+            "4",
+            "--per_device_train_batch_size",
+            "4",
+        ]
+    )
     assert code == 0
     assert detect_family(out) == family
 

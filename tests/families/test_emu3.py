@@ -71,12 +71,20 @@ def test_prompts_are_baais_generation_prompt_as_the_processor_builds_it(policy):
     assert batch.attention_mask[:, -1].all() and not batch.attention_mask[2, 0]  # left padding
     text = tokenizer.decode(batch.input_ids[0][batch.attention_mask[0].bool()])
     assert text == "<|extra_203|>a red apple on a table<|image start|>4*4<|image token|>"
-    processed = policy.processing_class(text=PROMPTS, return_for_image_generation=True, image_area=TINY_IMAGE_AREA,
-                                        padding=True, padding_side="left", return_tensors="pt")
-    assert torch.equal(batch.input_ids, processed.input_ids) and torch.equal(batch.attention_mask,
-                                                                             processed.attention_mask)
-    negative = policy.processing_class(text=[BAAI_NEGATIVE_PROMPT], return_for_image_generation=True,
-                                       image_area=TINY_IMAGE_AREA, return_tensors="pt")
+    processed = policy.processing_class(
+        text=PROMPTS,
+        return_for_image_generation=True,
+        image_area=TINY_IMAGE_AREA,
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
+    assert torch.equal(batch.input_ids, processed.input_ids) and torch.equal(
+        batch.attention_mask, processed.attention_mask
+    )
+    negative = policy.processing_class(
+        text=[BAAI_NEGATIVE_PROMPT], return_for_image_generation=True, image_area=TINY_IMAGE_AREA, return_tensors="pt"
+    )
     assert list(policy.adapter.unconditional_ids) == negative.input_ids[0].tolist()
     assert tokenizer.decode(policy.adapter.unconditional_ids).endswith("<|image start|>4*4<|image token|>")
 
@@ -92,11 +100,17 @@ def test_image_area_and_ratio_set_the_grid_as_the_processors_do(tiny_emu3, polic
     assert wide.decode(torch.zeros(1, 18, dtype=torch.long)).shape == (1, 3, 24, 48)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"image_area": 0}, "image_area"), ({"ratio": "square"}, "ratio must be 'width:height'"),
-    ({"prompt_template": "no placeholder"}, "prompt_template"), ({"attention_dropout": 1.5}, "attention_dropout"),
-    ({"decode_batch_size": -1}, "decode_batch_size"), ({"image_size": 512}, "unknown emu3 config key"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"image_area": 0}, "image_area"),
+        ({"ratio": "square"}, "ratio must be 'width:height'"),
+        ({"prompt_template": "no placeholder"}, "prompt_template"),
+        ({"attention_dropout": 1.5}, "attention_dropout"),
+        ({"decode_batch_size": -1}, "decode_batch_size"),
+        ({"image_size": 512}, "unknown emu3 config key"),
+    ],
+)
 def test_bad_family_config_is_refused_in_one_line_naming_the_key(bad, message):
     with pytest.raises(CheckpointError, match=message) as error:
         Emu3FamilyConfig.from_dict(bad, "family_config")
@@ -134,8 +148,8 @@ def test_cfg_on_log_probs_is_cfg_on_logits_for_the_visual_distribution():
     cond, uncond = (torch.randn(4, vocab, generator=generator, dtype=torch.float64) * 3 for _ in range(2))
     processor = UnbatchedClassifierFreeGuidanceLogitsProcessor(scale, model=None)
     processor.get_unconditional_logits = lambda input_ids: uncond[:, None]  # the second forward's logits
-    theirs = processor(None, cond)[:, offset:offset + count]  # the prefix constraint keeps the visual block
-    ours = guide(cond[:, offset:offset + count], uncond[:, offset:offset + count], scale)
+    theirs = processor(None, cond)[:, offset : offset + count]  # the prefix constraint keeps the visual block
+    ours = guide(cond[:, offset : offset + count], uncond[:, offset : offset + count], scale)
     shift = theirs - ours  # not equal as numbers: they differ by a constant per row
     assert float(shift.abs().min()) > 1.0 and float(shift.std(-1).max()) < 1e-9 * float(shift.abs().max())
     expected, mixed = distribution(theirs), distribution(ours)
@@ -160,7 +174,7 @@ def direct_logprobs(policy, model, codes, sampling, detach_uncond=False):
         def branch(prompt_ids, image=image, visual=visual):
             logits = model(input_ids=torch.cat([prompt_ids[0], image])[None]).logits[0]  # (L + n, V)
             before = prompt_ids.size(1) - 1 + visual.nonzero().squeeze(1)  # the position predicting each visual token
-            return logits[before][:, policy.visual_offset:policy.visual_offset + policy.code_count]
+            return logits[before][:, policy.visual_offset : policy.visual_offset + policy.code_count]
 
         logits = branch(ids)
         if sampling.cfg_mode in ("guided", "guided_detached_uncond"):
@@ -187,8 +201,9 @@ def test_the_end_of_line_token_is_fed_after_each_row_and_never_drawn(policy):
     """The sampler's KV-cached sequence is Emu3's: a rollout's sampling log-probs are those of the full sequence with
     end-of-line tokens between rows (the float64 forward above), and its actions are visual codes only."""
     sampling = Sampling(cfg_mode="guided", cfg_scale=3.0, temperature=0.8, sampler="static")
-    rollout = policy.sample(policy.model, policy.encode_prompts(PROMPTS), sampling,
-                            generator=torch.Generator().manual_seed(4))
+    rollout = policy.sample(
+        policy.model, policy.encode_prompts(PROMPTS), sampling, generator=torch.Generator().manual_seed(4)
+    )
     assert rollout.actions.shape == (len(PROMPTS), 16) and int(rollout.actions.max()) < policy.code_count
     assert [policy.adapter.forced_after(t) for t in range(8)] == [(), (), (), (64,), (), (), (), (64,)]
     with torch.no_grad():
@@ -236,8 +251,13 @@ def test_lora_on_the_vq_is_refused(tiny_emu3, tmp_path):
 
     policy = load_policy(tiny_emu3, dtype="float32", family_config=TINY)
     lora = get_peft_config(ImageModelConfig(use_peft=True, lora_target_modules="all-linear", lora_r=4))
-    args = grpo_args(tmp_path, max_steps=1, per_device_train_batch_size=4, num_generations=4,
-                     rewards=[{"name": "jpeg_compressibility"}])
+    args = grpo_args(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        rewards=[{"name": "jpeg_compressibility"}],
+    )
     with pytest.raises(ValueError, match="outside the text model"):
         ImageGRPOTrainer(policy, args, Dataset.from_dict({"prompt": ["a cat"] * 4}), peft_config=lora)
 
@@ -257,8 +277,11 @@ def test_recipes_target_every_text_model_linear_of_emu3_gen_and_nothing_else(rec
         model = Emu3ForConditionalGeneration(config)
     lora = LoraConfig(target_modules=targets)
     targeted = {name for name, _ in model.named_modules() if check_target_module_exists(lora, name)}
-    linears = {name for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear) and name.startswith("model.text_model.")}
+    linears = {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith("model.text_model.")
+    }
     assert targeted == linears and len(linears) == 32 * 7
 
 
@@ -272,19 +295,74 @@ def test_the_dpo_recipes_header_commands_run_on_the_stand_in(tiny_emu3, tmp_path
 
     clip, _ = tiny_clip_recipe_overrides(str(tmp_path / "clip"))
     rewards, prompts = clip[clip.index("--rewards") + 1], clip[clip.index("--dataset") + 1]
-    model = ["--model_name_or_path", tiny_emu3, "--family_config", json.dumps(TINY), "--dtype", "float32",
-             "--bf16", "false", "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true"]
+    model = [
+        "--model_name_or_path",
+        tiny_emu3,
+        "--family_config",
+        json.dumps(TINY),
+        "--dtype",
+        "float32",
+        "--bf16",
+        "false",
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
     pairs = tmp_path / "pairs"
-    assert main(["pairs", DPO_RECIPE, *model, "--dataset", prompts, "--rewards", rewards, "--num_generations", "4",
-                 "--cfg_mode", "sample_only", "--cfg_scale", "3.0", "--top_k", "2048", "--output_dir", str(pairs),
-                 "--per_device_train_batch_size", "2"]) == 0
+    assert (
+        main(
+            [
+                "pairs",
+                DPO_RECIPE,
+                *model,
+                "--dataset",
+                prompts,
+                "--rewards",
+                rewards,
+                "--num_generations",
+                "4",
+                "--cfg_mode",
+                "sample_only",
+                "--cfg_scale",
+                "3.0",
+                "--top_k",
+                "2048",
+                "--output_dir",
+                str(pairs),
+                "--per_device_train_batch_size",
+                "2",
+            ]
+        )
+        == 0
+    )
     with open(pairs / "pairs.jsonl") as f:
         rows = [json.loads(line) for line in f]
     assert rows and all(len(row["chosen_actions"]) == 16 for row in rows)
     out = tmp_path / "dpo"
-    assert main([DPO_RECIPE, *model, "--dataset", str(pairs / "pairs.jsonl"), "--max_steps", "2",
-                 "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--save_strategy", "no",
-                 "--output_dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                DPO_RECIPE,
+                *model,
+                "--dataset",
+                str(pairs / "pairs.jsonl"),
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "2",
+                "--gradient_accumulation_steps",
+                "1",
+                "--save_strategy",
+                "no",
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     with open(out / "trainer_state.json") as f:
         history = json.load(f)["log_history"]
     assert [entry["step"] for entry in history if "rewards/margins" in entry] == [1, 2]

@@ -32,7 +32,6 @@ from rlhf_img.families.infinity.bsq_vae import resize_codes
 from rlhf_img.families.llamagen.vq import quantize_images
 from rlhf_img.worlds import shapes
 
-
 SHAPES_TINY = os.path.join(REPO, "checkpoints", "shapes-tiny")
 
 
@@ -46,8 +45,12 @@ def shapes_images(count: int, size: tuple[int, int], rows: list[dict] | None = N
             by_tag.setdefault(row["tag"], []).append(row)
         rows = [row for group in zip(*by_tag.values()) for row in group]
     rows = rows[:count]
-    images = torch.stack([torch.from_numpy(shapes.render_prompt(row, seed=i)).permute(2, 0, 1) for i, row in
-                          enumerate(rows)]).float() / 255
+    images = (
+        torch.stack(
+            [torch.from_numpy(shapes.render_prompt(row, seed=i)).permute(2, 0, 1) for i, row in enumerate(rows)]
+        ).float()
+        / 255
+    )
     if tuple(images.shape[-2:]) != tuple(size):
         images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
     return [row["prompt"] for row in rows], images
@@ -132,10 +135,12 @@ TOKENIZERS = {
     "causal_vq": VisualTokenizer(lambda policy: policy.config.image_code_count, _vq_autoencode),
     "simplear": VisualTokenizer(lambda policy: policy.config.image_code_count, _cosmos_autoencode),
     "infinity": VisualTokenizer(lambda policy: 2, _bsq_autoencode),  # bits
-    "janus": VisualTokenizer(lambda policy: policy.code_count,
-                             lambda policy, x: _janus_vqvae_autoencode(policy.model.model.vqmodel, x)),
-    "llamagen": VisualTokenizer(lambda policy: policy.vq.config.num_embeddings,
-                                lambda policy, x: _janus_vqvae_autoencode(policy.vq, x)),
+    "janus": VisualTokenizer(
+        lambda policy: policy.code_count, lambda policy, x: _janus_vqvae_autoencode(policy.model.model.vqmodel, x)
+    ),
+    "llamagen": VisualTokenizer(
+        lambda policy: policy.vq.config.num_embeddings, lambda policy, x: _janus_vqvae_autoencode(policy.vq, x)
+    ),
     "palette": VisualTokenizer(lambda policy: policy.config.code_count, _palette_autoencode),
     "emu3": VisualTokenizer(lambda policy: policy.code_count, _emu3_autoencode),
 }
@@ -145,8 +150,10 @@ TOKENIZERS = {
 def tokenizer(stand_in) -> VisualTokenizer:
     name = stand_in[0]
     if name not in TOKENIZERS:
-        pytest.fail(f"family {name!r} has a stand-in but no entry in TOKENIZERS ({__file__}): add its action range "
-                    "and its visual tokenizer's own autoencoding")
+        pytest.fail(
+            f"family {name!r} has a stand-in but no entry in TOKENIZERS ({__file__}): add its action range "
+            "and its visual tokenizer's own autoencoding"
+        )
     return TOKENIZERS[name]
 
 
@@ -161,8 +168,9 @@ def examples(policy) -> tuple[list[str], torch.Tensor]:
 def test_policy_declares_image_size_as_the_size_decode_returns(policy):
     assert isinstance(policy, Policy)
     height, width = policy.image_size
-    actions = policy.sample(policy.model, policy.encode_prompts(["a red circle"]), Sampling(),
-                            generator=torch.Generator().manual_seed(0)).actions
+    actions = policy.sample(
+        policy.model, policy.encode_prompts(["a red circle"]), Sampling(), generator=torch.Generator().manual_seed(0)
+    ).actions
     assert tuple(policy.decode(actions).shape) == (1, 3, height, width)
 
 
@@ -173,8 +181,12 @@ def test_encoded_images_are_long_actions_in_the_samplers_range(policy, tokenizer
     assert actions.dtype == torch.long and tuple(actions.shape) == (len(captions), policy.num_actions)
     assert 0 <= int(actions.min()) and int(actions.max()) < count
     assert not actions.requires_grad
-    sampled = policy.sample(policy.model, policy.encode_prompts(captions), Sampling(temperature=2.0),
-                            generator=torch.Generator().manual_seed(0)).actions
+    sampled = policy.sample(
+        policy.model,
+        policy.encode_prompts(captions),
+        Sampling(temperature=2.0),
+        generator=torch.Generator().manual_seed(0),
+    ).actions
     assert 0 <= int(sampled.min()) and int(sampled.max()) < count  # the range above is the sampler's
 
 
@@ -206,8 +218,9 @@ def test_images_at_another_size_are_refused(policy):
         policy.encode_images(torch.rand(1, 3, 2 * height, 2 * width))
 
 
-def test_reencoding_decoded_images_gives_valid_actions_and_is_measured(stand_in, policy, tokenizer, examples,
-                                                                       record_property):
+def test_reencoding_decoded_images_gives_valid_actions_and_is_measured(
+    stand_in, policy, tokenizer, examples, record_property
+):
     """`encode(decode(encode(x)))` must be valid actions; whether it equals `encode(x)` is recorded, not asserted:
     on random weights it generally does not (see the module docstring for the measured shares)."""
     actions = policy.encode_images(examples[1])
@@ -253,8 +266,17 @@ def test_vq_16_codes_are_transformers_codes_on_a_unit_codebook_and_not_on_a_raw_
     codebook row has the same norm, and not on rows of different norms (random normal, as the stand-ins have).
     If transformers normalises its search one day, the last assertion fails: `encode` could then be used."""
     torch.manual_seed(0)
-    vq = JanusVQVAE(JanusVQVAEConfig(embed_dim=8, num_embeddings=64, base_channels=32, latent_channels=32,
-                                     channel_multiplier=[1, 2], num_res_blocks=1, num_patches=4)).eval()
+    vq = JanusVQVAE(
+        JanusVQVAEConfig(
+            embed_dim=8,
+            num_embeddings=64,
+            base_channels=32,
+            latent_channels=32,
+            channel_multiplier=[1, 2],
+            num_res_blocks=1,
+            num_patches=4,
+        )
+    ).eval()
     with torch.no_grad():
         vq.quantize.embedding.weight.normal_()
     images = torch.rand(3, 3, 8, 8)

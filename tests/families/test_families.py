@@ -75,8 +75,21 @@ def test_load_policy_names_the_new_argument_order(tiny_checkpoint):
 def test_train_and_eval_find_the_family_without_model_family(tiny_checkpoint, tmp_path, capsys):
     from rlhf_img.cli import main
 
-    assert main(["eval", tiny_checkpoint, "--images_per_prompt", "1", "--prompts", "shapes-held-out",
-                 "--output_dir", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                tiny_checkpoint,
+                "--images_per_prompt",
+                "1",
+                "--prompts",
+                "shapes-held-out",
+                "--output_dir",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "eval" / "table.json").read_text())["overall"] >= 0
 
 
@@ -86,10 +99,21 @@ def test_a_simplear_run_reloads_as_simplear_and_samples_the_same_images(tiny_sim
     from rlhf_img import ImageGRPOTrainer, Sampling, detect_family, load_policy
 
     lm, cosmos = tiny_simplear
-    policy = load_policy(lm, "simplear", visual_tokenizer=cosmos, dtype="float32",
-                         family_config={"resolution": 32, "prompt_prefix": "An image of "})
-    args = grpo_args(tmp_path, max_steps=1, learning_rate=0.05, per_device_train_batch_size=4, num_generations=4,
-                     rewards=[{"name": "jpeg_compressibility"}])
+    policy = load_policy(
+        lm,
+        "simplear",
+        visual_tokenizer=cosmos,
+        dtype="float32",
+        family_config={"resolution": 32, "prompt_prefix": "An image of "},
+    )
+    args = grpo_args(
+        tmp_path,
+        max_steps=1,
+        learning_rate=0.05,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        rewards=[{"name": "jpeg_compressibility"}],
+    )
     from datasets import Dataset
 
     trainer = ImageGRPOTrainer(policy, args, Dataset.from_dict({"prompt": ["a cat", "a dog"] * 4}))
@@ -109,8 +133,12 @@ def test_a_simplear_run_reloads_as_simplear_and_samples_the_same_images(tiny_sim
     trained = policy.model.eval()
     batch = policy.encode_prompts(["a cat", "a dog"])
     expected = policy.sample(trained, batch, sampling, generator=torch.Generator().manual_seed(3)).actions
-    again = reloaded.sample(reloaded.model, reloaded.encode_prompts(["a cat", "a dog"]), sampling,
-                            generator=torch.Generator().manual_seed(3)).actions
+    again = reloaded.sample(
+        reloaded.model,
+        reloaded.encode_prompts(["a cat", "a dog"]),
+        sampling,
+        generator=torch.Generator().manual_seed(3),
+    ).actions
     assert torch.equal(expected, again)
     assert torch.equal(policy.decode(expected), reloaded.decode(again))
 

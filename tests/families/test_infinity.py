@@ -39,7 +39,9 @@ def tiny_infinity(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def policy(tiny_infinity):
-    return load_policy(tiny_infinity, "infinity", dtype="float32", family_config=tiny_infinity_family_config(tiny_infinity))
+    return load_policy(
+        tiny_infinity, "infinity", dtype="float32", family_config=tiny_infinity_family_config(tiny_infinity)
+    )
 
 
 def test_released_schedules_have_the_published_token_counts():
@@ -81,7 +83,11 @@ def test_a_mismatched_state_dict_is_an_error_naming_the_keys(tmp_path, tiny_infi
     torch.save(state, folder / "infinity_tiny.pth")
     config = tiny_infinity_family_config(tiny_infinity)
     config["vae"] = os.path.join(tiny_infinity, "infinity_vae_tiny.pth")
-    expected = {"missing": "block_chunks.1.module.0.sa.q_bias", "unexpected": "semantic_head.weight", "shape": "head.weight"}
+    expected = {
+        "missing": "block_chunks.1.module.0.sa.q_bias",
+        "unexpected": "semantic_head.weight",
+        "shape": "head.weight",
+    }
     with pytest.raises(CheckpointError, match=expected[edit].replace(".", r"\.")):
         load_policy(str(folder), "infinity", dtype="float32", family_config=config)
 
@@ -121,7 +127,9 @@ def test_logprob_equals_an_independent_per_bit_computation(policy):
     logps, _ = policy.logprobs(policy.model, batch, actions, sampling)
     expected = torch.cat(expected, dim=1)
     assert_close_scaled(logps, expected, relative=1e-5)
-    assert_close_scaled(logps.sum(1), expected.sum(1), relative=1e-5)  # a rollout's log-prob: sum over scales, tokens, bits
+    assert_close_scaled(
+        logps.sum(1), expected.sum(1), relative=1e-5
+    )  # a rollout's log-prob: sum over scales, tokens, bits
 
 
 def test_non_square_template_and_decoding(tiny_infinity):
@@ -151,7 +159,9 @@ def test_lora_grpo_step_saves_an_adapter_that_reloads(tmp_path, policy, tiny_inf
 
     dataset = Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(8)]})
     args = grpo_args(tmp_path, cfg_mode="guided", cfg_scale=2.0, top_p=0.97, learning_rate=1e-3, logging_steps=1)
-    fresh = load_policy(tiny_infinity, "infinity", dtype="float32", family_config=tiny_infinity_family_config(tiny_infinity))
+    fresh = load_policy(
+        tiny_infinity, "infinity", dtype="float32", family_config=tiny_infinity_family_config(tiny_infinity)
+    )
     peft = LoraConfig(r=4, lora_alpha=8, target_modules=["mat_qkv", "proj", "fc1", "fc2"])
     trainer = ImageGRPOTrainer(fresh, args, dataset, reward_funcs=[brightness], peft_config=peft)
     trainer.train()

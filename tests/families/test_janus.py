@@ -27,8 +27,14 @@ from rlhf_img.policy import CFG_MODES
 
 PROMPTS = ["a red apple on a table", "two dogs", "x"]
 RECIPES = ["janus-pro-7b-grpo-t2i-r1.yaml", "janus-pro-7b-grpo-geneval.yaml", "janus-pro-1b-grpo-geneval-lora.yaml"]
-FROZEN_PREFIXES = ("model.vision_model.", "model.aligner.", "model.vqmodel.", "model.generation_embeddings.",
-                   "model.generation_aligner.", "model.generation_head.")
+FROZEN_PREFIXES = (
+    "model.vision_model.",
+    "model.aligner.",
+    "model.vqmodel.",
+    "model.generation_embeddings.",
+    "model.generation_aligner.",
+    "model.generation_head.",
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +77,14 @@ def test_prompts_are_janus_chat_format_left_padded_with_begin_of_image(policy):
 
 
 def test_a_prompt_template_from_family_config_is_kept_in_janus_json(tiny_janus, tmp_path):
-    policy = load_policy(tiny_janus, "janus", dtype="float32", family_config={"prompt_template": "User: {prompt}\n\nAssistant:"})
+    policy = load_policy(
+        tiny_janus, "janus", dtype="float32", family_config={"prompt_template": "User: {prompt}\n\nAssistant:"}
+    )
     ids = policy.encode_prompts(["a cat"]).input_ids[0]
-    assert policy.processing_class.tokenizer.decode(ids) == "<｜begin▁of▁sentence｜>User: a cat\n\nAssistant:<begin_of_image>"
+    assert (
+        policy.processing_class.tokenizer.decode(ids)
+        == "<｜begin▁of▁sentence｜>User: a cat\n\nAssistant:<begin_of_image>"
+    )
     policy.save_pretrained(str(tmp_path))
     assert json.loads((tmp_path / "janus.json").read_text()) == {"prompt_template": "User: {prompt}\n\nAssistant:"}
 
@@ -96,8 +107,9 @@ def direct_logprobs(policy, model, codes, sampling, detach_uncond=False):
         ids = policy.encode_prompts([prompt]).input_ids  # (1, L): a single prompt has no padding
 
         def branch(prompt_ids):
-            embeds = torch.cat([model.get_input_embeddings()(prompt_ids),
-                                model.prepare_embeddings_for_image_generation(row[None])], 1)
+            embeds = torch.cat(
+                [model.get_input_embeddings()(prompt_ids), model.prepare_embeddings_for_image_generation(row[None])], 1
+            )
             hidden = model.model.language_model(inputs_embeds=embeds).last_hidden_state[0]
             length = prompt_ids.size(1)
             return model.model.generation_head(hidden[length - 1 : length - 1 + row.numel()])
@@ -133,7 +145,9 @@ def test_guided_gradients_reach_only_the_language_model_and_detaching_changes_th
     batch = policy.encode_prompts(PROMPTS)
     codes = torch.randint(0, policy.code_count, (len(PROMPTS), 16), generator=torch.Generator().manual_seed(2))
     full = _gradients(policy.model, policy.logprobs(policy.model, batch, codes, Sampling("guided", 3.0))[0])
-    detached = _gradients(policy.model, policy.logprobs(policy.model, batch, codes, Sampling("guided_detached_uncond", 3.0))[0])
+    detached = _gradients(
+        policy.model, policy.logprobs(policy.model, batch, codes, Sampling("guided_detached_uncond", 3.0))[0]
+    )
     assert full and all(name.startswith("model.language_model.") for name in full)
     reference = copy.deepcopy(policy.model).double()
     expected = _gradients(reference, direct_logprobs(policy, reference, codes, Sampling("guided", 3.0)))
@@ -162,10 +176,18 @@ def _assert_reloads_with_the_same_images(trained_policy, output_dir):
     reloaded = load_policy(output_dir, dtype="float32")
     sampling = Sampling(cfg_mode="guided", cfg_scale=2.0)
     trained_policy.model.eval()
-    expected = trained_policy.sample(trained_policy.model, trained_policy.encode_prompts(["a cat", "a dog"]), sampling,
-                                     generator=torch.Generator().manual_seed(3)).actions
-    again = reloaded.sample(reloaded.model, reloaded.encode_prompts(["a cat", "a dog"]), sampling,
-                            generator=torch.Generator().manual_seed(3)).actions
+    expected = trained_policy.sample(
+        trained_policy.model,
+        trained_policy.encode_prompts(["a cat", "a dog"]),
+        sampling,
+        generator=torch.Generator().manual_seed(3),
+    ).actions
+    again = reloaded.sample(
+        reloaded.model,
+        reloaded.encode_prompts(["a cat", "a dog"]),
+        sampling,
+        generator=torch.Generator().manual_seed(3),
+    ).actions
     assert torch.equal(expected, again)
     assert torch.equal(trained_policy.decode(expected), reloaded.decode(again))
 
@@ -177,8 +199,17 @@ def test_lora_grpo_step_trains_adapters_in_the_language_model_only_and_reloads(t
     policy = load_policy(tiny_janus, dtype="float32")
     frozen, base = _frozen_state(policy.model), {n: p.detach().clone() for n, p in policy.model.named_parameters()}
     lora = get_peft_config(ImageModelConfig(use_peft=True, lora_target_modules=lora_recipe_targets(), lora_r=4))
-    args = grpo_args(tmp_path, max_steps=1, learning_rate=0.05, per_device_train_batch_size=4, num_generations=4,
-                     cfg_mode="guided", cfg_scale=3.0, beta=0.04, rewards=[{"name": "jpeg_compressibility"}])
+    args = grpo_args(
+        tmp_path,
+        max_steps=1,
+        learning_rate=0.05,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        cfg_mode="guided",
+        cfg_scale=3.0,
+        beta=0.04,
+        rewards=[{"name": "jpeg_compressibility"}],
+    )
     trainer = ImageGRPOTrainer(policy, args, Dataset.from_dict({"prompt": ["a cat", "a dog"] * 4}), peft_config=lora)
     trainer.train()
     logged = trainer.state.log_history[0]
@@ -203,8 +234,13 @@ def test_lora_on_the_vision_tower_is_refused(tiny_janus, tmp_path):
 
     policy = load_policy(tiny_janus, dtype="float32")
     lora = get_peft_config(ImageModelConfig(use_peft=True, lora_target_modules="all-linear", lora_r=4))
-    args = grpo_args(tmp_path, max_steps=1, per_device_train_batch_size=4, num_generations=4,
-                     rewards=[{"name": "jpeg_compressibility"}])
+    args = grpo_args(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        rewards=[{"name": "jpeg_compressibility"}],
+    )
     with pytest.raises(ValueError, match="outside the language model"):
         ImageGRPOTrainer(policy, args, Dataset.from_dict({"prompt": ["a cat"] * 4}), peft_config=lora)
 
@@ -214,9 +250,20 @@ def test_full_fine_tuning_with_kl_rebuilds_the_reference_and_keeps_the_frozen_pa
 
     policy = load_policy(tiny_janus, dtype="float32")
     frozen = _frozen_state(policy.model)
-    language = {n: p.detach().clone() for n, p in policy.model.named_parameters() if n.startswith("model.language_model.")}
-    args = grpo_args(tmp_path, max_steps=1, learning_rate=1e-3, per_device_train_batch_size=4, num_generations=4,
-                     cfg_mode="sample_only", cfg_scale=3.0, beta=0.1, rewards=[{"name": "jpeg_compressibility"}])
+    language = {
+        n: p.detach().clone() for n, p in policy.model.named_parameters() if n.startswith("model.language_model.")
+    }
+    args = grpo_args(
+        tmp_path,
+        max_steps=1,
+        learning_rate=1e-3,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        cfg_mode="sample_only",
+        cfg_scale=3.0,
+        beta=0.1,
+        rewards=[{"name": "jpeg_compressibility"}],
+    )
     trainer = ImageGRPOTrainer(policy, args, Dataset.from_dict({"prompt": ["a cat", "a dog"] * 4}))
     assert type(trainer.ref_model).__name__ == "JanusForConditionalGeneration"  # TRL reloads it from the folder
     assert trainer.ref_model.config._name_or_path == tiny_janus
@@ -238,15 +285,24 @@ def test_lora_recipe_targets_every_language_model_linear_of_janus_pro_1b_and_not
     from peft.tuners.tuners_utils import check_target_module_exists
     from transformers import JanusConfig, JanusForConditionalGeneration, LlamaConfig
 
-    text = LlamaConfig(vocab_size=102400, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
-                       num_attention_heads=16, num_key_value_heads=16)
+    text = LlamaConfig(
+        vocab_size=102400,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+    )
     config = JanusConfig(text_config=text, vq_config={"projection_dim": 2048, "image_token_embed_dim": 2048})
     with torch.device("meta"):
         model = JanusForConditionalGeneration(config)
     lora = LoraConfig(target_modules=lora_recipe_targets())
     targeted = {name for name, _ in model.named_modules() if check_target_module_exists(lora, name)}
-    linears = {name for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear) and name.startswith("model.language_model.")}
+    linears = {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith("model.language_model.")
+    }
     assert targeted == linears and len(linears) == 24 * 7
 
 
@@ -284,11 +340,38 @@ def test_shipped_recipe_runs_two_steps_on_the_tiny_stand_in(recipe, tiny_janus, 
             assert entry["name"] == "geneval"
             rewards.append({"name": "geneval", "kwargs": {"mode": "dense", "detector": "shapes"}})
     out = tmp_path / "out"
-    code = main(["train", os.path.join(REPO, "recipes", recipe), "--model_name_or_path", tiny_janus,
-                 "--dataset", os.path.join(REPO, "recipes", "prompts", "shapes-train.jsonl"), "--max_prompts", "2",
-                 "--rewards", json.dumps(rewards), "--dtype", "float32", "--bf16", "false", "--use_cpu", "true",
-                 "--max_steps", "2", "--gradient_accumulation_steps", "1", "--report_to", "none",
-                 "--save_strategy", "no", "--output_dir", str(out), "--disable_tqdm", "true"])
+    code = main(
+        [
+            "train",
+            os.path.join(REPO, "recipes", recipe),
+            "--model_name_or_path",
+            tiny_janus,
+            "--dataset",
+            os.path.join(REPO, "recipes", "prompts", "shapes-train.jsonl"),
+            "--max_prompts",
+            "2",
+            "--rewards",
+            json.dumps(rewards),
+            "--dtype",
+            "float32",
+            "--bf16",
+            "false",
+            "--use_cpu",
+            "true",
+            "--max_steps",
+            "2",
+            "--gradient_accumulation_steps",
+            "1",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--output_dir",
+            str(out),
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     assert code == 0
     history = json.load(open(out / "trainer_state.json"))["log_history"]
     assert sum("rewards/geneval/mean" in entry for entry in history) == 2

@@ -37,7 +37,9 @@ def tiny_llamagen(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def policy(tiny_llamagen):
-    return load_policy(tiny_llamagen, "llamagen", dtype="float32", family_config=tiny_llamagen_family_config(tiny_llamagen))
+    return load_policy(
+        tiny_llamagen, "llamagen", dtype="float32", family_config=tiny_llamagen_family_config(tiny_llamagen)
+    )
 
 
 def _brightness(prompts, images, **kwargs):
@@ -71,7 +73,12 @@ def test_tiny_released_layout_is_detected_and_loads(policy, tiny_llamagen):
 
 def test_a_width_that_matches_no_named_size_asks_for_num_heads(tmp_path, tiny_llamagen):
     with pytest.raises(CheckpointError, match="num_heads"):
-        load_policy(tiny_llamagen, "llamagen", dtype="float32", family_config={"text_encoder": os.path.join(tiny_llamagen, "t5")})
+        load_policy(
+            tiny_llamagen,
+            "llamagen",
+            dtype="float32",
+            family_config={"text_encoder": os.path.join(tiny_llamagen, "t5")},
+        )
 
 
 def test_named_size_checks_the_released_file_strictly(tiny_llamagen):
@@ -83,8 +90,12 @@ def test_named_size_checks_the_released_file_strictly(tiny_llamagen):
 @pytest.mark.parametrize("edit", ["missing", "unexpected", "shape", "partial_compile_prefix"])
 def test_a_mismatched_gpt_state_dict_is_an_error_naming_the_keys(tmp_path, tiny_llamagen, edit):
     state = _gpt_state(tiny_llamagen)
-    expected = {"missing": "cls_embedding.uncond_embedding", "unexpected": "class_embedding.weight",
-                "shape": "output.weight", "partial_compile_prefix": "_orig_mod.norm.weight"}[edit]
+    expected = {
+        "missing": "cls_embedding.uncond_embedding",
+        "unexpected": "class_embedding.weight",
+        "shape": "output.weight",
+        "partial_compile_prefix": "_orig_mod.norm.weight",
+    }[edit]
     if edit == "missing":
         del state["cls_embedding.uncond_embedding"]  # the reference's strict=False would load a random null caption
     elif edit == "unexpected":
@@ -165,11 +176,27 @@ def test_guided_logprobs_equal_an_independent_computation(policy):
 
 def test_lora_grpo_step_saves_an_adapter_that_reloads(tmp_path, policy, tiny_llamagen):
     dataset = Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(8)]})
-    args = grpo_args(tmp_path, cfg_mode="guided", cfg_scale=4.0, learning_rate=1e-2, logging_steps=1, beta=0.1,
-                     max_steps=1, activation_checkpointing=True)  # LoRA weights must still get gradients through checkpointed blocks
-    fresh = load_policy(tiny_llamagen, "llamagen", dtype="float32", family_config=tiny_llamagen_family_config(tiny_llamagen))
+    args = grpo_args(
+        tmp_path,
+        cfg_mode="guided",
+        cfg_scale=4.0,
+        learning_rate=1e-2,
+        logging_steps=1,
+        beta=0.1,
+        max_steps=1,
+        activation_checkpointing=True,
+    )  # LoRA weights must still get gradients through checkpointed blocks
+    fresh = load_policy(
+        tiny_llamagen, "llamagen", dtype="float32", family_config=tiny_llamagen_family_config(tiny_llamagen)
+    )
     targets = ["wqkv", "wo", "w1", "w2", "w3"]
-    trainer = ImageGRPOTrainer(fresh, args, dataset, reward_funcs=[_brightness], peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    trainer = ImageGRPOTrainer(
+        fresh,
+        args,
+        dataset,
+        reward_funcs=[_brightness],
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=targets),
+    )
     trainer.train()
     logged = [h for h in trainer.state.log_history if "sampling/sampling_logp_difference/max" in h]
     assert len(logged) == 1 and logged[0]["sampling/sampling_logp_difference/max"] < 1e-4
@@ -201,7 +228,9 @@ def test_llamagen_recipes_parse_with_ar_grpo_sampling():
     from rlhf_img.recipes import parse_recipe
 
     for name in ("llamagen-xl-grpo.yaml", "llamagen-xl-grpo-lora.yaml"):
-        args, model_args, _ = parse_recipe(os.path.join(REPO, "recipes", name), ["--bf16", "false", "--use_cpu", "true"])
+        args, model_args, _ = parse_recipe(
+            os.path.join(REPO, "recipes", name), ["--bf16", "false", "--use_cpu", "true"]
+        )
         assert model_args.model_family == "llamagen" and args.cfg_mode == "sample_only" and args.cfg_scale == 4.0
         assert (args.num_generations, args.beta, args.top_k, args.temperature) == (8, 1.0, 0, 1.0)
 
@@ -240,7 +269,12 @@ def test_decode_of_encode_equals_the_vqs_own_autoencoding(policy):
 
 def test_a_saved_vq_folder_encodes_as_the_released_file(tmp_path, tiny_llamagen, policy):
     policy.vq.save_pretrained(str(tmp_path / "vq"))  # this project's layout (convert / a training run): encoder kept
-    reloaded = load_policy(tiny_llamagen, "llamagen", dtype="float32", visual_tokenizer=str(tmp_path / "vq"),
-                           family_config=tiny_llamagen_family_config(tiny_llamagen))
+    reloaded = load_policy(
+        tiny_llamagen,
+        "llamagen",
+        dtype="float32",
+        visual_tokenizer=str(tmp_path / "vq"),
+        family_config=tiny_llamagen_family_config(tiny_llamagen),
+    )
     images = _images(seed=1)
     assert torch.equal(reloaded.encode_images(images), policy.encode_images(images))

@@ -20,7 +20,9 @@ def test_families_command_lists_every_registered_family_with_what_it_adds(capsys
 
 
 def test_model_family_help_names_the_registered_families():
-    help_text = next(f for f in ImageModelConfig.__dataclass_fields__.values() if f.name == "model_family").metadata["help"]
+    help_text = next(f for f in ImageModelConfig.__dataclass_fields__.values() if f.name == "model_family").metadata[
+        "help"
+    ]
     for name in ("causal_vq", "simplear", "infinity", "janus", "llamagen"):
         assert repr(name) in help_text
 
@@ -39,8 +41,18 @@ def test_a_registered_converter_is_listed_and_run_by_the_convert_command(tmp_pat
         with pytest.raises(SystemExit):
             main(["convert", "--help"])
         assert "palette-pack (family palette): a test converter" in capsys.readouterr().out
-        code = main(["convert", "palette-pack", "src", str(tmp_path / "out"), "--family_config", "{grid: 3}",
-                     "--dtype", "float32"])
+        code = main(
+            [
+                "convert",
+                "palette-pack",
+                "src",
+                str(tmp_path / "out"),
+                "--family_config",
+                "{grid: 3}",
+                "--dtype",
+                "float32",
+            ]
+        )
         assert code == 0 and calls == [("src", str(tmp_path / "out"), {"grid": 3}, "float32")]
         assert "rlhf-img: wrote" in capsys.readouterr().out
         with pytest.raises(ValueError, match="already registered"):

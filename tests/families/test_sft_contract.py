@@ -35,9 +35,16 @@ def test_one_sft_step_lowers_the_loss_on_a_fixed_batch_and_the_output_reloads_as
     name, policy = _fresh(stand_in)
     captions, actions = _pairs(policy)
     before = _nll(policy, policy.model, captions, actions)
-    args = ActionSFTConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4,
-                           learning_rate=3e-4, lr_scheduler_type="constant", caption_dropout=0.0, use_cpu=True,
-                           disable_tqdm=True)
+    args = ActionSFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=3e-4,
+        lr_scheduler_type="constant",
+        caption_dropout=0.0,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     trainer = ActionSFTTrainer(policy, args, Dataset.from_dict({"caption": captions, "actions": actions.tolist()}))
     trainer.train()
     trainer.save_model(args.output_dir)
@@ -45,8 +52,11 @@ def test_one_sft_step_lowers_the_loss_on_a_fixed_batch_and_the_output_reloads_as
     assert after < before, (name, before, after)  # measured: every family falls by 0.6%-13% (janus least)
     assert detect_family(args.output_dir) == name
     reloaded = load_policy(args.output_dir, dtype="float32")
-    assert_close_scaled(torch.tensor(_nll(reloaded, reloaded.model, captions, actions), dtype=torch.float64),
-                        torch.tensor(after, dtype=torch.float64), relative=1e-5)
+    assert_close_scaled(
+        torch.tensor(_nll(reloaded, reloaded.model, captions, actions), dtype=torch.float64),
+        torch.tensor(after, dtype=torch.float64),
+        relative=1e-5,
+    )
 
 
 def test_dropped_captions_are_scored_under_the_samplers_unconditional_branch(stand_in):
@@ -57,7 +67,9 @@ def test_dropped_captions_are_scored_under_the_samplers_unconditional_branch(sta
     prompts = policy.encode_prompts(["a red circle", "two blue squares"])
     unconditional_sampling = Sampling(cfg_mode="guided", cfg_scale=0.0, sampler="plain")
     with torch.no_grad():
-        rollout = policy.sample(policy.model, prompts, unconditional_sampling, generator=torch.Generator().manual_seed(0))
+        rollout = policy.sample(
+            policy.model, prompts, unconditional_sampling, generator=torch.Generator().manual_seed(0)
+        )
         scored = action_logprobs(policy, policy.model, prompts, rollout.actions, torch.tensor([False, False]))
         conditional = policy.logprobs(policy.model, prompts, rollout.actions, CONDITIONAL)[0]
         mixed = action_logprobs(policy, policy.model, prompts, rollout.actions, torch.tensor([True, False]))

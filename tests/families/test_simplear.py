@@ -31,8 +31,12 @@ def test_simplear_layout_prompt_template_and_restricted_sampling(tiny_simplear):
     ids = policy.encode_prompts(["a red apple"]).input_ids[0].tolist()
     assert tokenizer.decode(ids) == "<|t2i|>A photo of a red apple<|soi|>"
     assert tokenizer.decode(list(policy.adapter.unconditional_ids)) == "<|t2i|><|soi|>"
-    rollout = policy.sample(policy.model, policy.encode_prompts(["a cat", "a dog"]),
-                            Sampling(cfg_mode="guided", cfg_scale=3.0), generator=torch.Generator().manual_seed(0))
+    rollout = policy.sample(
+        policy.model,
+        policy.encode_prompts(["a cat", "a dog"]),
+        Sampling(cfg_mode="guided", cfg_scale=3.0),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert rollout.actions.shape == (2, 16)
     assert 0 <= int(rollout.actions.min()) and int(rollout.actions.max()) < COSMOS_CODES
     images = policy.decode(rollout.actions)
@@ -84,7 +88,9 @@ def test_simplear_sft_loss_is_the_lm_on_simplears_sequences_over_the_image_codes
     codes = policy.encode_images(images)  # (2, 4)
     captions = ["a red apple", "two dogs"]
     with torch.no_grad():
-        ours = action_logprobs(policy, policy.model, policy.encode_prompts(captions), codes, torch.tensor([True, False]))
+        ours = action_logprobs(
+            policy, policy.model, policy.encode_prompts(captions), codes, torch.tensor([True, False])
+        )
     tokenizer, offset, count = policy.processing_class, policy.config.image_code_offset, policy.config.image_code_count
     assert policy.config.uncond_prompt == "<|t2i|><|soi|>"
     for row, text in enumerate([policy.config.prompt_template.format(prompt="a red apple"), "<|t2i|><|soi|>"]):

@@ -27,19 +27,30 @@ def one_error_line(capsys, argv) -> str:
 
 @pytest.fixture
 def recipe_keys(tmp_path, tiny_checkpoint, prompt_file):
-    return dict(model_name_or_path=tiny_checkpoint, dataset=prompt_file, rewards=[{"name": "jpeg_compressibility"}],
-                output_dir=str(tmp_path / "out"), use_cpu=True, per_device_train_batch_size=8, num_generations=4,
-                max_steps=1, report_to="none")
+    return dict(
+        model_name_or_path=tiny_checkpoint,
+        dataset=prompt_file,
+        rewards=[{"name": "jpeg_compressibility"}],
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_steps=1,
+        report_to="none",
+    )
 
 
 # ----------------------------------------------------------------------------------- files named in errors
-@pytest.mark.parametrize("name, content, expected", [
-    ("prompts.txt", b"a red apple\n\xff\xfe a dog\n", "not UTF-8 text (byte 0xff at offset 12)"),
-    ("prompts.jsonl", b'{"prompt": "a \xff cat"}\n', "holds text that is not UTF-8 (byte 0xff)"),
-    ("prompts.csv", b"prompt\na \xff cat\n", "not UTF-8 text"),
-    ("prompts.jsonl", b'{"prompt": "ok"}\n{"prompt": \n', "cannot read it as json (ArrowInvalid"),
-    ("prompts.jsonl", b'{"prompt": 5}\n', "column 'prompt' must hold text"),
-])
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("prompts.txt", b"a red apple\n\xff\xfe a dog\n", "not UTF-8 text (byte 0xff at offset 12)"),
+        ("prompts.jsonl", b'{"prompt": "a \xff cat"}\n', "holds text that is not UTF-8 (byte 0xff)"),
+        ("prompts.csv", b"prompt\na \xff cat\n", "not UTF-8 text"),
+        ("prompts.jsonl", b'{"prompt": "ok"}\n{"prompt": \n', "cannot read it as json (ArrowInvalid"),
+        ("prompts.jsonl", b'{"prompt": 5}\n', "column 'prompt' must hold text"),
+    ],
+)
 def test_a_bad_prompt_file_is_named(capsys, tmp_path, recipe_keys, name, content, expected):
     prompts = tmp_path / name
     prompts.write_bytes(content)
@@ -63,11 +74,14 @@ def test_invalid_yaml_says_where(capsys, tmp_path):
     assert str(recipe) in line and "invalid YAML" in line and "line" in line
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("def f(prompts, images:\n    return 1\n", "line 1"),
-    ("import no_such_module_here\n", "importing {path} raised ModuleNotFoundError"),
-    ("raise RuntimeError('weights missing')\n", "importing {path} raised RuntimeError: weights missing"),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("def f(prompts, images:\n    return 1\n", "line 1"),
+        ("import no_such_module_here\n", "importing {path} raised ModuleNotFoundError"),
+        ("raise RuntimeError('weights missing')\n", "importing {path} raised RuntimeError: weights missing"),
+    ],
+)
 def test_a_reward_file_that_fails_to_import_is_named(capsys, tmp_path, recipe_keys, source, expected):
     path = tmp_path / "my_reward.py"
     path.write_text(source)
@@ -100,19 +114,28 @@ def recipe_folder(tmp_path, tiny_checkpoint):
     shutil.copytree(tiny_checkpoint, project / "ckpt")
     (project / "recipes" / "prompts" / "p.txt").write_text("from the recipe folder\nand a second prompt\n")
     (project / "recipes" / "rewards" / "r.py").write_text(
-        "def brightness(prompts, images, **kwargs):\n    return images.mean(dim=(1, 2, 3)).tolist()\n")
+        "def brightness(prompts, images, **kwargs):\n    return images.mean(dim=(1, 2, 3)).tolist()\n"
+    )
     recipe = write_recipe(
-        project / "recipes" / "run.yaml", model_name_or_path="../ckpt", dataset="prompts/p.txt",
-        rewards=[{"name": "rewards/r.py:brightness"}], output_dir="out", use_cpu=True, per_device_train_batch_size=8,
-        num_generations=4, max_steps=1, report_to="none", save_strategy="no", disable_tqdm=True,
+        project / "recipes" / "run.yaml",
+        model_name_or_path="../ckpt",
+        dataset="prompts/p.txt",
+        rewards=[{"name": "rewards/r.py:brightness"}],
+        output_dir="out",
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     return project, recipe, elsewhere
 
 
-def test_recipe_inputs_resolve_from_the_recipe_folder_and_outputs_stay_in_the_current_one(recipe_folder,
-                                                                                          monkeypatch):
+def test_recipe_inputs_resolve_from_the_recipe_folder_and_outputs_stay_in_the_current_one(recipe_folder, monkeypatch):
     project, recipe, elsewhere = recipe_folder
     monkeypatch.chdir(elsewhere)
     args, model_args, data_args = parse_recipe(recipe, [])
@@ -170,8 +193,23 @@ def test_the_shipped_tiny_recipe_runs_from_another_folder(tmp_path, monkeypatch,
     """`rlhf-img train /abs/path/recipes/tiny-random-jpeg.yaml` from a folder that is not the repository."""
     monkeypatch.chdir(tmp_path)
     recipe = os.path.join(REPO, "recipes", "tiny-random-jpeg.yaml")
-    assert main(["train", recipe, "--max_steps", "1", "--per_device_train_batch_size", "16", "--output_dir", "out",
-                 "--disable_tqdm", "true"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                recipe,
+                "--max_steps",
+                "1",
+                "--per_device_train_batch_size",
+                "16",
+                "--output_dir",
+                "out",
+                "--disable_tqdm",
+                "true",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "out" / "trainer_state.json").exists()
     assert "rlhf-img: reward" in capsys.readouterr().out
 

@@ -11,15 +11,46 @@ from conftest import REPO
 def test_rollout_benchmark_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bench", "rollouts.py"), "--batch", "4", "--group", "2", "--grid", "2",
-         "--codebook_size", "64", "--text_vocab", "1000", "--hidden_size", "32", "--num_layers", "1",
-         "--num_heads", "2", "--families", "none", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(REPO, "bench", "rollouts.py"),
+            "--batch",
+            "4",
+            "--group",
+            "2",
+            "--grid",
+            "2",
+            "--codebook_size",
+            "64",
+            "--text_vocab",
+            "1000",
+            "--hidden_size",
+            "32",
+            "--num_layers",
+            "1",
+            "--num_heads",
+            "2",
+            "--families",
+            "none",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())
-    assert set(figures) >= {"ours_tok_s", "hf_generate_tok_s", "ratio", "peer_loop_tok_s", "ratio_vs_peer_loop",
-                            "bytes_per_step", "weight_bytes", "kv_bytes_per_step"}
+    assert set(figures) >= {
+        "ours_tok_s",
+        "hf_generate_tok_s",
+        "ratio",
+        "peer_loop_tok_s",
+        "ratio_vs_peer_loop",
+        "bytes_per_step",
+        "weight_bytes",
+        "kv_bytes_per_step",
+    }
     assert figures["ours_tok_s"] > 0 and figures["hf_generate_tok_s"] > 0 and figures["peer_loop_tok_s"] > 0
     assert abs(figures["ratio"] - figures["ours_tok_s"] / figures["hf_generate_tok_s"]) < 1e-6 * figures["ratio"]
     versus_peer = figures["ours_tok_s"] / figures["peer_loop_tok_s"]
@@ -35,8 +66,13 @@ def test_rollout_benchmark_writes_json(tmp_path):
     prompt_positions = figures["kv_bytes_per_step"] / 1024 - 2
     assert prompt_positions == int(prompt_positions) >= 1 and figures["decode_steps"] == 3
     assert figures["bytes_per_step"] == figures["weight_bytes"] + figures["kv_bytes_per_step"]
-    for label in ("transformers generate + CFG", "peer-style loop", "rlhf-img, sampler=shared",
-                  "rlhf-img, sampler=static", "decode-step bound"):
+    for label in (
+        "transformers generate + CFG",
+        "peer-style loop",
+        "rlhf-img, sampler=shared",
+        "rlhf-img, sampler=static",
+        "decode-step bound",
+    ):
         assert label in result.stdout
 
 
@@ -55,10 +91,33 @@ def test_rollout_benchmark_rejects_an_unknown_sampler(monkeypatch, capsys):
 def test_rollout_benchmark_times_every_sampler_on_janus_and_llamagen_shaped_models(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bench", "rollouts.py"), "--batch", "4", "--group", "2", "--grid", "4",
-         "--codebook_size", "64", "--hidden_size", "32", "--num_layers", "1", "--num_heads", "2", "--baselines", "",
-         "--family_samplers", "shared,static", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(REPO, "bench", "rollouts.py"),
+            "--batch",
+            "4",
+            "--group",
+            "2",
+            "--grid",
+            "4",
+            "--codebook_size",
+            "64",
+            "--hidden_size",
+            "32",
+            "--num_layers",
+            "1",
+            "--num_heads",
+            "2",
+            "--baselines",
+            "",
+            "--family_samplers",
+            "shared,static",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())["families"]

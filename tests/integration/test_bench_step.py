@@ -21,11 +21,40 @@ def _bench_module():
 def test_step_benchmark_times_every_stage_of_a_lora_and_a_full_grpo_step(tmp_path):
     out = tmp_path / "step.json"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bench", "step.py"), "--hidden_size", "16", "--num_layers", "1",
-         "--num_heads", "2", "--num_kv_heads", "1", "--intermediate_size", "32", "--text_vocab", "300",
-         "--cosmos_channels", "4", "--grids", "1,2", "--groups", "2", "--modes", "lora,full", "--warmup", "0",
-         "--device", "cpu", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            os.path.join(REPO, "bench", "step.py"),
+            "--hidden_size",
+            "16",
+            "--num_layers",
+            "1",
+            "--num_heads",
+            "2",
+            "--num_kv_heads",
+            "1",
+            "--intermediate_size",
+            "32",
+            "--text_vocab",
+            "300",
+            "--cosmos_channels",
+            "4",
+            "--grids",
+            "1,2",
+            "--groups",
+            "2",
+            "--modes",
+            "lora,full",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -49,8 +78,13 @@ def test_scaling_exponents_are_log_log_slopes_between_the_extremes():
     bench = _bench_module()
 
     def run(tokens, group, seconds):
-        return {"mode": "lora", "tokens": tokens, "group": group, "step_seconds": sum(seconds.values()),
-                "stages": {s: {"seconds": seconds.get(s, 0.0)} for s in STAGES}}
+        return {
+            "mode": "lora",
+            "tokens": tokens,
+            "group": group,
+            "step_seconds": sum(seconds.values()),
+            "stages": {s: {"seconds": seconds.get(s, 0.0)} for s in STAGES},
+        }
 
     results = [run(t, g, {"sample": t * g, "forward_backward": t * t * g}) for t in (16, 64) for g in (2, 8)]
     with_tokens = bench.scaling_exponents(results, "tokens", "group")["lora"]

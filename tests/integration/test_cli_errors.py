@@ -42,7 +42,13 @@ def test_unknown_recipe_key_exits_2_without_output_dir(capsys, tmp_path, base):
 
 @pytest.mark.parametrize(
     "key, value",
-    [("learning_rate", [1, 2]), ("learning_rate", "fast"), ("max_steps", 1.5), ("num_generations", True), ("cfg_mode", "cfg")],
+    [
+        ("learning_rate", [1, 2]),
+        ("learning_rate", "fast"),
+        ("max_steps", 1.5),
+        ("num_generations", True),
+        ("cfg_mode", "cfg"),
+    ],
 )
 def test_wrong_type_in_recipe_names_the_key(capsys, tmp_path, base, key, value):
     line = run_bad(capsys, tmp_path, {**base, key: value})
@@ -106,7 +112,9 @@ def test_help_lists_the_recipe_keys(capsys):
 
 
 def test_broken_reward_fails_with_its_name(capsys, tmp_path, base, brightness_reward_file):
-    recipe = write_recipe(tmp_path / "recipe.yaml", **{**base, "rewards": [{"name": f"{brightness_reward_file}:broken"}]})
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml", **{**base, "rewards": [{"name": f"{brightness_reward_file}:broken"}]}
+    )
     assert main(["train", recipe]) == 1
     err = capsys.readouterr().err
     assert f"reward '{brightness_reward_file}:broken' raised RuntimeError: detector crashed" in err

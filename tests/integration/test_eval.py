@@ -32,9 +32,35 @@ def test_eval_command_passes_device_dtype_family_config_and_sampling(tiny_checkp
         return {"overall": 0.0}, [], None
 
     monkeypatch.setattr(run, "evaluate_policy", capture)
-    assert main(["eval", tiny_checkpoint, "--device", "meta", "--dtype", "bfloat16", "--family_config", "{grid: [2, 2]}",
-                 "--cfg_mode", "guided", "--cfg_scale", "6", "--top_p", "0.9", "--seed", "7", "--images_per_prompt", "3",
-                 "--prompts", "shapes-train", "--sampler", "static"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                tiny_checkpoint,
+                "--device",
+                "meta",
+                "--dtype",
+                "bfloat16",
+                "--family_config",
+                "{grid: [2, 2]}",
+                "--cfg_mode",
+                "guided",
+                "--cfg_scale",
+                "6",
+                "--top_p",
+                "0.9",
+                "--seed",
+                "7",
+                "--images_per_prompt",
+                "3",
+                "--prompts",
+                "shapes-train",
+                "--sampler",
+                "static",
+            ]
+        )
+        == 0
+    )
     policy = seen["policy"]
     assert next(policy.model.parameters()).device.type == "meta"
     assert next(policy.model.parameters()).dtype == torch.bfloat16
@@ -64,7 +90,12 @@ def test_eval_sampling_and_family_flags_are_the_training_recipe_keys():
     for name in shared:
         ours, theirs = evaluation[name], training[name]
         assert (ours.option_strings, ours.help, ours.default, ours.choices, ours.type) == (
-            theirs.option_strings, theirs.help, theirs.default, theirs.choices, theirs.type), name
+            theirs.option_strings,
+            theirs.help,
+            theirs.default,
+            theirs.choices,
+            theirs.type,
+        ), name
 
 
 def test_eval_help_lists_every_family_and_sampling_field_with_its_help(capsys, monkeypatch):
@@ -87,10 +118,25 @@ def test_eval_help_lists_every_family_and_sampling_field_with_its_help(capsys, m
 def test_an_eval_file_and_the_same_flags_give_the_same_config(tmp_path, tiny_checkpoint):
     from rlhf_img.cli import parse_eval_config
 
-    keys = {"checkpoint": tiny_checkpoint, "prompts": "shapes-train", "family_config": {"grid": [2, 2]},
-            "cfg_mode": "guided", "cfg_scale": 6, "top_k": 5, "top_p": 0.9, "sampler": "static", "dtype": "bfloat16",
-            "device": "cpu", "images_per_prompt": 3, "seed": 7, "batch_prompts": 2, "detector": "mask2former",
-            "clip_model": "ViT-B-32", "batch_size": 4, "output_dir": str(tmp_path / "out")}
+    keys = {
+        "checkpoint": tiny_checkpoint,
+        "prompts": "shapes-train",
+        "family_config": {"grid": [2, 2]},
+        "cfg_mode": "guided",
+        "cfg_scale": 6,
+        "top_k": 5,
+        "top_p": 0.9,
+        "sampler": "static",
+        "dtype": "bfloat16",
+        "device": "cpu",
+        "images_per_prompt": 3,
+        "seed": 7,
+        "batch_prompts": 2,
+        "detector": "mask2former",
+        "clip_model": "ViT-B-32",
+        "batch_size": 4,
+        "output_dir": str(tmp_path / "out"),
+    }
     path = tmp_path / "eval.yaml"
     path.write_text(yaml.safe_dump(keys))
     flags = [token for key, value in keys.items() if key != "family_config" for token in (f"--{key}", str(value))]
@@ -123,29 +169,36 @@ def test_the_geneval_alias_applies_geneval_defaults_and_flags_override_them():
     from rlhf_img.config import GENEVAL_DEFAULTS, EvalConfig
 
     config = parse_eval_config(["geneval", "--checkpoint", "c", "--metadata", "m.jsonl"])
-    assert (config.detector, config.images_per_prompt, config.cfg_mode, config.prompts) == ("mask2former", 4, "guided",
-                                                                                           "m.jsonl")
+    assert (config.detector, config.images_per_prompt, config.cfg_mode, config.prompts) == (
+        "mask2former",
+        4,
+        "guided",
+        "m.jsonl",
+    )
     assert parse_eval_config(["geneval", "c", "--cfg_mode", "none"]).cfg_mode == "none"
     assert parse_eval_config(["geneval", "c"]).prompts is None  # GenEval needs its metadata file: an error says so
     assert parse_eval_config(["c"]) == EvalConfig(checkpoint="c")
     assert all(getattr(EvalConfig(), key) != value for key, value in GENEVAL_DEFAULTS.items())
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--images_per_prompt", "1"], "give a checkpoint"),
-    (["CKPT", "--images", "somewhere"], "not both"),
-    (["CKPT", "--prompts", "missing.jsonl"], "GenEval metadata not found: missing.jsonl"),
-    (["CKPT", "--family_config", "[1, 2]"], "family_config must be a mapping"),
-    (["CKPT", "--images_per_prompt", "0"], "images_per_prompt must be >= 1, got 0"),
-    (["CKPT", "--detector", "yolo"], "--detector: invalid choice: 'yolo'"),
-    (["CKPT", "--checkpoint", "elsewhere"], "checkpoint given twice"),
-    (["CKPT", "--no_such_flag", "1"], "unknown option(s) ['--no_such_flag', '1']"),
-    (["FILE:{prompts: shapes-train, colour: red}"], "unknown recipe key 'colour'"),
-    (["FILE:{images_per_prompt: many}"], "recipe key 'images_per_prompt'"),
-    (["FILE:{cfg_mode: loud}"], "recipe key 'cfg_mode'"),
-    (["FILE:[1, 2]"], "must be a YAML mapping"),
-    (["missing.yaml"], "not found: missing.yaml"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--images_per_prompt", "1"], "give a checkpoint"),
+        (["CKPT", "--images", "somewhere"], "not both"),
+        (["CKPT", "--prompts", "missing.jsonl"], "GenEval metadata not found: missing.jsonl"),
+        (["CKPT", "--family_config", "[1, 2]"], "family_config must be a mapping"),
+        (["CKPT", "--images_per_prompt", "0"], "images_per_prompt must be >= 1, got 0"),
+        (["CKPT", "--detector", "yolo"], "--detector: invalid choice: 'yolo'"),
+        (["CKPT", "--checkpoint", "elsewhere"], "checkpoint given twice"),
+        (["CKPT", "--no_such_flag", "1"], "unknown option(s) ['--no_such_flag', '1']"),
+        (["FILE:{prompts: shapes-train, colour: red}"], "unknown recipe key 'colour'"),
+        (["FILE:{images_per_prompt: many}"], "recipe key 'images_per_prompt'"),
+        (["FILE:{cfg_mode: loud}"], "recipe key 'cfg_mode'"),
+        (["FILE:[1, 2]"], "must be a YAML mapping"),
+        (["missing.yaml"], "not found: missing.yaml"),
+    ],
+)
 def test_eval_bad_input_exits_2_with_one_line(argv, message, tiny_checkpoint, tmp_path, capsys):
     from rlhf_img.cli import main
 

@@ -77,8 +77,11 @@ def test_clip_colour_classifier_matches_geneval_pil_pipeline(tiny_clip_dir, box)
     tolerance = 1e-3 if (box[2] - box[0], box[3] - box[1]) == (32, 32) else 0.5
     assert torch.allclose(logits, reference, atol=tolerance), (logits, reference)
     if (box[2] - box[0], box[3] - box[1]) == (32, 32):
-        assert ours == [["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white"][
-            int(reference.argmax())]]
+        assert ours == [
+            ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white"][
+                int(reference.argmax())
+            ]
+        ]
 
 
 def test_mask2former_detector_reads_boxes_from_masks_and_keeps_scores_above_threshold(cat_detector_dir):
@@ -102,13 +105,20 @@ def test_geneval_reward_from_registry_scores_by_geneval_rules(cat_detector_dir, 
     from rlhf_img.rewards import build_rewards
 
     kwargs = {"detector_model": cat_detector_dir, "clip_model": f"local-dir:{tiny_clip_dir}", "device": "cpu"}
-    strict, dense = build_rewards([{"name": "geneval", "kwargs": {"mode": "strict", **kwargs}},
-                                   {"name": "geneval", "label": "geneval_dense", "kwargs": {"mode": "dense", **kwargs}}])
+    strict, dense = build_rewards(
+        [
+            {"name": "geneval", "kwargs": {"mode": "strict", **kwargs}},
+            {"name": "geneval", "label": "geneval_dense", "kwargs": {"mode": "dense", **kwargs}},
+        ]
+    )
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     columns = {
         "tag": ["single_object", "single_object", "two_object"],
-        "include": [[{"class": "cat", "count": 1}], [{"class": "dog", "count": 1}],
-                    [{"class": "cat", "count": 1}, {"class": "dog", "count": 1}]],
+        "include": [
+            [{"class": "cat", "count": 1}],
+            [{"class": "dog", "count": 1}],
+            [{"class": "cat", "count": 1}, {"class": "dog", "count": 1}],
+        ],
         "exclude": [None, None, None],
     }
     prompts = ["a photo of a cat", "a photo of a dog", "a photo of a cat and a dog"]
@@ -125,17 +135,47 @@ def _write_metadata(path, rows):
 def test_eval_geneval_end_to_end_from_a_checkpoint(tmp_path, tiny_checkpoint, cat_detector_dir, tiny_clip_dir, capsys):
     from rlhf_img.cli import main
 
-    metadata = _write_metadata(tmp_path / "evaluation_metadata.jsonl", [
-        {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"},
-        {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"},
-        {"tag": "counting", "include": [{"class": "cat", "count": 2}], "exclude": [{"class": "cat", "count": 3}],
-         "prompt": "a photo of two cats"},
-        {"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "red"}], "prompt": "a photo of a red cat"},
-    ])
+    metadata = _write_metadata(
+        tmp_path / "evaluation_metadata.jsonl",
+        [
+            {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"},
+            {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"},
+            {
+                "tag": "counting",
+                "include": [{"class": "cat", "count": 2}],
+                "exclude": [{"class": "cat", "count": 3}],
+                "prompt": "a photo of two cats",
+            },
+            {
+                "tag": "colors",
+                "include": [{"class": "cat", "count": 1, "color": "red"}],
+                "prompt": "a photo of a red cat",
+            },
+        ],
+    )
     out = tmp_path / "geneval"
-    code = main(["eval", "geneval", "--checkpoint", tiny_checkpoint, "--metadata", metadata, "--output_dir", str(out),
-                 "--images_per_prompt", "2", "--detector_model", cat_detector_dir,
-                 "--clip_model", f"local-dir:{tiny_clip_dir}", "--device", "cpu", "--cfg_scale", "2"])
+    code = main(
+        [
+            "eval",
+            "geneval",
+            "--checkpoint",
+            tiny_checkpoint,
+            "--metadata",
+            metadata,
+            "--output_dir",
+            str(out),
+            "--images_per_prompt",
+            "2",
+            "--detector_model",
+            cat_detector_dir,
+            "--clip_model",
+            f"local-dir:{tiny_clip_dir}",
+            "--device",
+            "cpu",
+            "--cfg_scale",
+            "2",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "single_object" in printed and "overall" in printed
@@ -163,7 +203,9 @@ def test_eval_geneval_scores_an_image_folder_with_the_shapes_detector(tmp_path):
         (folder / "metadata.jsonl").write_text(json.dumps(row))
         for k in range(2):
             Image.fromarray(shapes.render_prompt(row, seed=k)).save(folder / "samples" / f"{k:04d}.png")
-    code = main(["eval", "geneval", "--images", str(image_dir), "--detector", "shapes", "--output_dir", str(tmp_path / "o")])
+    code = main(
+        ["eval", "geneval", "--images", str(image_dir), "--detector", "shapes", "--output_dir", str(tmp_path / "o")]
+    )
     assert code == 0
     table = json.load(open(tmp_path / "o" / "table.json"))
     assert table["overall"] == 1.0 and set(table) == {"counting", "position", "color_attr", "overall"}
@@ -173,8 +215,18 @@ def test_eval_geneval_bad_input_is_one_line_exit_2(tmp_path, capsys):
     from rlhf_img.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["eval", "geneval", "--images", str(tmp_path / "missing"), "--detector", "shapes",
-              "--output_dir", str(tmp_path / "o")])
+        main(
+            [
+                "eval",
+                "geneval",
+                "--images",
+                str(tmp_path / "missing"),
+                "--detector",
+                "shapes",
+                "--output_dir",
+                str(tmp_path / "o"),
+            ]
+        )
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "missing" in error
@@ -190,5 +242,11 @@ def test_geneval_metadata_reader_reads_the_real_file():
     from rlhf_img.eval import read_metadata
 
     rows = read_metadata(path)
-    assert Counter(row["tag"] for row in rows) == {"single_object": 80, "two_object": 99, "counting": 80,
-                                                   "colors": 94, "position": 100, "color_attr": 100}
+    assert Counter(row["tag"] for row in rows) == {
+        "single_object": 80,
+        "two_object": 99,
+        "counting": 80,
+        "colors": 94,
+        "position": 100,
+        "color_attr": 100,
+    }

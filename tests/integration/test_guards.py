@@ -73,16 +73,19 @@ def test_zero_grad_norm_streak_from_the_logs(caplog):
     guards = TrainingGuards(["a"], zero_grad_norm_patience=2)
     with caplog.at_level(logging.WARNING, logger="rlhf_img"):
         assert guards.check_log({"loss": 0.0}, 1) == {}  # no grad norm (evaluation logs): nothing counted
-        streaks = [guards.check_log({"grad_norm": value}, step)["guards/zero_grad_norm_streak"]
-                   for step, value in enumerate([0.0, 0.5, 0.0, 0.0, 0.0])]
+        streaks = [
+            guards.check_log({"grad_norm": value}, step)["guards/zero_grad_norm_streak"]
+            for step, value in enumerate([0.0, 0.5, 0.0, 0.0, 0.0])
+        ]
     assert streaks == [1, 0, 1, 2, 3]
     (message,) = warnings_of(caplog, "grad_norm was 0")
     assert "step 3" in message and "zero_grad_norm_patience" in message
 
 
 def test_patience_0_turns_the_warnings_off(caplog):
-    guards = TrainingGuards(["a"], no_score_patience=0, zero_spread_patience=0, constant_reward_patience=0,
-                            zero_grad_norm_patience=0)
+    guards = TrainingGuards(
+        ["a"], no_score_patience=0, zero_spread_patience=0, constant_reward_patience=0, zero_grad_norm_patience=0
+    )
     with caplog.at_level(logging.WARNING, logger="rlhf_img"):
         for step in range(10):
             guards.check_rollouts(batch([1.0, 1.0]), torch.tensor([True, True]), step)
@@ -126,8 +129,11 @@ def test_a_constant_reward_run_trips_each_warning_once_and_resumes_its_streaks(t
     with caplog.at_level(logging.WARNING, logger="rlhf_img"):
         ImageGRPOTrainer(load_policy(tiny_checkpoint, "causal_vq"), args, dataset, reward_funcs=[constant]).train()
     # rollout batches count from global step 0 (before the update), logged steps from 1 (after it)
-    for text, step in (("zero reward spread", 1), ("reward 'constant' gave the same value (0.5)", 1),
-                       ("grad_norm was 0", 2)):
+    for text, step in (
+        ("zero reward spread", 1),
+        ("reward 'constant' gave the same value (0.5)", 1),
+        ("grad_norm was 0", 2),
+    ):
         found = warnings_of(caplog, text)
         assert len(found) == 1 and f"step {step}:" in found[0], (text, [r.getMessage() for r in caplog.records])
     with open(tmp_path / "out" / "checkpoint-4" / "trainer_state.json") as f:
@@ -139,7 +145,9 @@ def test_a_constant_reward_run_trips_each_warning_once_and_resumes_its_streaks(t
 
     # resume from step 2: the streaks continue from the checkpoint (3, 4), as in the uninterrupted run
     resumed_args = grpo_args(tmp_path, max_steps=4, save_strategy="no", logging_steps=1, **patience)
-    resumed = ImageGRPOTrainer(load_policy(tiny_checkpoint, "causal_vq"), resumed_args, dataset, reward_funcs=[constant])
+    resumed = ImageGRPOTrainer(
+        load_policy(tiny_checkpoint, "causal_vq"), resumed_args, dataset, reward_funcs=[constant]
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
     after = [h for h in resumed.state.log_history if "reward" in h and h["step"] > 2]
     assert [h["guards/zero_spread_streak"] for h in after] == [3, 4]
@@ -154,8 +162,9 @@ def brightness(prompts, images, **kwargs):
 @pytest.mark.timeout(180)
 def test_a_healthy_run_warns_nothing(tmp_path, tiny_checkpoint, caplog):
     dataset = Dataset.from_dict({"prompt": ["a red apple", "a dog"]})
-    args = grpo_args(tmp_path, max_steps=3, zero_spread_patience=1, constant_reward_patience=1,
-                     zero_grad_norm_patience=1)
+    args = grpo_args(
+        tmp_path, max_steps=3, zero_spread_patience=1, constant_reward_patience=1, zero_grad_norm_patience=1
+    )
     with caplog.at_level(logging.WARNING, logger="rlhf_img"):
         trainer = ImageGRPOTrainer(load_policy(tiny_checkpoint, "causal_vq"), args, dataset, reward_funcs=[brightness])
         trainer.train()

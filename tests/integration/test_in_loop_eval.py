@@ -23,8 +23,14 @@ from rlhf_img.in_loop_eval import InLoopEvaluation, load_eval_prompts
 from rlhf_img.monitors import group_diversity, pixel_features, rollout_monitors
 from rlhf_img.rewards import RewardSet, build_rewards
 
-TIMING = ("timing/", "rollout/images_per_second", "step_time", "train_runtime", "train_samples_per_second",
-          "train_steps_per_second")
+TIMING = (
+    "timing/",
+    "rollout/images_per_second",
+    "step_time",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+)
 
 
 def brightness(prompts, images, **kwargs):
@@ -46,8 +52,14 @@ def training_steps(log_history):
 @pytest.mark.timeout(180)
 def test_in_loop_eval_logs_fixed_prompt_results_and_leaves_training_untouched(tmp_path, tiny_checkpoint):
     plain = train(tmp_path / "plain", tiny_checkpoint)
-    evaluated = train(tmp_path / "eval", tiny_checkpoint, eval_every=2, eval_prompts="shapes-held-out",
-                      eval_max_prompts=5, eval_images_per_prompt=2)
+    evaluated = train(
+        tmp_path / "eval",
+        tiny_checkpoint,
+        eval_every=2,
+        eval_prompts="shapes-held-out",
+        eval_max_prompts=5,
+        eval_images_per_prompt=2,
+    )
     # its own seeded generator, main process, no_grad: the training steps are bit-identical with and without it
     assert training_steps(evaluated.state.log_history) == training_steps(plain.state.log_history)
 
@@ -61,7 +73,9 @@ def test_in_loop_eval_logs_fixed_prompt_results_and_leaves_training_untouched(tm
         assert 0 < entry["eval_rewards/brightness/mean"] < 1
         assert entry["eval_reward"] == entry["eval_rewards/brightness/mean"]  # one reward, weight 1
         per_tag = [entry[f"eval_geneval/{tag}"] for tag in tags]
-        assert sorted(k[len("eval_geneval/"):] for k in entry if k.startswith("eval_geneval/")) == sorted(tags + ["overall"])
+        assert sorted(k[len("eval_geneval/") :] for k in entry if k.startswith("eval_geneval/")) == sorted(
+            tags + ["overall"]
+        )
         assert_close_scaled(torch.tensor(entry["eval_geneval/overall"]), torch.tensor(sum(per_tag) / len(per_tag)))
     assert evals[0]["eval_reward"] != evals[-1]["eval_reward"]  # the policy moved at lr 1e-2
 
@@ -73,23 +87,29 @@ def test_in_loop_eval_logs_fixed_prompt_results_and_leaves_training_untouched(tm
     # fixed seeds: the same weights evaluated again give the very same images and numbers
     first, second = callback.evaluate(10), callback.evaluate(11)
     assert first == second and first["eval_reward"] == evals[-1]["eval_reward"]
-    assert np.array_equal(np.asarray(Image.open(folder / "step_000010.png")), np.asarray(Image.open(folder / "step_000011.png")))
+    assert np.array_equal(
+        np.asarray(Image.open(folder / "step_000010.png")), np.asarray(Image.open(folder / "step_000011.png"))
+    )
 
 
 def test_eval_prompt_files_and_bad_input(tmp_path):
     text = tmp_path / "prompts.txt"
     text.write_text("one\ntwo\nthree\nfour\n")
     assert [row["prompt"] for row in load_eval_prompts(str(text), 2)] == ["one", "three"]
-    tagged = [{"tag": tag, "include": [], "prompt": f"{tag} {i}"} for tag, i in
-              [("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0), ("c", 0), ("c", 1)]]
+    tagged = [
+        {"tag": tag, "include": [], "prompt": f"{tag} {i}"}
+        for tag, i in [("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0), ("c", 0), ("c", 1)]
+    ]
     spread = tmp_path / "spread.jsonl"
     spread.write_text("".join(json.dumps(row) + "\n" for row in tagged))
     assert [row["prompt"] for row in load_eval_prompts(str(spread), 4)] == ["a 0", "a 1", "b 0", "c 0"]
     geneval = tmp_path / "meta.jsonl"
-    geneval.write_text(json.dumps({"tag": "counting", "include": [{"class": "circle", "count": 2}],
-                                   "prompt": "two circles"}) + "\n")
-    assert load_eval_prompts(str(geneval)) == [{"tag": "counting", "include": [{"class": "circle", "count": 2}],
-                                                "prompt": "two circles"}]
+    geneval.write_text(
+        json.dumps({"tag": "counting", "include": [{"class": "circle", "count": 2}], "prompt": "two circles"}) + "\n"
+    )
+    assert load_eval_prompts(str(geneval)) == [
+        {"tag": "counting", "include": [{"class": "circle", "count": 2}], "prompt": "two circles"}
+    ]
     for missing in ("missing.jsonl", "missing.txt"):
         with pytest.raises(FileNotFoundError, match=f"eval_prompts: file not found: .*{missing}"):
             load_eval_prompts(str(tmp_path / missing))
@@ -155,20 +175,36 @@ def test_wandb_offline_run_shows_eval_grid_and_monitors(tmp_path, tiny_checkpoin
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_PROJECT", "rlhf-img-tests")
     wandb.teardown()  # wandb keeps its settings (WANDB_DIR) from the first run in this process: start afresh
-    trainer = train(tmp_path, tiny_checkpoint, reward_funcs=build_rewards([clip_reward(str(tmp_path))]),
-                    report_to="wandb", run_name="in-loop-eval-test", log_images_every=0, eval_every=2,
-                    eval_prompts="shapes-held-out", eval_max_prompts=3, eval_images_per_prompt=2)
+    trainer = train(
+        tmp_path,
+        tiny_checkpoint,
+        reward_funcs=build_rewards([clip_reward(str(tmp_path))]),
+        report_to="wandb",
+        run_name="in-loop-eval-test",
+        log_images_every=0,
+        eval_every=2,
+        eval_prompts="shapes-held-out",
+        eval_max_prompts=3,
+        eval_images_per_prompt=2,
+    )
     wandb.finish()
     wandb.teardown()  # and leave none behind for a later test
-    history = history_keys(str(tmp_path), until=lambda h: len(h.get("eval/grid/_type", [])) == 3
-                           and len(h.get("train/monitors/clip_diversity", [])) == 3)
+    history = history_keys(
+        str(tmp_path),
+        until=lambda h: len(h.get("eval/grid/_type", [])) == 3 and len(h.get("train/monitors/clip_diversity", [])) == 3,
+    )
     assert history["eval/grid/_type"] == ["image-file"] * 3  # steps 0, 2 and 3
     assert len(history["eval/rewards/clip_score/mean"]) == 3 and len(history["eval/geneval/overall"]) == 3
     assert "a photo of" in history["eval/grid/caption"][0]
     grids = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files" / "media" / "images" / "eval" / "*.png"))
     assert len(grids) == 3
-    for key in ("train/monitors/image_diversity", "train/monitors/clip_diversity", "train/entropy",
-                "train/frac_reward_zero_std", "train/sampling/sampling_logp_difference/mean"):
+    for key in (
+        "train/monitors/image_diversity",
+        "train/monitors/clip_diversity",
+        "train/entropy",
+        "train/frac_reward_zero_std",
+        "train/sampling/sampling_logp_difference/mean",
+    ):
         assert len(history.get(key, [])) == 3, (key, sorted(history))
     codes = trainer.policy.config.image_code_count
     assert all(0 < value <= math.log(codes) for value in history["train/entropy"])  # nats per image token

@@ -28,10 +28,15 @@ def flat_or_bright(prompts, images, **kwargs):
 
 def rollout(tmp_path, checkpoint, prompts, dataset_prompts, **overrides):
     """One training rollout step on groups of `prompts` (G rows each): (output, trainer's metrics, records)."""
-    args = grpo_args(tmp_path, per_device_train_batch_size=len(prompts) * G, num_generations=G, save_rollouts=True,
-                     **overrides)
-    trainer = ImageGRPOTrainer(load_policy(checkpoint, "causal_vq"), args, Dataset.from_dict({"prompt": dataset_prompts}),
-                               reward_funcs=[flat_or_bright])
+    args = grpo_args(
+        tmp_path, per_device_train_batch_size=len(prompts) * G, num_generations=G, save_rollouts=True, **overrides
+    )
+    trainer = ImageGRPOTrainer(
+        load_policy(checkpoint, "causal_vq"),
+        args,
+        Dataset.from_dict({"prompt": dataset_prompts}),
+        reward_funcs=[flat_or_bright],
+    )
     trainer.model.train()
     output = trainer._generate_and_score_completions([{"prompt": p} for p in prompts for _ in range(G)])
     records = [json.loads(line) for line in (tmp_path / "out" / "rollouts" / "rollouts.jsonl").open()]
@@ -46,8 +51,9 @@ def test_dynamic_sampling_refills_zero_spread_groups_and_reports_the_drops(tmp_p
     assert not plain["advantages"][:G].any() and plain_metrics["frac_reward_zero_std"] == 0.5
     assert not any(key.startswith("dynamic_sampling/") for key in plain_metrics)  # off: nothing new logged
 
-    output, metrics, records = rollout(tmp_path / "on", tiny_checkpoint, batch, dataset, dynamic_sampling=True,
-                                       max_resample_rounds=3)
+    output, metrics, records = rollout(
+        tmp_path / "on", tiny_checkpoint, batch, dataset, dynamic_sampling=True, max_resample_rounds=3
+    )
     assert metrics["dynamic_sampling/dropped_groups"] >= 1 and metrics["dynamic_sampling/unfilled_groups"] == 0
     assert 1 <= metrics["dynamic_sampling/resample_rounds"] <= 3
     assert metrics["frac_reward_zero_std"] == 0.0  # `reward` & co describe the trained batch
@@ -57,9 +63,9 @@ def test_dynamic_sampling_refills_zero_spread_groups_and_reports_the_drops(tmp_p
     assert len(prompts) == 2 * G and prompts[G:] == ["bright 0"] * G
     assert prompts[0].startswith("bright") and len(set(prompts[:G])) == 1
     for group in range(2):
-        rewards = [record["reward"] for record in records[group * G:(group + 1) * G]]
+        rewards = [record["reward"] for record in records[group * G : (group + 1) * G]]
         assert max(rewards) - min(rewards) > 1e-4
-        assert output["advantages"][group * G:(group + 1) * G].abs().max() > 0.1
+        assert output["advantages"][group * G : (group + 1) * G].abs().max() > 0.1
     # the group that had spread is untouched: same images, rewards and advantages as with the key off
     assert torch.equal(output["completion_ids"][G:], plain["completion_ids"][G:])
     assert torch.equal(output["advantages"][G:], plain["advantages"][G:])
@@ -69,8 +75,14 @@ def test_dynamic_sampling_refills_zero_spread_groups_and_reports_the_drops(tmp_p
 
 @pytest.mark.timeout(120)
 def test_dynamic_sampling_keeps_groups_it_cannot_fill_and_counts_them(tmp_path, tiny_checkpoint):
-    output, metrics, _ = rollout(tmp_path, tiny_checkpoint, ["flat 0", "flat 1"], ["flat 0", "flat 1", "flat 2"],
-                                 dynamic_sampling=True, max_resample_rounds=2)
+    output, metrics, _ = rollout(
+        tmp_path,
+        tiny_checkpoint,
+        ["flat 0", "flat 1"],
+        ["flat 0", "flat 1", "flat 2"],
+        dynamic_sampling=True,
+        max_resample_rounds=2,
+    )
     assert metrics["dynamic_sampling/resample_rounds"] == 2
     assert metrics["dynamic_sampling/dropped_groups"] == 4  # both groups, in each of the two rounds
     assert metrics["dynamic_sampling/unfilled_groups"] == 2  # the last candidates stay: the batch is never short
@@ -79,10 +91,18 @@ def test_dynamic_sampling_keeps_groups_it_cannot_fill_and_counts_them(tmp_path, 
 
 def test_zero_spread_groups_and_an_unscored_batch_left_to_the_guards():
     nan = float("nan")
-    rewards = torch.tensor([[0.5, 1.0], [0.5, 1.0],  # equal totals
-                            [0.5, nan], [nan, 0.5],  # equal totals, from different rewards
-                            [0.2, 1.0], [0.3, 1.0],  # spread
-                            [0.9, 0.0], [nan, nan]])  # one scored image: nothing to rank
+    rewards = torch.tensor(
+        [
+            [0.5, 1.0],
+            [0.5, 1.0],  # equal totals
+            [0.5, nan],
+            [nan, 0.5],  # equal totals, from different rewards
+            [0.2, 1.0],
+            [0.3, 1.0],  # spread
+            [0.9, 0.0],
+            [nan, nan],
+        ]
+    )  # one scored image: nothing to rank
     assert zero_spread_groups(rewards, torch.tensor([1.0, 1.0]), 2).tolist() == [True, True, False, True]
     # the weighted total decides (TRL's nansum): weights 1, 2 give group 1 the totals 0.5 and 1.0
     assert zero_spread_groups(rewards, torch.tensor([1.0, 2.0]), 2).tolist() == [True, False, False, True]
@@ -90,8 +110,9 @@ def test_zero_spread_groups_and_an_unscored_batch_left_to_the_guards():
     def never(*args):
         raise AssertionError("an unscored batch must not be resampled")
 
-    rows = RolloutRows(["p"] * 4, {}, torch.zeros(4, 3, dtype=torch.long), None, torch.zeros(4, 3, 2, 2),
-                       torch.full((4, 1), nan))
+    rows = RolloutRows(
+        ["p"] * 4, {}, torch.zeros(4, 3, dtype=torch.long), None, torch.zeros(4, 3, 2, 2), torch.full((4, 1), nan)
+    )
     metrics = refill_zero_spread_groups(rows, ["p"], never, never, never, torch.ones(1), 2, 3, 0, 0, 0)
     assert metrics["dynamic_sampling/resample_rounds"] == 0 and metrics["dynamic_sampling/unfilled_groups"] == 2
 
@@ -100,8 +121,17 @@ def test_zero_spread_groups_and_an_unscored_batch_left_to_the_guards():
 def test_dynamic_sampling_trains_through_trl_buffering(tmp_path, tiny_checkpoint):
     """steps_per_generation 2 x gradient accumulation 2 x num_iterations 2: the refilled generation batch is what
     TRL splits and reuses; every logged step trained on groups with spread."""
-    args = grpo_args(tmp_path, per_device_train_batch_size=8, num_generations=G, max_steps=2, steps_per_generation=2,
-                     gradient_accumulation_steps=2, num_iterations=2, learning_rate=1e-2, dynamic_sampling=True)
+    args = grpo_args(
+        tmp_path,
+        per_device_train_batch_size=8,
+        num_generations=G,
+        max_steps=2,
+        steps_per_generation=2,
+        gradient_accumulation_steps=2,
+        num_iterations=2,
+        learning_rate=1e-2,
+        dynamic_sampling=True,
+    )
     dataset = Dataset.from_dict({"prompt": ["flat 0", "flat 1", "bright 0", "bright 1", "bright 2", "bright 3"]})
     trainer = ImageGRPOTrainer(load_policy(tiny_checkpoint, "causal_vq"), args, dataset, reward_funcs=[flat_or_bright])
     trainer.train()
@@ -132,21 +162,34 @@ class WeightsAtEachStep(TrainerCallback):
         self.trainer, self.weights = None, {}
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.weights[state.global_step] = {name: p.detach().clone() for name, p in
-                                           self.trainer.model.named_parameters() if p.requires_grad}
+        self.weights[state.global_step] = {
+            name: p.detach().clone() for name, p in self.trainer.model.named_parameters() if p.requires_grad
+        }
 
 
 def train_keeping_best(tmp_path, checkpoint, values, use_peft, **overrides):
     eval_prompts = tmp_path / "eval_prompts.txt"
     eval_prompts.write_text("a red circle\na blue square\na green triangle\n")
-    args = grpo_args(tmp_path, max_steps=len(values) - 1, learning_rate=1e-2, eval_every=1,
-                     eval_prompts=str(eval_prompts), eval_images_per_prompt=2, keep_best=True, **overrides)
+    args = grpo_args(
+        tmp_path,
+        max_steps=len(values) - 1,
+        learning_rate=1e-2,
+        eval_every=1,
+        eval_prompts=str(eval_prompts),
+        eval_images_per_prompt=2,
+        keep_best=True,
+        **overrides,
+    )
     recorder = WeightsAtEachStep()
     peft_config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear") if use_peft else None
-    trainer = ImageGRPOTrainer(load_policy(checkpoint, "causal_vq"), args,
-                               Dataset.from_dict({"prompt": ["a red circle", "a blue square"]}),
-                               reward_funcs=[scripted_eval_reward(3 * 2, values)], peft_config=peft_config,
-                               callbacks=[recorder])
+    trainer = ImageGRPOTrainer(
+        load_policy(checkpoint, "causal_vq"),
+        args,
+        Dataset.from_dict({"prompt": ["a red circle", "a blue square"]}),
+        reward_funcs=[scripted_eval_reward(3 * 2, values)],
+        peft_config=peft_config,
+        callbacks=[recorder],
+    )
     recorder.trainer = trainer
     trainer.train()
     trainer.save_model(args.output_dir)  # what `rlhf-img train` does next
@@ -163,13 +206,19 @@ def assert_model_holds(trainer, expected):
 @pytest.mark.timeout(180)
 def test_keep_best_saves_the_lora_adapter_of_the_best_eval_step_and_names_it(tmp_path, tiny_checkpoint, capsys):
     # in-loop evals at steps 0..4; the peak at step 2, tied at step 4 (a tie keeps the earlier step)
-    trainer, weights = train_keeping_best(tmp_path, tiny_checkpoint, [0.2, 0.5, 0.9, 0.4, 0.9], use_peft=True,
-                                          lr_scheduler_type="cosine", warmup_steps=1)
+    trainer, weights = train_keeping_best(
+        tmp_path, tiny_checkpoint, [0.2, 0.5, 0.9, 0.4, 0.9], use_peft=True, lr_scheduler_type="cosine", warmup_steps=1
+    )
     assert not all(torch.equal(weights[2][name], weights[4][name]) for name in weights[2])  # the run moved on
     assert_model_holds(trainer, weights[2])
     logged = {entry["step"]: entry["eval_reward"] for entry in trainer.state.log_history if "eval_reward" in entry}
     best = json.loads((tmp_path / "out" / "best_step.json").read_text())
-    assert (best["metric"], best["best_step"], best["best_value"], best["last_step"]) == ("eval_reward", 2, logged[2], 4)
+    assert (best["metric"], best["best_step"], best["best_value"], best["last_step"]) == (
+        "eval_reward",
+        2,
+        logged[2],
+        4,
+    )
     assert best["evals"] == [{"step": step, "value": value} for step, value in logged.items()]
     assert (trainer.state.best_global_step, trainer.state.best_metric) == (2, logged[2])
     assert "keep_best: the weights of step 2 (eval_reward 0.9" in capsys.readouterr().out
@@ -196,8 +245,9 @@ def test_keep_best_saves_the_lora_adapter_of_the_best_eval_step_and_names_it(tmp
 @pytest.mark.timeout(180)
 def test_keep_best_under_full_finetuning_restores_every_trained_weight(tmp_path, tiny_checkpoint):
     # best_metric_mode min: the lowest reading (step 1) wins
-    trainer, weights = train_keeping_best(tmp_path, tiny_checkpoint, [0.5, 0.1, 0.3], use_peft=False,
-                                          best_metric_mode="min")
+    trainer, weights = train_keeping_best(
+        tmp_path, tiny_checkpoint, [0.5, 0.1, 0.3], use_peft=False, best_metric_mode="min"
+    )
     assert_model_holds(trainer, weights[1])
     assert not all(torch.equal(weights[1][name], weights[2][name]) for name in weights[1])
     saved = load_file(str(tmp_path / "out" / "model.safetensors"))
@@ -221,9 +271,17 @@ def test_learning_aid_keys_are_off_by_default_and_checked(tmp_path, tiny_checkpo
 
     # a metric the in-loop eval does not log: refused when the trainer is built, naming what it does log
     policy = load_policy(tiny_checkpoint, "causal_vq")
-    args = grpo_args(tmp_path, eval_every=1, eval_prompts="shapes-held-out", eval_max_prompts=2, keep_best=True,
-                     best_metric="eval_rewards/clip/mean")
-    with pytest.raises(KeepBestError, match="logs eval_reward, eval_rewards/flat_or_bright/mean, .*eval_geneval/overall"):
+    args = grpo_args(
+        tmp_path,
+        eval_every=1,
+        eval_prompts="shapes-held-out",
+        eval_max_prompts=2,
+        keep_best=True,
+        best_metric="eval_rewards/clip/mean",
+    )
+    with pytest.raises(
+        KeepBestError, match="logs eval_reward, eval_rewards/flat_or_bright/mean, .*eval_geneval/overall"
+    ):
         ImageGRPOTrainer(policy, args, Dataset.from_dict({"prompt": ["p"]}), reward_funcs=[flat_or_bright])
     iterable = Dataset.from_dict({"prompt": ["p"] * 8}).to_iterable_dataset()
     with pytest.raises(ValueError, match="dynamic_sampling .* map-style dataset"):
@@ -231,10 +289,20 @@ def test_learning_aid_keys_are_off_by_default_and_checked(tmp_path, tiny_checkpo
 
 
 def test_recipes_reach_the_new_keys_and_transformers_lr_schedules(tmp_path):
-    recipe = write_recipe(tmp_path / "recipe.yaml", dynamic_sampling=True, max_resample_rounds=2, keep_best=True,
-                          best_metric="eval/geneval/overall", eval_every=25, eval_prompts="shapes-held-out",
-                          lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
-                          warmup_steps=0.1, learning_rate=7e-4, max_steps=100)
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        dynamic_sampling=True,
+        max_resample_rounds=2,
+        keep_best=True,
+        best_metric="eval/geneval/overall",
+        eval_every=25,
+        eval_prompts="shapes-held-out",
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.1},
+        warmup_steps=0.1,
+        learning_rate=7e-4,
+        max_steps=100,
+    )
     args = parse_recipe(recipe, [])[0]
     assert (args.dynamic_sampling, args.max_resample_rounds, args.keep_best) == (True, 2, True)
     assert args.best_metric == "eval_geneval/overall"

@@ -18,17 +18,37 @@ def _recipe(tmp_path, checkpoint, **keys) -> str:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"prompt {i}" for i in range(8)) + "\n")
     return write_recipe(
-        tmp_path / "recipe.yaml", model_name_or_path=checkpoint, model_family="causal_vq", use_peft=True,
-        lora_target_modules=["all-linear"], dataset=str(prompts),
+        tmp_path / "recipe.yaml",
+        model_name_or_path=checkpoint,
+        model_family="causal_vq",
+        use_peft=True,
+        lora_target_modules=["all-linear"],
+        dataset=str(prompts),
         rewards=[{"name": "jpeg_compressibility", "weight": 0.5}],
-        num_generations=4, per_device_train_batch_size=8, max_steps=2, learning_rate=1e-3, use_cpu=True, seed=0,
-        report_to="none", save_strategy="no", disable_tqdm=True, output_dir=str(tmp_path / "out"), **keys)
+        num_generations=4,
+        per_device_train_batch_size=8,
+        max_steps=2,
+        learning_rate=1e-3,
+        use_cpu=True,
+        seed=0,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        output_dir=str(tmp_path / "out"),
+        **keys,
+    )
 
 
 @pytest.mark.timeout(180)
 def test_a_train_run_writes_a_model_card_with_metadata_rewards_steps_eval_and_samples(tmp_path, tiny_checkpoint):
-    recipe = _recipe(tmp_path, tiny_checkpoint, eval_every=1, eval_prompts="shapes-held-out", eval_max_prompts=2,
-                     eval_images_per_prompt=2)
+    recipe = _recipe(
+        tmp_path,
+        tiny_checkpoint,
+        eval_every=1,
+        eval_prompts="shapes-held-out",
+        eval_max_prompts=2,
+        eval_images_per_prompt=2,
+    )
     assert main(["train", recipe, "--hub_token", "hf_secret", "--logging_steps", "1"]) == 0
     out = tmp_path / "out"
     card = ModelCard.load(out / "README.md")  # parses the YAML metadata as the Hub does
@@ -71,9 +91,16 @@ def test_push_to_hub_uploads_the_folder_with_rlhf_imgs_card_and_the_trainer_stat
 
 def test_secret_looking_keys_are_redacted_in_the_recipe_and_the_overrides():
     assert redact({"hub_token": "x", "rewards": [{"kwargs": {"api_key": "y", "url": "u"}}]}) == {
-        "hub_token": "<redacted>", "rewards": [{"kwargs": {"api_key": "<redacted>", "url": "u"}}]}
+        "hub_token": "<redacted>",
+        "rewards": [{"kwargs": {"api_key": "<redacted>", "url": "u"}}],
+    }
     assert redact_overrides(["--hub_token", "x", "--max_steps", "2", "--judge_api_key=y"]) == (
-        "--hub_token", "<redacted>", "--max_steps", "2", "--judge_api_key=<redacted>")
+        "--hub_token",
+        "<redacted>",
+        "--max_steps",
+        "2",
+        "--judge_api_key=<redacted>",
+    )
 
 
 def test_only_hub_ids_reach_the_metadata(tmp_path):

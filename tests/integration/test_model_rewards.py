@@ -98,11 +98,25 @@ def tiny_pickscore(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("pickscore") / "tiny-pickscore"
     config = CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": 49406,
-                     "eos_token_id": 49407, "pad_token_id": 49407},
-        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": 49408,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+            "pad_token_id": 49407,
+        },
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=32,
         logit_scale_init_value=math.log(100.0),  # PickScore's trained temperature is ~100
     )
@@ -157,7 +171,14 @@ def test_clip_score_bad_kwargs_are_one_line_errors(tmp_path):
     with pytest.raises(RewardConfigError, match="formula"):
         build_rewards([{"name": "clip_score", "kwargs": {"formula": "cos2"}}])
     with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
-        build_rewards([{"name": "clip_score", "kwargs": {"model": "ViT-B-32", "pretrained": str(tmp_path / "nowhere.safetensors")}}])
+        build_rewards(
+            [
+                {
+                    "name": "clip_score",
+                    "kwargs": {"model": "ViT-B-32", "pretrained": str(tmp_path / "nowhere.safetensors")},
+                }
+            ]
+        )
     with pytest.raises(FileNotFoundError, match="local-dir not found"):
         build_rewards([{"name": "clip_score", "kwargs": {"model": f"local-dir:{tmp_path / 'nothing'}"}}])
 
@@ -195,8 +216,15 @@ def test_aesthetic_from_safetensors_at_another_image_size(tiny_open_clip, aesthe
     path = tmp_path / "head.safetensors"
     save_file(aesthetic_head["state_dict"], str(path))
     images = quantised_images(48, 40, seed=4)  # resized and cropped: PIL (uint8) against antialiased torch bicubic
-    entry = {"name": "aesthetic", "kwargs": {"weights": str(path), "clip_model": f"local-dir:{tiny_open_clip['local_dir']}",
-                                             "device": "cpu", "batch_size": 3}}
+    entry = {
+        "name": "aesthetic",
+        "kwargs": {
+            "weights": str(path),
+            "clip_model": f"local-dir:{tiny_open_clip['local_dir']}",
+            "device": "cpu",
+            "batch_size": 3,
+        },
+    }
     scores = scores_of(entry, images)
     expected = reference_aesthetic(tiny_open_clip, aesthetic_head["state_dict"], images)
     torch.testing.assert_close(scores, expected, rtol=0, atol=0.1 * expected.std().item())
@@ -221,9 +249,16 @@ def test_aesthetic_builds_openai_clip_with_quick_gelu_as_open_clip_records_for_t
 def test_aesthetic_rejects_a_head_for_another_embedding_width(tiny_open_clip, tmp_path):
     state_dict = {"layers.0.weight": torch.zeros(1024, 768), "layers.0.bias": torch.zeros(1024)}
     for index, (fan_in, fan_out) in zip([2, 4, 6, 7], [(1024, 128), (128, 64), (64, 16), (16, 1)]):
-        state_dict[f"layers.{index}.weight"], state_dict[f"layers.{index}.bias"] = torch.zeros(fan_out, fan_in), torch.zeros(fan_out)
+        state_dict[f"layers.{index}.weight"], state_dict[f"layers.{index}.bias"] = (
+            torch.zeros(fan_out, fan_in),
+            torch.zeros(fan_out),
+        )
     torch.save(state_dict, tmp_path / "l14.pth")
-    kwargs = {"weights": str(tmp_path / "l14.pth"), "clip_model": f"local-dir:{tiny_open_clip['local_dir']}", "device": "cpu"}
+    kwargs = {
+        "weights": str(tmp_path / "l14.pth"),
+        "clip_model": f"local-dir:{tiny_open_clip['local_dir']}",
+        "device": "cpu",
+    }
     with pytest.raises(ValueError, match="expects 768-d embeddings but .* gives 32-d"):
         build_rewards([{"name": "aesthetic", "kwargs": kwargs}])
 
@@ -262,8 +297,10 @@ def test_hpsv2_matches_its_letterbox_transform_and_cosine(tiny_open_clip, tmp_pa
     else:  # what HPS_v2(.1)_compressed.pt holds: {'state_dict': ...}; a DDP-wrapped save adds 'module.'
         checkpoint = {"state_dict": {f"module.{key}": value for key, value in state_dict.items()}}
     torch.save(checkpoint, tmp_path / "HPS_tiny_compressed.pt")
-    entry = {"name": "hpsv2", "kwargs": {"weights": str(tmp_path / "HPS_tiny_compressed.pt"), "clip_model": TINY_CLIP_NAME,
-                                         "device": "cpu"}}
+    entry = {
+        "name": "hpsv2",
+        "kwargs": {"weights": str(tmp_path / "HPS_tiny_compressed.pt"), "clip_model": TINY_CLIP_NAME, "device": "cpu"},
+    }
     images = quantised_images(32, 32, seed=5)
     scores = scores_of(entry, images)
     expected = reference_hpsv2(tiny_open_clip, images)
@@ -275,8 +312,10 @@ def test_hpsv2_matches_its_letterbox_transform_and_cosine(tiny_open_clip, tmp_pa
 
 def test_hpsv2_letterboxes_non_square_images_like_hpsv2(tiny_open_clip, tmp_path):
     torch.save({"state_dict": tiny_open_clip["state_dict"]}, tmp_path / "hps.pt")
-    entry = {"name": "hpsv2", "kwargs": {"weights": str(tmp_path / "hps.pt"), "clip_model": TINY_CLIP_NAME,
-                                         "device": "cpu", "batch_size": 3}}
+    entry = {
+        "name": "hpsv2",
+        "kwargs": {"weights": str(tmp_path / "hps.pt"), "clip_model": TINY_CLIP_NAME, "device": "cpu", "batch_size": 3},
+    }
     images = quantised_images(48, 40, seed=6)  # -> 32 x 27, padded 2 left / 3 right
     scores = scores_of(entry, images)
     expected = reference_hpsv2(tiny_open_clip, images)
@@ -284,13 +323,18 @@ def test_hpsv2_letterboxes_non_square_images_like_hpsv2(tiny_open_clip, tmp_path
 
 
 def test_hpsv2_missing_or_mismatched_weights_are_one_line_errors(tiny_open_clip, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"^reward 'hpsv2': weights file not found: .*HPS_v2\.1_compressed\.pt$"):
+    with pytest.raises(
+        FileNotFoundError, match=r"^reward 'hpsv2': weights file not found: .*HPS_v2\.1_compressed\.pt$"
+    ):
         build_rewards([{"name": "hpsv2", "kwargs": {"weights": str(tmp_path / "HPS_v2.1_compressed.pt")}}])
     with pytest.raises(RewardConfigError, match="needs kwargs.weights.*xswu/HPSv2"):
         build_rewards(["hpsv2"])
     partial = {key: value for key, value in tiny_open_clip["state_dict"].items() if not key.startswith("visual.")}
     torch.save({"state_dict": partial, "extra.weight": torch.zeros(1)}, tmp_path / "partial.pt")
-    entry = {"name": "hpsv2", "kwargs": {"weights": str(tmp_path / "partial.pt"), "clip_model": TINY_CLIP_NAME, "device": "cpu"}}
+    entry = {
+        "name": "hpsv2",
+        "kwargs": {"weights": str(tmp_path / "partial.pt"), "clip_model": TINY_CLIP_NAME, "device": "cpu"},
+    }
     with pytest.raises(ValueError, match=r"does not fit open_clip '.*': \d+ missing keys \['visual\."):
         build_rewards([entry])
 
@@ -305,8 +349,12 @@ def reference_pickscore(folder, images, prompts=PROMPTS, processor=None) -> torc
 
     processor = processor or folder
     model = CLIPModel.from_pretrained(folder).eval()
-    pixel_values = CLIPImageProcessorPil.from_pretrained(processor)(pil_images(images), return_tensors="pt")["pixel_values"]
-    tokens = AutoTokenizer.from_pretrained(processor)(list(prompts), padding=True, truncation=True, max_length=77, return_tensors="pt")
+    pixel_values = CLIPImageProcessorPil.from_pretrained(processor)(pil_images(images), return_tensors="pt")[
+        "pixel_values"
+    ]
+    tokens = AutoTokenizer.from_pretrained(processor)(
+        list(prompts), padding=True, truncation=True, max_length=77, return_tensors="pt"
+    )
     with torch.no_grad():
         output = model(pixel_values=pixel_values, **tokens)
     return torch.diagonal(output.logits_per_image)
@@ -324,8 +372,10 @@ def test_pickscore_matches_transformers_processor_and_clip_logits(tiny_pickscore
 
 def test_pickscore_at_another_image_size(tiny_pickscore):
     images = quantised_images(48, 40, seed=8)
-    entry = {"name": "pickscore", "kwargs": {"model": tiny_pickscore, "processor": tiny_pickscore, "device": "cpu",
-                                             "batch_size": 3}}
+    entry = {
+        "name": "pickscore",
+        "kwargs": {"model": tiny_pickscore, "processor": tiny_pickscore, "device": "cpu", "batch_size": 3},
+    }
     scores = scores_of(entry, images)
     expected = reference_pickscore(tiny_pickscore, images)
     torch.testing.assert_close(scores, expected, rtol=0, atol=0.1 * expected.std().item())
@@ -356,8 +406,9 @@ def test_pickscore_missing_local_model_folder_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["clip_score", "aesthetic", "hpsv2", "pickscore"])
-def test_clip_based_rewards_expose_embed_images_reusing_the_scored_batch(name, tiny_open_clip, aesthetic_head,
-                                                                        tiny_pickscore, tmp_path):
+def test_clip_based_rewards_expose_embed_images_reusing_the_scored_batch(
+    name, tiny_open_clip, aesthetic_head, tiny_pickscore, tmp_path
+):
     """What the diversity monitor reads (`RewardSet.image_embedder`): unit-norm `(B, D)` embeddings, those of the
     call that just scored this very tensor (no second model pass), and the same values for a copy of it."""
     from rlhf_img.rewards import RewardSet

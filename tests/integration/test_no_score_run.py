@@ -41,17 +41,36 @@ def _overrides(tmp_path, tiny_checkpoint, function):
     prompts.write_text("a red apple\na dog on a beach\n")
     name = f"{rewards}:{function}"
     return name, [
-        "--model_name_or_path", tiny_checkpoint, "--rewards", json.dumps([{"name": name}]),
-        "--dataset", str(prompts), "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "8",
-        "--num_generations", "4", "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true",
-        "--save_strategy", "no", "--report_to", "none",
+        "--model_name_or_path",
+        tiny_checkpoint,
+        "--rewards",
+        json.dumps([{"name": name}]),
+        "--dataset",
+        str(prompts),
+        "--max_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "8",
+        "--num_generations",
+        "4",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--disable_tqdm",
+        "true",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
     ]
 
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("function", ["nan_for_all", "none_for_all", "inf_for_all"])
-def test_no_score_run_stops_at_the_first_batch_with_one_line_naming_the_reward(tmp_path, tiny_checkpoint, capsys,
-                                                                               function):
+def test_no_score_run_stops_at_the_first_batch_with_one_line_naming_the_reward(
+    tmp_path, tiny_checkpoint, capsys, function
+):
     name, overrides = _overrides(tmp_path, tiny_checkpoint, function)
     assert main(["train", RECIPE, *overrides]) == 1
     out, err = capsys.readouterr()
@@ -79,8 +98,9 @@ def test_no_score_patience_2_stops_at_the_second_batch(tmp_path, tiny_checkpoint
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("function", ["nan_for_all", "none_for_all"])
-def test_no_score_run_with_patience_0_finishes_warns_once_and_says_so(tmp_path, tiny_checkpoint, capsys, caplog,
-                                                                      function):
+def test_no_score_run_with_patience_0_finishes_warns_once_and_says_so(
+    tmp_path, tiny_checkpoint, capsys, caplog, function
+):
     name, overrides = _overrides(tmp_path, tiny_checkpoint, function)
     overrides += ["--no_score_patience", "0"]
     with caplog.at_level(logging.WARNING, logger="rlhf_img"):
@@ -119,8 +139,13 @@ def test_the_warning_reaches_the_console_of_a_real_command(tmp_path, tiny_checkp
     """The command as a user runs it (no logging set up by anyone): the warning is on stderr, once."""
     name, overrides = _overrides(tmp_path, tiny_checkpoint, "none_for_all")
     overrides += ["--no_score_patience", "0"]
-    done = subprocess.run([sys.executable, "-m", "rlhf_img", "train", RECIPE, *overrides], cwd=REPO,
-                          capture_output=True, text=True, timeout=170)
+    done = subprocess.run(
+        [sys.executable, "-m", "rlhf_img", "train", RECIPE, *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
     assert done.stderr.count(WARNING) == 1 and repr(name) in done.stderr, done.stderr[-3000:]
@@ -128,9 +153,14 @@ def test_the_warning_reaches_the_console_of_a_real_command(tmp_path, tiny_checkp
 
 
 def test_reward_summary_counts_none_nan_and_missing_rewards_as_unscored():
-    history = [{"reward": None, "step": 1, "rewards/a/mean": None}, {"reward": float("nan"), "step": 2},
-               {"loss": 0.0, "step": 3}, {"train_runtime": 1.0, "step": 3}]
+    history = [
+        {"reward": None, "step": 1, "rewards/a/mean": None},
+        {"reward": float("nan"), "step": 2},
+        {"loss": 0.0, "step": 3},
+        {"train_runtime": 1.0, "step": 3},
+    ]
     assert reward_summary(history).startswith("no image was scored in any of the 2 logged steps (every reward ('a')")
     assert reward_summary([{"loss": 0.0, "step": 1}]) == "no reward was logged"
     assert reward_summary(history + [{"reward": 0.5, "step": 4}]) == (
-        "reward 0.5 (step 4) -> 0.5 (step 4); 2 logged step(s) had no scored image")
+        "reward 0.5 (step 4) -> 0.5 (step 4); 2 logged step(s) had no scored image"
+    )

@@ -39,9 +39,12 @@ def shipped_recipe_for(server, tmp_path, **keys) -> str:
         recipe = yaml.safe_load(f)
     judge = next(entry for entry in recipe["rewards"] if entry["name"] == "vlm_judge")
     judge["kwargs"].update(base_url=server.base_url, model=server.model)
-    recipe.update(model_name_or_path=os.path.join(REPO, "checkpoints", "tiny-random-causal-vq"),
-                  dataset=os.path.join(REPO, "recipes", "prompts", "text-rendering-train.txt"),
-                  output_dir=str(tmp_path / "out"), **keys)
+    recipe.update(
+        model_name_or_path=os.path.join(REPO, "checkpoints", "tiny-random-causal-vq"),
+        dataset=os.path.join(REPO, "recipes", "prompts", "text-rendering-train.txt"),
+        output_dir=str(tmp_path / "out"),
+        **keys,
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return str(path)
@@ -66,8 +69,14 @@ def test_shipped_ocr_judge_recipe_trains_two_steps_with_a_curve_per_reward(judge
 
 def test_killing_the_judge_server_mid_run_stops_it_with_one_line_naming_the_reward(judge_server, tmp_path):
     recipe = shipped_recipe_for(judge_server, tmp_path, max_steps=200, disable_tqdm=True)
-    run = subprocess.Popen([sys.executable, "-m", "rlhf_img", "train", recipe], cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    run = subprocess.Popen(
+        [sys.executable, "-m", "rlhf_img", "train", recipe],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     logged = []
     for line in run.stdout:  # TRL prints one dict per logged step
         if "'rewards/vlm_judge/mean'" in line:

@@ -10,16 +10,18 @@ import sys
 import pytest
 import torch
 from conftest import REPO
-
-from rlhf_img.rewards import RewardConfigError, RewardError, build_rewards, list_rewards, score_rewards
-import rlhf_img.rewards.ocr as ocr_module
-import rlhf_img.rewards.text_match as text_match_module
-from rlhf_img.rewards.ocr import INSTALL_HINT, OcrReward
-from rlhf_img.rewards.text_match import cvtg_word_scores, ocr_reward, words
 from text_images import blank, render_sign
 
-needs_rapidocr = pytest.mark.skipif(importlib.util.find_spec("rapidocr_onnxruntime") is None,
-                                    reason="rapidocr-onnxruntime is not installed (pip install 'rlhf-img[ocr]')")
+import rlhf_img.rewards.ocr as ocr_module
+import rlhf_img.rewards.text_match as text_match_module
+from rlhf_img.rewards import RewardConfigError, RewardError, build_rewards, list_rewards, score_rewards
+from rlhf_img.rewards.ocr import INSTALL_HINT, OcrReward
+from rlhf_img.rewards.text_match import cvtg_word_scores, ocr_reward, words
+
+needs_rapidocr = pytest.mark.skipif(
+    importlib.util.find_spec("rapidocr_onnxruntime") is None,
+    reason="rapidocr-onnxruntime is not installed (pip install 'rlhf-img[ocr]')",
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +60,15 @@ def test_missing_rapidocr_is_a_one_line_config_error(monkeypatch):
     assert str(error.value) == INSTALL_HINT == "reward 'ocr' needs rapidocr-onnxruntime: pip install 'rlhf-img[ocr]'"
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    ({"threads": 0}, "threads"), ({"det_limit_side_len": 8}, "det_limit_side_len"),
-    ({"min_confidence": 1.5}, "min_confidence"), ({"text_column": ""}, "text_column"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"threads": 0}, "threads"),
+        ({"det_limit_side_len": 8}, "det_limit_side_len"),
+        ({"min_confidence": 1.5}, "min_confidence"),
+        ({"text_column": ""}, "text_column"),
+    ],
+)
 def test_bad_kwargs_name_the_key(kwargs, key):
     with pytest.raises(RewardConfigError, match=f"reward 'ocr': '{key}' must be"):
         build_rewards([{"name": "ocr", "kwargs": kwargs}])
@@ -70,8 +77,14 @@ def test_bad_kwargs_name_the_key(kwargs, key):
 @needs_rapidocr
 def test_a_batch_of_correctly_rendered_texts_scores_near_one(ocr_reward_fn):
     texts = ["Open Late", "Gate 12", "Fresh Bread Daily", "Dream Big\nGate 7"]
-    images = torch.stack([render_sign(texts[0]), render_sign(texts[1], background=(180, 40, 40)),
-                          render_sign(texts[2], font_size=44), render_sign(texts[3], background=(30, 120, 60))])
+    images = torch.stack(
+        [
+            render_sign(texts[0]),
+            render_sign(texts[1], background=(180, 40, 40)),
+            render_sign(texts[2], font_size=44),
+            render_sign(texts[3], background=(30, 120, 60)),
+        ]
+    )
     prompts = [f'a sign that reads "{text}"'.replace("\n", " ") for text in texts]
     scores = score_rewards([ocr_reward_fn], prompts, images, {})[:, 0]
     assert scores.shape == (4,)
@@ -97,8 +110,9 @@ def test_a_blank_image_scores_zero(ocr_reward_fn):
 @needs_rapidocr
 def test_a_prompt_without_quotes_reads_the_text_column(ocr_reward_fn):
     images = torch.stack([render_sign("Gate 12"), render_sign("Gate 12")])
-    scores = score_rewards([ocr_reward_fn], ["a gate sign", 'a sign "Gate 12"'], images,
-                           {"text": ["Gate 12", None]})[:, 0]
+    scores = score_rewards([ocr_reward_fn], ["a gate sign", 'a sign "Gate 12"'], images, {"text": ["Gate 12", None]})[
+        :, 0
+    ]
     assert (scores >= 0.95).all(), scores
 
 
@@ -109,8 +123,10 @@ def test_a_prompt_without_quotes_or_column_value_is_a_one_line_error_naming_it()
         score_rewards([reward], ['a sign "Gate 12"', "a red\nsign"], torch.zeros(2, 3, 8, 8), {"text": ["x", ""]})
     message = str(error.value)
     assert "\n" not in message
-    assert message == ("reward 'ocr' raised ValueError: prompt 'a red\\nsign' has no double-quoted text and no "
-                       "'text' column value to compare the image's text with")
+    assert message == (
+        "reward 'ocr' raised ValueError: prompt 'a red\\nsign' has no double-quoted text and no "
+        "'text' column value to compare the image's text with"
+    )
 
 
 @needs_rapidocr
@@ -129,8 +145,11 @@ def test_text_rendering_judge_records_and_table(misspelled_read):
     judge = TextRenderingJudge(threads=1)
     misspelled, recognised = misspelled_read
     images = torch.cat([render_sign("Open Late")[None], misspelled, blank()[None]])
-    rows = [{"prompt": 'a diner sign that reads "Open Late"'}, {"prompt": "a bakery sign", "text": "Fresh Bread"},
-            {"prompt": 'a poster that says "Sold Out"'}]
+    rows = [
+        {"prompt": 'a diner sign that reads "Open Late"'},
+        {"prompt": "a bakery sign", "text": "Fresh Bread"},
+        {"prompt": 'a poster that says "Sold Out"'},
+    ]
     records = judge.judge(images, rows)
     json.dumps(records)  # JSON-able
     assert [record["target"] for record in records] == ["Open Late", "Fresh Bread", "Sold Out"]
@@ -162,8 +181,9 @@ def test_ocr_benchmark_prints_the_table_and_writes_json(tmp_path, monkeypatch, c
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "ocr.json"
-    monkeypatch.setattr(sys, "argv", ["ocr_reward.py", "--images", "3", "--repeats", "1", "--compare", "none",
-                                      "--json", str(out)])
+    monkeypatch.setattr(
+        sys, "argv", ["ocr_reward.py", "--images", "3", "--repeats", "1", "--compare", "none", "--json", str(out)]
+    )
     bench.main()
     (figures,) = json.loads(out.read_text()).values()
     assert figures["images"] == 3 and figures["kwargs"] == {"threads": 1}

@@ -25,7 +25,9 @@ def test_readme_custom_reward_example_trains_verbatim(tmp_path, monkeypatch):
     for shipped in ("checkpoints", "recipes"):  # the example runs from the repository root
         os.symlink(os.path.join(REPO, shipped), tmp_path / shipped)
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "my-recipe.yaml", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"]) == 0
+    assert (
+        main(["train", "my-recipe.yaml", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"]) == 0
+    )
     assert os.path.isfile(tmp_path / "runs" / "my-first-reward" / "adapter_model.safetensors")
     import json
 

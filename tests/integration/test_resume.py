@@ -16,15 +16,44 @@ from conftest import REPO
 from rlhf_img.resume import MARKER, checkpoints, resolve_resume
 
 RECIPE = os.path.join(REPO, "recipes", "tiny-random-jpeg.yaml")
-OVERRIDES = ["--max_steps", "6", "--per_device_train_batch_size", "16", "--num_generations", "4",
-             "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "1", "--log_images_every", "0",
-             "--disable_tqdm", "true", "--report_to", "none",
-             # in-loop eval on too: its entries must match as well, and it must not disturb the training's RNG
-             "--eval_every", "2", "--eval_prompts", os.path.join(REPO, "recipes", "prompts", "simple-objects.txt"),
-             "--eval_max_prompts", "2", "--eval_images_per_prompt", "2"]
+OVERRIDES = [
+    "--max_steps",
+    "6",
+    "--per_device_train_batch_size",
+    "16",
+    "--num_generations",
+    "4",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "2",
+    "--logging_steps",
+    "1",
+    "--log_images_every",
+    "0",
+    "--disable_tqdm",
+    "true",
+    "--report_to",
+    "none",
+    # in-loop eval on too: its entries must match as well, and it must not disturb the training's RNG
+    "--eval_every",
+    "2",
+    "--eval_prompts",
+    os.path.join(REPO, "recipes", "prompts", "simple-objects.txt"),
+    "--eval_max_prompts",
+    "2",
+    "--eval_images_per_prompt",
+    "2",
+]
 # wall-clock figures differ between any two runs; everything else must not
-TIMING = ("timing/", "rollout/images_per_second", "train_runtime", "train_samples_per_second",
-          "train_steps_per_second", "step_time")
+TIMING = (
+    "timing/",
+    "rollout/images_per_second",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "step_time",
+)
 
 # Runs the CLI with the trainer's RNG-state save blocked at step `stop_in_save`: the checkpoint folder then
 # holds the model and optimizer but not the RNG/trainer state -- a save cut short. The test kills it there.
@@ -57,17 +86,25 @@ def history(output_dir, kind: str = "loss") -> dict[int, dict]:
     wall-clock figures and the end-of-run summary."""
     with open(os.path.join(output_dir, "trainer_state.json")) as f:
         entries = json.load(f)["log_history"]
-    return {entry["step"]: {k: v for k, v in entry.items() if not k.startswith(TIMING)}
-            for entry in entries if kind in entry}
+    return {
+        entry["step"]: {k: v for k, v in entry.items() if not k.startswith(TIMING)}
+        for entry in entries
+        if kind in entry
+    }
 
 
 def killed_in_save(output_dir, stop_in_save: int) -> None:
     """Start a run, wait until it is inside the save of checkpoint-`stop_in_save`, SIGKILL it."""
     sentinel = os.path.join(os.path.dirname(str(output_dir)), "in-save")
     command = [sys.executable, "-c", BLOCKING_RUN, "train", RECIPE, *OVERRIDES, "--output_dir", str(output_dir)]
-    process = subprocess.Popen(command, cwd=REPO, env={**env(), "STOP_IN_SAVE": str(stop_in_save),
-                                                       "SENTINEL": sentinel},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**env(), "STOP_IN_SAVE": str(stop_in_save), "SENTINEL": sentinel},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while not os.path.exists(sentinel):
         if process.poll() is not None:
@@ -131,8 +168,12 @@ def test_rotation_still_keeps_the_newest_checkpoints_all_marked(tmp_path, tiny_c
     from rlhf_img import ImageGRPOTrainer, load_policy
 
     args = grpo_args(tmp_path, save_strategy="steps", save_steps=1, max_steps=3, save_total_limit=2)
-    trainer = ImageGRPOTrainer(load_policy(tiny_checkpoint, "causal_vq"), args, Dataset.from_dict({"prompt": ["a", "b"]}),
-                               reward_funcs=[lambda prompts, images, **kw: images.mean(dim=(1, 2, 3)).tolist()])
+    trainer = ImageGRPOTrainer(
+        load_policy(tiny_checkpoint, "causal_vq"),
+        args,
+        Dataset.from_dict({"prompt": ["a", "b"]}),
+        reward_funcs=[lambda prompts, images, **kw: images.mean(dim=(1, 2, 3)).tolist()],
+    )
     trainer.train()
     found = [(os.path.basename(path), complete) for _, path, complete in checkpoints(args.output_dir)]
     assert found == [("checkpoint-2", True), ("checkpoint-3", True)]

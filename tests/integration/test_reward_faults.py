@@ -74,7 +74,10 @@ def test_a_timed_reward_gives_the_same_scores_and_sees_the_callers_grad_mode():
     timed = score_rewards([RewardFunction(quick, "q", timeout=10)], PROMPTS, IMAGES, {})
     assert torch.equal(plain, timed)
     with torch.no_grad():
-        assert score_rewards([RewardFunction(grad_mode, "g", timeout=10)], PROMPTS, IMAGES, {}).tolist() == [[0.0], [0.0]]
+        assert score_rewards([RewardFunction(grad_mode, "g", timeout=10)], PROMPTS, IMAGES, {}).tolist() == [
+            [0.0],
+            [0.0],
+        ]
     assert score_rewards([RewardFunction(grad_mode, "g", timeout=10)], PROMPTS, IMAGES, {}).tolist() == [[1.0], [1.0]]
 
 
@@ -87,8 +90,12 @@ def test_an_exception_in_a_timed_reward_names_the_reward_and_the_cause():
 def test_non_finite_values_are_no_score(bad):
     values = score_rewards([RewardFunction(lambda prompts, images: [bad, 0.5], "r")], PROMPTS, IMAGES, {})
     assert math.isnan(values[0, 0].item()) and values[1, 0].item() == 0.5
-    tensor = score_rewards([RewardFunction(lambda prompts, images: torch.tensor([bad if bad is not None else math.nan,
-                                                                                 0.5]), "t")], PROMPTS, IMAGES, {})
+    tensor = score_rewards(
+        [RewardFunction(lambda prompts, images: torch.tensor([bad if bad is not None else math.nan, 0.5]), "t")],
+        PROMPTS,
+        IMAGES,
+        {},
+    )
     assert math.isnan(tensor[0, 0].item())
 
 
@@ -111,7 +118,7 @@ def test_timeout_is_one_key_for_every_reward_kind():
         build_rewards([{"name": "remote", "timeout": 7, "kwargs": {"url": url, "timeout": 9, "health_check": False}}])
 
 
-FAULTY_REWARDS = '''
+FAULTY_REWARDS = """
 import threading, time
 
 calls = [0]
@@ -128,7 +135,7 @@ def fails_on_third_call(prompts, images, **kwargs):
     if calls[0] == 3:
         raise RuntimeError("judge crashed")
     return images.mean(dim=(1, 2, 3)).tolist()
-'''
+"""
 
 
 def _recipe(tmp_path, tiny_checkpoint, function, **keys):
@@ -137,11 +144,25 @@ def _recipe(tmp_path, tiny_checkpoint, function, **keys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red apple\na dog on a beach\n")
     entry = {"name": f"{rewards}:{function}", **keys.pop("reward", {})}
-    defaults = dict(per_device_train_batch_size=8, num_generations=4, max_steps=2, beta=0.0, use_cpu=True,
-                    report_to="none", save_strategy="no", output_dir=str(tmp_path / "out"), disable_tqdm=True,
-                    logging_steps=1)
-    return write_recipe(tmp_path / "recipe.yaml", model_name_or_path=tiny_checkpoint, dataset=str(prompts),
-                        rewards=[entry], **{**defaults, **keys}), entry["name"]
+    defaults = dict(
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_steps=2,
+        beta=0.0,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        output_dir=str(tmp_path / "out"),
+        disable_tqdm=True,
+        logging_steps=1,
+    )
+    return write_recipe(
+        tmp_path / "recipe.yaml",
+        model_name_or_path=tiny_checkpoint,
+        dataset=str(prompts),
+        rewards=[entry],
+        **{**defaults, **keys},
+    ), entry["name"]
 
 
 @pytest.mark.slow  # a real training command that must time out on a hung reward
@@ -149,8 +170,9 @@ def _recipe(tmp_path, tiny_checkpoint, function, **keys):
 def test_a_hung_reward_stops_the_real_command_and_the_process_exits(tmp_path, tiny_checkpoint, function):
     recipe, name = _recipe(tmp_path, tiny_checkpoint, function, reward={"timeout": 1})
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "rlhf_img", "train", recipe], cwd=REPO, capture_output=True,
-                          text=True, timeout=150)
+    done = subprocess.run(
+        [sys.executable, "-m", "rlhf_img", "train", recipe], cwd=REPO, capture_output=True, text=True, timeout=150
+    )
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("rlhf-img: ")]
@@ -160,10 +182,12 @@ def test_a_hung_reward_stops_the_real_command_and_the_process_exits(tmp_path, ti
     assert time.monotonic() - start < 140
 
 
-def test_a_reward_that_raises_mid_run_leaves_the_last_checkpoint_complete_and_resumable(tmp_path, tiny_checkpoint,
-                                                                                        capsys):
-    recipe, name = _recipe(tmp_path, tiny_checkpoint, "fails_on_third_call", max_steps=4, save_strategy="steps",
-                           save_steps=1)
+def test_a_reward_that_raises_mid_run_leaves_the_last_checkpoint_complete_and_resumable(
+    tmp_path, tiny_checkpoint, capsys
+):
+    recipe, name = _recipe(
+        tmp_path, tiny_checkpoint, "fails_on_third_call", max_steps=4, save_strategy="steps", save_steps=1
+    )
     assert main(["train", recipe]) == 1
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("rlhf-img: ")]
@@ -202,7 +226,9 @@ def test_server_refuses_a_body_above_its_limit_with_413_and_one_line(small_serve
         opener.open(request, timeout=30)
     assert info.value.code == 413
     message = json.loads(info.value.read())["error"]
-    assert "\n" not in message and "above this server's limit of 2000 bytes" in message and "--max_request_mb" in message
+    assert (
+        "\n" not in message and "above this server's limit of 2000 bytes" in message and "--max_request_mb" in message
+    )
     health = json.loads(opener.open(small_server + "/health", timeout=30).read())
     assert health["max_request_bytes"] == 2000
 

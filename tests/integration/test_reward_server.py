@@ -60,7 +60,10 @@ class ServerProcess:
         self.log = open(log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "rlhf_img", "serve-reward", config, "--port", "0"],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=REPO,
         )
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read_stdout, daemon=True).start()  # readline alone could block forever
@@ -80,7 +83,7 @@ class ServerProcess:
                 with open(self.log.name) as f:
                     raise RuntimeError(f"server exited with {self.process.wait()}: {f.read()}")
             if line.startswith(LISTENING_PREFIX):
-                self._url = line[len(LISTENING_PREFIX):].strip()
+                self._url = line[len(LISTENING_PREFIX) :].strip()
         return self._url
 
     def stop(self) -> int:
@@ -166,8 +169,12 @@ def post_raw(url: str, body: bytes) -> tuple[int, dict]:
 
 def test_health_lists_the_server_rewards_and_weights(reward_server):
     with urllib.request.urlopen(reward_server + "/health", timeout=10) as response:
-        assert json.loads(response.read()) == {"status": "ok", "rewards": ["brightness", "judge"], "weights": [1.0, 0.5],
-                                          "max_request_bytes": 1024 * 2**20}
+        assert json.loads(response.read()) == {
+            "status": "ok",
+            "rewards": ["brightness", "judge"],
+            "weights": [1.0, 0.5],
+            "max_request_bytes": 1024 * 2**20,
+        }
 
 
 def test_remote_reward_matches_the_reward_called_on_uint8_quantised_images(reward_server):
@@ -197,7 +204,9 @@ def test_column_that_is_not_json_raises_naming_the_column(reward_server):
 
 
 def test_reward_raising_on_the_server_is_one_line_naming_the_reward_and_the_cause(reward_server):
-    (remote,) = build_rewards([{"name": "remote", "kwargs": {"url": reward_server, "retries": 0}, "label": "judge_srv"}])
+    (remote,) = build_rewards(
+        [{"name": "remote", "kwargs": {"url": reward_server, "retries": 0}, "label": "judge_srv"}]
+    )
     with pytest.raises(RewardError) as error_info:
         score_rewards([remote], ["crash", "b"], torch.rand(2, 3, 8, 8), {})
     message = str(error_info.value)

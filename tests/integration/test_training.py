@@ -149,7 +149,8 @@ def test_checkpoints_are_loadable_causal_vq_folders_and_resume(tmp_path, tiny_ch
     checkpoint = tmp_path / "out" / "checkpoint-2"
     assert (checkpoint / "causal_vq.json").exists() and (checkpoint / "visual_tokenizer" / "model.safetensors").exists()
     assert load_policy(str(checkpoint), "causal_vq").num_actions == policy.num_actions
-    resumed = ImageGRPOTrainer(load_policy(tiny_checkpoint, "causal_vq"), grpo_args(tmp_path, max_steps=3),
-                               dataset, reward_funcs=[brightness])
+    resumed = ImageGRPOTrainer(
+        load_policy(tiny_checkpoint, "causal_vq"), grpo_args(tmp_path, max_steps=3), dataset, reward_funcs=[brightness]
+    )
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step == 3

@@ -17,15 +17,35 @@ def brightness(prompts, images, **kwargs):
 
 CASES = {  # case -> (recipe keys, a metric the keys make TRL log)
     "grpo-sequence-level-two-sided-clip": (
-        dict(loss_type="grpo", importance_sampling_level="sequence", epsilon=0.1, epsilon_high=0.28, delta=1.5,
-             num_iterations=2), "clip_ratio/region_mean"),
+        dict(
+            loss_type="grpo",
+            importance_sampling_level="sequence",
+            epsilon=0.1,
+            epsilon_high=0.28,
+            delta=1.5,
+            num_iterations=2,
+        ),
+        "clip_ratio/region_mean",
+    ),
     "dapo-off-policy-mask-entropy-mask-adaptive-entropy": (
-        dict(loss_type="dapo", off_policy_mask_threshold=0.0, top_entropy_quantile=0.5, use_adaptive_entropy=True,
-             entropy_coef=0.01, entropy_coef_delta=0.01, entropy_coef_min=0.0, entropy_coef_max=1.0,
-             entropy_target=1e6), "entropy_coef"),
+        dict(
+            loss_type="dapo",
+            off_policy_mask_threshold=0.0,
+            top_entropy_quantile=0.5,
+            use_adaptive_entropy=True,
+            entropy_coef=0.01,
+            entropy_coef_delta=0.01,
+            entropy_coef_min=0.0,
+            entropy_coef_max=1.0,
+            entropy_target=1e6,
+        ),
+        "entropy_coef",
+    ),
     "sapo": (dict(loss_type="sapo", sapo_temperature_pos=0.9, sapo_temperature_neg=1.1), "entropy"),
-    "vespo": (dict(loss_type="vespo", vespo_k_pos=1.5, vespo_lambda_pos=2.5, vespo_k_neg=2.5, vespo_lambda_neg=1.5),
-              "vespo/phi_seq_mean"),
+    "vespo": (
+        dict(loss_type="vespo", vespo_k_pos=1.5, vespo_lambda_pos=2.5, vespo_k_neg=2.5, vespo_lambda_neg=1.5),
+        "vespo/phi_seq_mean",
+    ),
     "cispo": (dict(loss_type="cispo", epsilon_high=4.0), "cispo_clip_ratio"),
     "luspo": (dict(loss_type="luspo", importance_sampling_level="sequence"), "clip_ratio/region_mean"),
     "bnpo": (dict(loss_type="bnpo"), "clip_ratio/region_mean"),

@@ -33,8 +33,13 @@ def completion(text: str, logprobs=None) -> dict:
     choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
     if logprobs is not None:
         choice["logprobs"] = logprobs
-    return {"id": "x", "object": "chat.completion", "model": MODEL, "choices": [choice],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "model": MODEL,
+        "choices": [choice],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+    }
 
 
 class Stub:
@@ -130,8 +135,15 @@ def reward(url: str, **kwargs) -> VlmJudgeReward:
 # ------------------------------------------------------------------------------------------ the wire
 def test_the_request_carries_a_png_data_url_the_question_and_greedy_settings(stub):
     state, url = stub
-    judge = reward(url, template="Rate {prompt} as {style}.", parser=r"Final Score:\s*(\d)", scale=5,
-                   system="You are a strict judge.", image_size=16, max_tokens=32)
+    judge = reward(
+        url,
+        template="Rate {prompt} as {style}.",
+        parser=r"Final Score:\s*(\d)",
+        scale=5,
+        system="You are a strict judge.",
+        image_size=16,
+        max_tokens=32,
+    )
     scores = judge(prompts=PROMPTS, images=IMAGES, style=["ink", "oil"])
     assert scores == [0.8, 0.8]
     by_question = {request["messages"][1]["content"][1]["text"]: request for request in state.requests}
@@ -144,7 +156,7 @@ def test_the_request_carries_a_png_data_url_the_question_and_greedy_settings(stu
     assert image_part["type"] == "image_url"
     prefix = "data:image/png;base64,"
     assert image_part["image_url"]["url"].startswith(prefix)
-    picture = Image.open(io.BytesIO(base64.b64decode(image_part["image_url"]["url"][len(prefix):])))
+    picture = Image.open(io.BytesIO(base64.b64decode(image_part["image_url"]["url"][len(prefix) :])))
     assert picture.format == "PNG" and picture.size == (16, 16) and picture.getpixel((8, 8)) == (255, 255, 255)
 
 
@@ -171,8 +183,9 @@ def test_a_refused_key_names_the_unset_variable(stub, monkeypatch):
     state.script = [(401, {"error": {"message": "Invalid API key"}}, 0.0)]
     (result,) = VlmClient(url, MODEL, api_key_env="JUDGE_TEST_KEY").ask(items())
     assert isinstance(result, VlmCallError) and len(state.requests) == 1
-    assert "HTTP 401, the server wants an API key: set the environment variable JUDGE_TEST_KEY (it is unset)" in \
-        str(result)
+    assert "HTTP 401, the server wants an API key: set the environment variable JUDGE_TEST_KEY (it is unset)" in str(
+        result
+    )
 
 
 def test_concurrency_is_bounded(stub):
@@ -199,8 +212,11 @@ def test_a_repeated_question_is_answered_from_the_cache(stub):
 
 # ------------------------------------------------------------------------------------------ failures
 def test_a_server_that_is_down_fails_the_check_and_the_calls(dead_url):
-    with pytest.raises(RewardConfigError, match=r"reward 'vlm_judge': no VLM server answers at "
-                                                r"http://127\.0\.0\.1:\d+/v1 \(ConnectError: .*\); start one first"):
+    with pytest.raises(
+        RewardConfigError,
+        match=r"reward 'vlm_judge': no VLM server answers at "
+        r"http://127\.0\.0\.1:\d+/v1 \(ConnectError: .*\); start one first",
+    ):
         build_rewards([{"name": "vlm_judge", "kwargs": {"base_url": dead_url, "model": MODEL}}])
     start = time.monotonic()
     (result,) = VlmClient(dead_url, MODEL, retries=1).ask(items())
@@ -232,8 +248,16 @@ def test_a_slow_server_is_retried_then_fails_within_the_bound(stub):
 def test_a_slow_server_stops_the_reward_with_a_reward_error_within_the_bound(stub):
     state, url = stub
     state.script = [(200, completion("late"), 3.0)]
-    (judge,) = build_rewards([{"name": "vlm_judge", "label": "unified", "timeout": 0.3,
-                               "kwargs": {"base_url": url, "model": MODEL, "retries": 1}}])
+    (judge,) = build_rewards(
+        [
+            {
+                "name": "vlm_judge",
+                "label": "unified",
+                "timeout": 0.3,
+                "kwargs": {"base_url": url, "model": MODEL, "retries": 1},
+            }
+        ]
+    )
     assert judge.fn.client.timeout == 0.3 and judge.timeout is None  # the entry's timeout is the client's own
     start = time.monotonic()
     with pytest.raises(RewardError) as info:
@@ -245,12 +269,17 @@ def test_a_slow_server_stops_the_reward_with_a_reward_error_within_the_bound(stu
     assert "no answer within 0.3s" in message and "set on_failure: mask" in message
 
 
-@pytest.mark.parametrize("body, what", [
-    ("<html>Bad Gateway</html>", "answered HTTP 200 with a body that is not JSON; got: <html>Bad Gateway</html>"),
-    ({"object": "chat.completion", "choices": []}, "answered without 'choices'"),
-    ({"choices": [{"message": {"role": "assistant", "content": None}, "finish_reason": "length"}]},
-     "answered without 'choices[0].message.content' (finish_reason=length: raise max_tokens)"),
-])
+@pytest.mark.parametrize(
+    "body, what",
+    [
+        ("<html>Bad Gateway</html>", "answered HTTP 200 with a body that is not JSON; got: <html>Bad Gateway</html>"),
+        ({"object": "chat.completion", "choices": []}, "answered without 'choices'"),
+        (
+            {"choices": [{"message": {"role": "assistant", "content": None}, "finish_reason": "length"}]},
+            "answered without 'choices[0].message.content' (finish_reason=length: raise max_tokens)",
+        ),
+    ],
+)
 def test_a_malformed_answer_is_one_error_quoting_it_without_retry(stub, body, what):
     state, url = stub
     state.script = [(200, body, 0.0)]
@@ -272,8 +301,9 @@ def test_a_400_is_not_retried_and_quotes_the_server(stub):
     state.script = [(400, {"detail": "Incorrect image source"}, 0.0)]
     (result,) = VlmClient(url, MODEL, retries=3).ask(items())
     assert len(state.requests) == 1
-    assert "the request was refused with HTTP 400 (not retried); got: {\"detail\": \"Incorrect image source\"}" in \
-        str(result)
+    assert 'the request was refused with HTTP 400 (not retried); got: {"detail": "Incorrect image source"}' in str(
+        result
+    )
 
 
 def test_mask_gives_no_score_and_one_warning_per_call(stub, caplog):
@@ -314,7 +344,8 @@ def test_yes_no_reads_p_yes_from_openai_logprobs(stub):
     assert all(request["logprobs"] is True and request["top_logprobs"] == 5 for request in state.requests)
     assert sorted(request["messages"][0]["content"][1]["text"] for request in state.requests) == [
         'Does this image match the description "a blue sphere"? Answer yes or no.',
-        'Does this image match the description "a red cube"? Answer yes or no.']
+        'Does this image match the description "a red cube"? Answer yes or no.',
+    ]
     (answer,) = VlmClient(url, MODEL).ask(items(), top_logprobs=3)
     assert answer.top_logprobs == [pytest.approx(first)]
 

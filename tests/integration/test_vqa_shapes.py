@@ -33,8 +33,10 @@ def _scene(row: dict, kind: str, index: int, rows: list[dict]) -> np.ndarray:
         return shapes.render_prompt(rows[(index * 7 + 3) % len(rows)], seed=10_000 + index)
     objects = shapes.sample_scene(row, rng)
     if kind == "recoloured":  # every object in another colour
-        objects = [shapes.ShapeObject(o.shape, rng.choice([c for c in shapes.COLORS if c != o.color]), o.cx, o.cy,
-                                      o.radius) for o in objects]
+        objects = [
+            shapes.ShapeObject(o.shape, rng.choice([c for c in shapes.COLORS if c != o.color]), o.cx, o.cy, o.radius)
+            for o in objects
+        ]
     if kind == "extra object":  # one more object of a prompted class, in a colour the prompt did not ask for
         clause = rng.choice(row["include"])
         radius = rng.uniform(5.0, 6.0)
@@ -68,9 +70,11 @@ def test_strict_vqa_verdict_agrees_with_geneval_rules_except_on_surplus_objects(
     vqa = [record["correct"] for record in records]
     agree = [a == b for a, b in zip(vqa, geneval)]
     per_kind = {kind: np.mean([ok for ok, k in zip(agree, kinds) if k == kind]) for kind in KINDS}
-    print(f"\ncounts={counts}: agreement {np.mean(agree):.4f} over {len(agree)} images; per kind "
-          + ", ".join(f"{k} {v:.3f}" for k, v in per_kind.items())
-          + f"; pass rates geneval {np.mean(geneval):.3f} vqa {np.mean(vqa):.3f}")
+    print(
+        f"\ncounts={counts}: agreement {np.mean(agree):.4f} over {len(agree)} images; per kind "
+        + ", ".join(f"{k} {v:.3f}" for k, v in per_kind.items())
+        + f"; pass rates geneval {np.mean(geneval):.3f} vqa {np.mean(vqa):.3f}"
+    )
     assert per_kind["correct"] == 1.0 and all(geneval[i] for i, k in enumerate(kinds) if k == "correct")
     for i, ok in enumerate(agree):
         if not surplus[i]:
@@ -84,9 +88,11 @@ def test_strict_vqa_verdict_agrees_with_geneval_rules_except_on_surplus_objects(
 def _columns(rows: list[dict]) -> dict:
     """Dataset columns as the trainer passes them (Arrow rows: absent clause keys are None)."""
     keys = ("class", "count", "color", "position")
-    return {"tag": [r["tag"] for r in rows],
-            "include": [[{k: c.get(k) for k in keys} for c in r["include"]] for r in rows],
-            "exclude": [[{k: c.get(k) for k in keys} for c in r.get("exclude", [])] or None for r in rows]}
+    return {
+        "tag": [r["tag"] for r in rows],
+        "include": [[{k: c.get(k) for k in keys} for c in r["include"]] for r in rows],
+        "exclude": [[{k: c.get(k) for k in keys} for c in r.get("exclude", [])] or None for r in rows],
+    }
 
 
 def test_vqa_reward_scores_shapes_images_from_metadata_columns():
@@ -95,24 +101,30 @@ def test_vqa_reward_scores_shapes_images_from_metadata_columns():
     wrong = [shapes.render_prompt(rows[(i + 1) % len(rows)], seed=i) for i in range(len(rows))]
     images = torch.from_numpy(np.stack(right + wrong)).permute(0, 3, 1, 2).float() / 255
     prompts = [r["prompt"] for r in rows] * 2
-    rewards = build_rewards([{"name": "vqa", "kwargs": {"answerer": "shapes"}},
-                             {"name": "vqa", "label": "vqa_am", "kwargs": {"answerer": "shapes",
-                                                                            "aggregation": "soft_tifa_am"}}])
+    rewards = build_rewards(
+        [
+            {"name": "vqa", "kwargs": {"answerer": "shapes"}},
+            {"name": "vqa", "label": "vqa_am", "kwargs": {"answerer": "shapes", "aggregation": "soft_tifa_am"}},
+        ]
+    )
     scores = score_rewards(rewards, prompts, images, _columns(rows + rows))
     assert scores.shape == (len(prompts), 2)
     assert scores[: len(rows)].eq(1.0).all()
     judged = VqaJudge(ShapesAnswerer(), "soft_tifa_am").judge(images, rows + rows)
     assert scores[:, 1].tolist() == pytest.approx([r["score"] for r in judged])
-    assert scores[len(rows):, 0].tolist() == [float(r["correct"]) for r in judged[len(rows):]]
-    assert 0 < scores[len(rows):, 1].sum() < len(rows)  # partial credit on wrong images
+    assert scores[len(rows) :, 0].tolist() == [float(r["correct"]) for r in judged[len(rows) :]]
+    assert 0 < scores[len(rows) :, 1].sum() < len(rows)  # partial credit on wrong images
     # an `atoms` column wins over the metadata columns: is the first prompt's shape there, is it absent
     shape = rows[0]["include"][0]["class"]
-    atoms = [[{"type": "object", "question": "q", "subject": shape}],
-             [{"type": "count", "question": "q", "answer": "no", "subject": shape, "count": 1,
-               "quantifier": "fewer than"}]]
-    only = score_rewards(rewards[:1], prompts[:1] * 2, images[:1].repeat(2, 1, 1, 1),
-                         {**_columns(rows[:1] * 2), "atoms": atoms})
+    atoms = [
+        [{"type": "object", "question": "q", "subject": shape}],
+        [{"type": "count", "question": "q", "answer": "no", "subject": shape, "count": 1, "quantifier": "fewer than"}],
+    ]
+    only = score_rewards(
+        rewards[:1], prompts[:1] * 2, images[:1].repeat(2, 1, 1, 1), {**_columns(rows[:1] * 2), "atoms": atoms}
+    )
     assert only.flatten().tolist() == [1.0, 0.0]
+
 
 def test_vqa_reward_config_errors_name_the_setting():
     with pytest.raises(RewardConfigError, match="answerer must be one of"):

@@ -32,13 +32,25 @@ WEIGHTS = (1.0, 0.5, -2.0)
 # Three rewards x 16 rows (4 groups of 4); None and NaN are both "no score".
 MIXED = [
     # group 0: all scored, some single rewards missing
-    (0.1, 1.0, 0.2), (0.7, None, 0.2), (0.3, 3.0, 0.5), (0.9, 2.0, NAN),
+    (0.1, 1.0, 0.2),
+    (0.7, None, 0.2),
+    (0.3, 3.0, 0.5),
+    (0.9, 2.0, NAN),
     # group 1: one row no reward scored, another scored by one reward only
-    (0.4, 0.5, 0.1), (None, None, NAN), (NAN, 2.5, NAN), (0.2, 0.0, 0.3),
+    (0.4, 0.5, 0.1),
+    (None, None, NAN),
+    (NAN, 2.5, NAN),
+    (0.2, 0.0, 0.3),
     # group 2: the same rewards on every row (zero group std)
-    (0.6, 1.0, 0.25), (0.6, 1.0, 0.25), (0.6, 1.0, 0.25), (0.6, 1.0, 0.25),
+    (0.6, 1.0, 0.25),
+    (0.6, 1.0, 0.25),
+    (0.6, 1.0, 0.25),
+    (0.6, 1.0, 0.25),
     # group 3: no row scored
-    (None, None, None), (NAN, None, NAN), (None, NAN, None), (NAN, NAN, NAN),
+    (None, None, None),
+    (NAN, None, NAN),
+    (None, NAN, None),
+    (NAN, NAN, NAN),
 ]
 _generator = torch.Generator().manual_seed(0)
 SCALES = torch.tensor([20.0, 0.3, 1e-3])  # PickScore-like, cosine-like, a near-constant reward
@@ -46,8 +58,11 @@ RANDOM = [tuple(v) for v in (torch.rand(16, 3, generator=_generator) * SCALES).t
 CONSTANT = [(0.5, 2.0, 1.0)] * 16  # zero std everywhere, in groups and over the batch
 UNSCORED = [(None, NAN, None)] * 16  # the no-score run: nothing scored
 CASES = {"mixed": MIXED, "random": RANDOM, "constant": CONSTANT, "unscored": UNSCORED}
-COMBINATIONS = [(aggregation, scale) for aggregation in ("sum_then_normalize", "normalize_then_sum")
-                for scale in ("group", "batch", "none")]
+COMBINATIONS = [
+    (aggregation, scale)
+    for aggregation in ("sum_then_normalize", "normalize_then_sum")
+    for scale in ("group", "batch", "none")
+]
 METRICS = ("reward", "reward_std", "frac_reward_zero_std")
 
 
@@ -56,11 +71,14 @@ def _reward_functions(table, style):
     functions = []
     for k in range(len(WEIGHTS)):
         if style == "trl":
+
             def function(prompts, completions, row, k=k, **kwargs):
                 return [table[r][k] for r in row]
         else:
+
             def function(prompts, images, row, k=k, **kwargs):
                 return [table[r][k] for r in row]
+
         function.__name__ = f"r{k}"
         functions.append(function)
     return functions
@@ -77,13 +95,24 @@ def _inputs(n):
 def _trl_rollout(checkpoint, tmp_path, aggregation, scale, table):
     """TRL's own rollout step on prescribed rewards: (advantages (N,), {metric: value})."""
     args = GRPOConfig(
-        output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(table), num_generations=G,
-        max_completion_length=3, beta=0.0, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
-        reward_weights=list(WEIGHTS), multi_objective_aggregation=aggregation, scale_rewards=scale, seed=0,
+        output_dir=str(tmp_path / "trl"),
+        per_device_train_batch_size=len(table),
+        num_generations=G,
+        max_completion_length=3,
+        beta=0.0,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        reward_weights=list(WEIGHTS),
+        multi_objective_aggregation=aggregation,
+        scale_rewards=scale,
+        seed=0,
     )
     dataset = Dataset.from_dict({"prompt": ["p"] * G, "row": list(range(G))})
-    trainer = GRPOTrainer(model=checkpoint, reward_funcs=_reward_functions(table, "trl"), args=args,
-                          train_dataset=dataset)
+    trainer = GRPOTrainer(
+        model=checkpoint, reward_funcs=_reward_functions(table, "trl"), args=args, train_dataset=dataset
+    )
     assert trainer.multi_objective_aggregation == aggregation and trainer.scale_rewards == scale
     trainer.model.train()  # "train" mode: num_generations, metrics under _metrics["train"]
     output = trainer._generate_and_score_completions(_inputs(len(table)))
@@ -126,9 +155,15 @@ def test_advantages_and_logged_rewards_match_trl(tmp_path, tiny_checkpoint, aggr
 
         # the trainer's rollout step, on the same prescribed rewards: dashboard metrics and rollout records
         rewards = [RewardFunction(f, f.__name__, weight=w) for f, w in zip(_reward_functions(table, "ours"), WEIGHTS)]
-        args = grpo_args(tmp_path / case, per_device_train_batch_size=len(table), num_generations=G,
-                         multi_objective_aggregation=aggregation, scale_rewards=scale, save_rollouts=True,
-                         no_score_patience=0)  # the 'unscored' case is all-NaN on purpose: warn, don't stop
+        args = grpo_args(
+            tmp_path / case,
+            per_device_train_batch_size=len(table),
+            num_generations=G,
+            multi_objective_aggregation=aggregation,
+            scale_rewards=scale,
+            save_rollouts=True,
+            no_score_patience=0,
+        )  # the 'unscored' case is all-NaN on purpose: warn, don't stop
         dataset = Dataset.from_dict({"prompt": ["p"] * G, "row": list(range(G))})
         trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards)
         trainer.model.train()
@@ -165,8 +200,9 @@ def test_logged_reward_is_the_weighted_raw_reward_with_per_reward_normalisation(
     sum (TRL's `reward` for these reward functions), not a batch z-score with mean ~0."""
     rewards = _as_tensor(MIXED)
     plain = group_advantages(rewards, torch.tensor(WEIGHTS), G, "group", "sum_then_normalize")
-    normalized = group_advantages(rewards, torch.tensor(WEIGHTS), G, "group", "sum_then_normalize",
-                                  torch.tensor([True, False, True]))
+    normalized = group_advantages(
+        rewards, torch.tensor(WEIGHTS), G, "group", "sum_then_normalize", torch.tensor([True, False, True])
+    )
     torch.testing.assert_close(normalized.rewards, plain.rewards, equal_nan=True, rtol=0, atol=0)
     expected = torch.tensor([NAN if (v := _weighted_raw(row)) is None else v for row in MIXED], dtype=torch.float64)
     torch.testing.assert_close(plain.rewards.double(), expected, equal_nan=True, rtol=1e-6, atol=1e-6)

@@ -58,8 +58,12 @@ def direct_logprobs(policy, prompts, codes, sampling, detach_uncond=False, model
 def test_logprobs_equal_direct_computation(policy, cfg_mode):
     sampling = Sampling(cfg_mode=cfg_mode, cfg_scale=3.0, temperature=0.9)
     batch = policy.encode_prompts(PROMPTS)
-    codes = torch.randint(0, policy.config.image_code_count, (len(PROMPTS), policy.num_actions),
-                          generator=torch.Generator().manual_seed(0))
+    codes = torch.randint(
+        0,
+        policy.config.image_code_count,
+        (len(PROMPTS), policy.num_actions),
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         ours, entropy = policy.logprobs(policy.model, batch, codes, sampling)
         expected = direct_logprobs(policy, PROMPTS, codes, sampling, model=float64_model(policy))
@@ -78,12 +82,22 @@ def _grads(model, logps):
 def test_guided_gradients_match_direct_computation(policy, cfg_mode):
     sampling = Sampling(cfg_mode=cfg_mode, cfg_scale=3.0)
     batch = policy.encode_prompts(PROMPTS[:2])
-    codes = torch.randint(0, policy.config.image_code_count, (2, policy.num_actions),
-                          generator=torch.Generator().manual_seed(1))
+    codes = torch.randint(
+        0, policy.config.image_code_count, (2, policy.num_actions), generator=torch.Generator().manual_seed(1)
+    )
     ours = _grads(policy.model, policy.logprobs(policy.model, batch, codes, sampling)[0])
     reference_model = float64_model(policy)
-    expected = _grads(reference_model, direct_logprobs(policy, PROMPTS[:2], codes, sampling, model=reference_model,
-                                                       detach_uncond=cfg_mode == "guided_detached_uncond"))
+    expected = _grads(
+        reference_model,
+        direct_logprobs(
+            policy,
+            PROMPTS[:2],
+            codes,
+            sampling,
+            model=reference_model,
+            detach_uncond=cfg_mode == "guided_detached_uncond",
+        ),
+    )
     assert ours.keys() == expected.keys()
     for name in expected:  # each tensor's error relative to its own largest element
         assert_close_scaled(ours[name], expected[name], relative=1e-4)
@@ -92,10 +106,13 @@ def test_guided_gradients_match_direct_computation(policy, cfg_mode):
 
 def test_detaching_the_uncond_branch_changes_the_gradient(policy):
     batch = policy.encode_prompts(PROMPTS[:2])
-    codes = torch.randint(0, policy.config.image_code_count, (2, policy.num_actions),
-                          generator=torch.Generator().manual_seed(2))
+    codes = torch.randint(
+        0, policy.config.image_code_count, (2, policy.num_actions), generator=torch.Generator().manual_seed(2)
+    )
     full = _grads(policy.model, policy.logprobs(policy.model, batch, codes, Sampling("guided", 3.0))[0])
-    detached = _grads(policy.model, policy.logprobs(policy.model, batch, codes, Sampling("guided_detached_uncond", 3.0))[0])
+    detached = _grads(
+        policy.model, policy.logprobs(policy.model, batch, codes, Sampling("guided_detached_uncond", 3.0))[0]
+    )
     name = next(n for n in full if "embed_tokens" in n)
     assert not torch.allclose(full[name], detached[name])
     policy.model.zero_grad()

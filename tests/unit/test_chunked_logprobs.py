@@ -40,8 +40,15 @@ def _score_and_backward(sampling: Sampling, chunk_size: int, with_uncond: bool, 
     head, hidden, uncond, actions, loss_weights = _inputs()
     hidden.requires_grad_(True)
     uncond.requires_grad_(True)
-    logp, entropy = chunked_scored_logprobs(head, hidden, actions, sampling, uncond if with_uncond else None,
-                                            detach_uncond=detach_uncond, chunk_size=chunk_size)
+    logp, entropy = chunked_scored_logprobs(
+        head,
+        hidden,
+        actions,
+        sampling,
+        uncond if with_uncond else None,
+        detach_uncond=detach_uncond,
+        chunk_size=chunk_size,
+    )
     ((logp * loss_weights[0]).sum() + (entropy * loss_weights[1]).sum()).backward()
     grads = {"hidden": hidden.grad, "uncond": uncond.grad, "weight": head.weight.grad, "bias": head.bias.grad}
     return logp.detach(), entropy.detach(), grads

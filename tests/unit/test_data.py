@@ -16,7 +16,11 @@ def test_jsonl_keeps_metadata_columns(tmp_path):
     rows = [{"text": "a cat", "tag": "single_object", "include": [{"class": "cat", "count": 1}]}]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     dataset = load_prompt_dataset(str(path), prompt_column="text")
-    assert dataset.column_names == ["tag", "include", "prompt"] or set(dataset.column_names) == {"prompt", "tag", "include"}
+    assert dataset.column_names == ["tag", "include", "prompt"] or set(dataset.column_names) == {
+        "prompt",
+        "tag",
+        "include",
+    }
     assert dataset[0]["prompt"] == "a cat" and dataset[0]["tag"] == "single_object"
 
 

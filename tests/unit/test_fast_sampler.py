@@ -19,8 +19,14 @@ from rlhf_img.sampling import kv_cache
 from rlhf_img.sampling.kv_cache import resolve_sampler, unique_rows
 
 # repeated prompts, out of order, of different lengths (so rows are left-padded differently)
-PROMPTS = ["a red circle", "two blue squares left of a green triangle", "a red circle", "x",
-           "two blue squares left of a green triangle", "a red circle"]
+PROMPTS = [
+    "a red circle",
+    "two blue squares left of a green triangle",
+    "a red circle",
+    "x",
+    "two blue squares left of a green triangle",
+    "a red circle",
+]
 SAMPLINGS = {
     "none": dict(cfg_mode="none", temperature=0.9),
     "guided": dict(cfg_mode="guided", cfg_scale=3.0, temperature=0.9, top_k=40),
@@ -34,8 +40,9 @@ def policy(tiny_checkpoint):
 
 def _sample(policy, prompts, sampler: str, cfg: str, seed: int = 0):
     sampling = Sampling(sampler=sampler, **SAMPLINGS[cfg])
-    return policy.sample(policy.model, policy.encode_prompts(prompts), sampling,
-                         generator=torch.Generator().manual_seed(seed))
+    return policy.sample(
+        policy.model, policy.encode_prompts(prompts), sampling, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def _assert_same_draws(rollout, reference) -> None:
@@ -56,7 +63,8 @@ def test_unique_rows_maps_every_row_to_its_distinct_row_and_keys_on_the_mask():
 def test_shared_sampler_prefills_each_distinct_prompt_and_the_unconditional_prompt_once(policy, sampler, prefill_rows):
     rows = []
     hook = policy.model.get_decoder().register_forward_pre_hook(
-        lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape), with_kwargs=True)
+        lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
     try:
         _sample(policy, PROMPTS, sampler, "guided")
     finally:
@@ -89,6 +97,7 @@ def test_compile_failure_falls_back_to_the_eager_static_step_with_one_warning(ti
     def no_compiler(function, **kwargs):
         def fails(*args, **kwargs):
             raise RuntimeError("no C++ compiler found")
+
         return fails
 
     monkeypatch.setattr(torch, "compile", no_compiler)

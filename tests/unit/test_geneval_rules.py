@@ -52,8 +52,10 @@ def test_colour_is_checked_on_the_most_confident_objects_only():
 
 
 def test_position_needs_the_target_group_matched():
-    meta = {"tag": "position", "include": [{"class": "cat", "count": 1},
-                                           {"class": "dog", "count": 1, "position": ["right of", 0]}]}
+    meta = {
+        "tag": "position",
+        "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1, "position": ["right of", 0]}],
+    }
     assert evaluate({"cat": [box(0, 0)], "dog": [box(40, 0)]}, meta).correct
     wrong_side = evaluate({"cat": [box(40, 0)], "dog": [box(0, 0)]}, meta, mode="dense")
     assert not wrong_side.correct and wrong_side.score == pytest.approx(0.75)  # count credits 1, 1; position 0
@@ -62,8 +64,10 @@ def test_position_needs_the_target_group_matched():
 
 
 def test_dense_is_one_exactly_when_strict_passes():
-    meta = {"tag": "color_attr", "include": [{"class": "a", "count": 1, "color": "red"},
-                                             {"class": "b", "count": 1, "color": "blue"}]}
+    meta = {
+        "tag": "color_attr",
+        "include": [{"class": "a", "count": 1, "color": "red"}, {"class": "b", "count": 1, "color": "blue"}],
+    }
     good = {"a": [Detection((0, 0, 1, 1), 1, "red")], "b": [Detection((5, 5, 6, 6), 1, "blue")]}
     half = {"a": [Detection((0, 0, 1, 1), 1, "red")], "b": [Detection((5, 5, 6, 6), 1, "green")]}
     assert evaluate(good, meta, "dense").score == 1.0 and evaluate(good, meta).correct
@@ -96,30 +100,50 @@ def test_rules_read_the_real_geneval_metadata():
             placed.append((x, y))
             for k in range(clause["count"]):
                 detections.setdefault(clause["class"], []).append(
-                    Detection((x + 3 * k, y, x + 3 * k + 10, y + 10), 0.99, clause.get("color")))
+                    Detection((x + 3 * k, y, x + 3 * k + 10, y + 10), 0.99, clause.get("color"))
+                )
         assert evaluate(detections, row).correct, row["prompt"]
         first = row["include"][0]["class"]
         detections[first] = detections[first][:-1]
         assert not evaluate(detections, row).correct, row["prompt"]
-    assert counts == {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100,
-                      "color_attr": 100}
+    assert counts == {
+        "single_object": 80,
+        "two_object": 99,
+        "counting": 80,
+        "colors": 94,
+        "position": 100,
+        "color_attr": 100,
+    }
 
 
 # one passing and one failing case per GenEval tag, with hand-made detections
 PER_TAG = {
-    "single_object": ({"include": [{"class": "bench", "count": 1}]},
-                      {"bench": [box(0, 0)]}, {"chair": [box(0, 0)]}),
-    "two_object": ({"include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1}]},
-                   {"cat": [box(0, 0)], "dog": [box(30, 0)]}, {"cat": [box(0, 0), box(30, 0)]}),
-    "counting": ({"include": [{"class": "cup", "count": 3}], "exclude": [{"class": "cup", "count": 4}]},
-                 {"cup": [box(0, 0), box(20, 0), box(40, 0)]}, {"cup": [box(0, 0), box(20, 0)]}),
-    "colors": ({"include": [{"class": "car", "count": 1, "color": "green"}]},
-               {"car": [Detection((0, 0, 9, 9), 0.8, "green")]}, {"car": [Detection((0, 0, 9, 9), 0.8, "pink")]}),
-    "position": ({"include": [{"class": "tv", "count": 1}, {"class": "cup", "count": 1, "position": ["below", 0]}]},
-                 {"tv": [box(0, 0)], "cup": [box(0, 40)]}, {"tv": [box(0, 40)], "cup": [box(0, 0)]}),
-    "color_attr": ({"include": [{"class": "bus", "count": 1, "color": "red"}, {"class": "kite", "count": 1, "color": "blue"}]},
-                   {"bus": [Detection((0, 0, 9, 9), 0.8, "red")], "kite": [Detection((30, 0, 39, 9), 0.8, "blue")]},
-                   {"bus": [Detection((0, 0, 9, 9), 0.8, "blue")], "kite": [Detection((30, 0, 39, 9), 0.8, "red")]}),
+    "single_object": ({"include": [{"class": "bench", "count": 1}]}, {"bench": [box(0, 0)]}, {"chair": [box(0, 0)]}),
+    "two_object": (
+        {"include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1}]},
+        {"cat": [box(0, 0)], "dog": [box(30, 0)]},
+        {"cat": [box(0, 0), box(30, 0)]},
+    ),
+    "counting": (
+        {"include": [{"class": "cup", "count": 3}], "exclude": [{"class": "cup", "count": 4}]},
+        {"cup": [box(0, 0), box(20, 0), box(40, 0)]},
+        {"cup": [box(0, 0), box(20, 0)]},
+    ),
+    "colors": (
+        {"include": [{"class": "car", "count": 1, "color": "green"}]},
+        {"car": [Detection((0, 0, 9, 9), 0.8, "green")]},
+        {"car": [Detection((0, 0, 9, 9), 0.8, "pink")]},
+    ),
+    "position": (
+        {"include": [{"class": "tv", "count": 1}, {"class": "cup", "count": 1, "position": ["below", 0]}]},
+        {"tv": [box(0, 0)], "cup": [box(0, 40)]},
+        {"tv": [box(0, 40)], "cup": [box(0, 0)]},
+    ),
+    "color_attr": (
+        {"include": [{"class": "bus", "count": 1, "color": "red"}, {"class": "kite", "count": 1, "color": "blue"}]},
+        {"bus": [Detection((0, 0, 9, 9), 0.8, "red")], "kite": [Detection((30, 0, 39, 9), 0.8, "blue")]},
+        {"bus": [Detection((0, 0, 9, 9), 0.8, "blue")], "kite": [Detection((30, 0, 39, 9), 0.8, "red")]},
+    ),
 }
 
 
@@ -166,8 +190,10 @@ def test_position_on_the_half_direction_edge_is_geneval_bit_for_bit():
     # and np.linalg.norm agree here; on this edge the verdict is decided by GenEval's float32.)
     a, b = Detection((377.0, 651.0, 380.0, 654.0)), Detection((0.0, 0.0, 4.0, 4.0))
     assert relative_position(a, b) == {"below"}
-    meta = {"tag": "position", "include": [{"class": "cup", "count": 1},
-                                           {"class": "bowl", "count": 1, "position": ["right of", 0]}]}
+    meta = {
+        "tag": "position",
+        "include": [{"class": "cup", "count": 1}, {"class": "bowl", "count": 1, "position": ["right of", 0]}],
+    }
     assert not evaluate({"cup": [b], "bowl": [a]}, meta).correct
 
 
@@ -177,8 +203,10 @@ def test_tied_scores_are_ordered_as_geneval_argsort_orders_them():
     # (a stable "most confident first" sort would put the earlier one first).
     left, right = Detection((0, 0, 10, 10), 0.8), Detection((60, 0, 70, 10), 0.8)
     assert select_detections({"cat": [left, right]}, "position")["cat"] == [right, left]
-    meta = {"tag": "position", "include": [{"class": "dog", "count": 1},
-                                           {"class": "cat", "count": 1, "position": ["right of", 0]}]}
+    meta = {
+        "tag": "position",
+        "include": [{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": ["right of", 0]}],
+    }
     found = select_detections({"dog": [Detection((30, 0, 40, 10), 0.9)], "cat": [left, right]}, "position")
     assert evaluate(found, meta).correct  # the cat GenEval checks is `right`
     swapped = select_detections({"dog": [Detection((30, 0, 40, 10), 0.9)], "cat": [right, left]}, "position")

@@ -41,8 +41,12 @@ def _dataclasses_with_help() -> set[str]:
                 decorators = [ast.unparse(d) for d in node.decorator_list]
                 if not any(d.startswith(("dataclass", "dataclasses.dataclass")) for d in decorators):
                     continue
-                if any(isinstance(k, ast.Constant) and k.value == "help"
-                       for call in ast.walk(node) if isinstance(call, ast.Dict) for k in call.keys):
+                if any(
+                    isinstance(k, ast.Constant) and k.value == "help"
+                    for call in ast.walk(node)
+                    if isinstance(call, ast.Dict)
+                    for k in call.keys
+                ):
                     found.add(node.name)
     return found
 

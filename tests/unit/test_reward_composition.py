@@ -8,8 +8,14 @@ from rlhf_img.rewards import RewardConfigError, RewardSpec, build_rewards
 
 
 def _advantages(rewards, normalize=None, weights=(1.0, 1.0)):
-    return group_advantages(rewards, torch.tensor(weights), 4, "group", "sum_then_normalize",
-                            None if normalize is None else torch.tensor(normalize))[0]
+    return group_advantages(
+        rewards,
+        torch.tensor(weights),
+        4,
+        "group",
+        "sum_then_normalize",
+        None if normalize is None else torch.tensor(normalize),
+    )[0]
 
 
 def test_normalized_rewards_are_invariant_to_their_scale_so_none_dominates():
@@ -45,6 +51,8 @@ def test_a_reward_listed_twice_needs_a_label(tmp_path):
 
     with pytest.raises(RewardConfigError, match="label"):
         ImageGRPOConfig(output_dir=str(tmp_path), rewards=["jpeg_compressibility", "jpeg_compressibility"])
-    config = ImageGRPOConfig(output_dir=str(tmp_path), rewards=[
-        "jpeg_compressibility", {"name": "jpeg_compressibility", "label": "jpeg_again"}])
+    config = ImageGRPOConfig(
+        output_dir=str(tmp_path),
+        rewards=["jpeg_compressibility", {"name": "jpeg_compressibility", "label": "jpeg_again"}],
+    )
     assert [s.display_name for s in config.reward_specs] == ["jpeg_compressibility", "jpeg_again"]

@@ -44,12 +44,14 @@ def _dataset() -> Dataset:
 
 
 def test_reward_set_holds_names_weights_normalize_flags_and_labels():
-    rewards = RewardSet.build([
-        {"name": "jpeg_compressibility", "weight": 0.5, "normalize": True},
-        {"name": "jpeg_compressibility", "label": "jpeg_again", "weight": -2.0},
-        RewardFunction(brightness, "bright", weight=3.0),
-        redness,
-    ])
+    rewards = RewardSet.build(
+        [
+            {"name": "jpeg_compressibility", "weight": 0.5, "normalize": True},
+            {"name": "jpeg_compressibility", "label": "jpeg_again", "weight": -2.0},
+            RewardFunction(brightness, "bright", weight=3.0),
+            redness,
+        ]
+    )
     assert rewards.names == ["jpeg_compressibility", "jpeg_again", "bright", "redness"]
     assert rewards.weights.dtype == torch.float32
     assert_close_scaled(rewards.weights, torch.tensor([0.5, -2.0, 3.0, 1.0]))
@@ -62,11 +64,14 @@ def test_reward_set_holds_names_weights_normalize_flags_and_labels():
     assert_close_scaled(totals, torch.tensor([0.5 - 2.0 + 2.0]))  # an unscored reward counts 0, as in TRL
 
 
-@pytest.mark.parametrize("entries", [
-    [brightness, brightness],
-    ["jpeg_compressibility", {"name": "jpeg_compressibility", "weight": 2.0}],
-    [{"name": "jpeg_compressibility", "label": "bright"}, RewardFunction(brightness, "bright")],
-])
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [brightness, brightness],
+        ["jpeg_compressibility", {"name": "jpeg_compressibility", "weight": 2.0}],
+        [{"name": "jpeg_compressibility", "label": "bright"}, RewardFunction(brightness, "bright")],
+    ],
+)
 def test_duplicate_reward_names_are_a_one_line_error_naming_the_duplicate(entries):
     with pytest.raises(RewardConfigError) as error:
         RewardSet.build(entries)
@@ -98,18 +103,27 @@ def test_a_reward_server_config_with_a_repeated_name_is_refused_naming_the_file(
 def test_building_the_trainer_leaves_args_untouched(tmp_path, tiny_checkpoint):
     args = grpo_args(tmp_path)
     before = copy.deepcopy(args.reward_weights)
-    rewards = RewardSet.build([RewardFunction(brightness, "bright", weight=2.0),
-                               RewardFunction(redness, "red", weight=0.1)])
+    rewards = RewardSet.build(
+        [RewardFunction(brightness, "bright", weight=2.0), RewardFunction(redness, "red", weight=0.1)]
+    )
     trainer = ImageGRPOTrainer(load_policy(tiny_checkpoint, "causal_vq"), args, _dataset(), reward_funcs=rewards)
     assert args.reward_weights == before and before is None  # the weights live in the reward set, not in args
     assert trainer.image_rewards is rewards  # the set handed over is used as it is, not rebuilt
     assert_close_scaled(trainer.reward_weights, torch.tensor([2.0, 0.1]))  # what TRL's own code reads
     # TRL-style `reward_weights` next to the rewards' own weights: fine when they agree, one line when not
-    ImageGRPOTrainer(load_policy(tiny_checkpoint, "causal_vq"), grpo_args(tmp_path, reward_weights=[2.0, 0.1]),
-                     _dataset(), reward_funcs=rewards)
+    ImageGRPOTrainer(
+        load_policy(tiny_checkpoint, "causal_vq"),
+        grpo_args(tmp_path, reward_weights=[2.0, 0.1]),
+        _dataset(),
+        reward_funcs=rewards,
+    )
     with pytest.raises(ValueError, match=r"disagree with the rewards' own weights \[2\.0, 0\.1\]"):
-        ImageGRPOTrainer(load_policy(tiny_checkpoint, "causal_vq"), grpo_args(tmp_path, reward_weights=[1.0, 1.0]),
-                         _dataset(), reward_funcs=rewards)
+        ImageGRPOTrainer(
+            load_policy(tiny_checkpoint, "causal_vq"),
+            grpo_args(tmp_path, reward_weights=[1.0, 1.0]),
+            _dataset(),
+            reward_funcs=rewards,
+        )
     with pytest.raises(RewardConfigError, match="reward_weights"):  # in a recipe: one place for the weights
         ImageGRPOConfig(output_dir=str(tmp_path), rewards=["jpeg_compressibility"], reward_weights=[1.0])
 
@@ -127,8 +141,13 @@ def test_lora_trainer_keeps_the_wrapped_model_and_leaves_the_policy_model_alone(
 
     policy.__class__ = RecordingPolicy
     args = grpo_args(tmp_path, max_steps=1, learning_rate=1e-2)
-    trainer = ImageGRPOTrainer(policy, args, _dataset(), reward_funcs=[brightness],
-                               peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    trainer = ImageGRPOTrainer(
+        policy,
+        args,
+        _dataset(),
+        reward_funcs=[brightness],
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]),
+    )
     assert policy.model is model  # the trainer wrote nothing into the policy
     assert hasattr(trainer.model, "peft_config") and trainer.model.get_base_model() is model
     trainer.train()
@@ -144,12 +163,14 @@ def test_diversity_monitor_gets_embeddings_through_the_public_capability(tmp_pat
     reward = EmbeddingReward()
     rewards = RewardSet.build([brightness, RewardFunction(reward, "embedder")])
     assert rewards.image_embedder() == reward.embed_images  # the first reward that has the capability
-    trainer = ImageGRPOTrainer(load_policy(tiny_checkpoint, "causal_vq"), grpo_args(tmp_path, max_steps=2),
-                               _dataset(), reward_funcs=rewards)
+    trainer = ImageGRPOTrainer(
+        load_policy(tiny_checkpoint, "causal_vq"), grpo_args(tmp_path, max_steps=2), _dataset(), reward_funcs=rewards
+    )
     trainer.train()
     assert len(reward.embedded) == 2 and all(e is s for e, s in zip(reward.embedded, reward.scored))  # the same batch
-    logged = [entry["monitors/clip_diversity"] for entry in trainer.state.log_history
-              if "monitors/clip_diversity" in entry]
+    logged = [
+        entry["monitors/clip_diversity"] for entry in trainer.state.log_history if "monitors/clip_diversity" in entry
+    ]
     assert len(logged) == 2
     expected = group_diversity(reward.embed_images(reward.scored[0]), trainer.num_generations, "cosine")
     assert logged[0] == pytest.approx(expected, rel=1e-5, abs=1e-6 * max(1.0, abs(expected)))

@@ -45,7 +45,9 @@ def test_custom_reward_from_file_gets_kwargs_and_columns(tmp_path):
 def test_custom_reward_from_module(tmp_path, monkeypatch):
     (tmp_path / "my_pkg").mkdir()
     (tmp_path / "my_pkg" / "__init__.py").write_text("")
-    (tmp_path / "my_pkg" / "scores.py").write_text("def ones(prompts, images, **kw):\n    return [1.0] * len(prompts)\n")
+    (tmp_path / "my_pkg" / "scores.py").write_text(
+        "def ones(prompts, images, **kw):\n    return [1.0] * len(prompts)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     (reward,) = build_rewards(["my_pkg.scores:ones"])
     assert score_rewards([reward], PROMPTS, IMAGES, {})[:, 0].tolist() == [1.0] * 4
@@ -120,7 +122,11 @@ def test_async_reward_error_names_the_reward():
 
 @pytest.mark.parametrize(
     "entry, message",
-    [({"weight": 1}, "needs a 'name'"), ({"name": "x", "wieght": 1}, "unknown key"), ({"name": "x", "weight": "a"}, "must be a number")],
+    [
+        ({"weight": 1}, "needs a 'name'"),
+        ({"name": "x", "wieght": 1}, "unknown key"),
+        ({"name": "x", "weight": "a"}, "must be a number"),
+    ],
 )
 def test_bad_reward_entries(entry, message):
     with pytest.raises(RewardConfigError, match=message):

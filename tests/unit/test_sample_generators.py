@@ -45,8 +45,9 @@ def test_draws_follow_the_distribution():
     """Per-sample draws are still draws from softmax(logits): frequencies of a 3-way choice over many samples."""
     probs = torch.tensor([0.6, 0.3, 0.1])
     count = 4000
-    draws = sample_actions(probs.log().expand(count, 3), Sampling(),
-                           SampleGenerators.for_samples(0, "train", 0, range(count), "cpu"))
+    draws = sample_actions(
+        probs.log().expand(count, 3), Sampling(), SampleGenerators.for_samples(0, "train", 0, range(count), "cpu")
+    )
     frequencies = torch.bincount(draws, minlength=3).double() / count
     assert (frequencies - probs.double()).abs().max() < 4 * (0.25 / count) ** 0.5  # 4 binomial sigmas at worst
 
@@ -60,7 +61,9 @@ def test_truncated_actions_are_never_drawn():
     keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, torch.topk(logits, 3).indices, True)
     assert keep.gather(-1, draws.unsqueeze(-1)).all()
     one_hot = torch.full((8, 16), -float("inf")).index_fill(1, torch.tensor([15]), 0.0)  # all mass on the last
-    assert sample_actions(one_hot, Sampling(), SampleGenerators.for_samples(0, "train", 0, range(8), "cpu")).eq(15).all()
+    assert (
+        sample_actions(one_hot, Sampling(), SampleGenerators.for_samples(0, "train", 0, range(8), "cpu")).eq(15).all()
+    )
 
 
 def _policy(family: str, tmp_path):
@@ -93,14 +96,26 @@ def _policy(family: str, tmp_path):
 def test_a_samples_image_is_the_same_whatever_batch_it_is_sampled_in(family, tmp_path):
     """Global samples 0..3 sampled as one batch of 4, and as 2 + 2 (two processes of batch 2): same actions."""
     policy = _policy(family, tmp_path)
-    whole = policy.sample(policy.model, policy.encode_prompts(PROMPTS), SAMPLING,
-                          SampleGenerators.for_samples(0, "train", 5, range(4), "cpu")).actions
+    whole = policy.sample(
+        policy.model,
+        policy.encode_prompts(PROMPTS),
+        SAMPLING,
+        SampleGenerators.for_samples(0, "train", 5, range(4), "cpu"),
+    ).actions
     for first in (0, 2):
-        part = policy.sample(policy.model, policy.encode_prompts(PROMPTS[first : first + 2]), SAMPLING,
-                             SampleGenerators.for_samples(0, "train", 5, range(first, first + 2), "cpu")).actions
+        part = policy.sample(
+            policy.model,
+            policy.encode_prompts(PROMPTS[first : first + 2]),
+            SAMPLING,
+            SampleGenerators.for_samples(0, "train", 5, range(first, first + 2), "cpu"),
+        ).actions
         assert torch.equal(part, whole[first : first + 2]), family
     # and the global RNG plays no part
     torch.manual_seed(123)
-    again = policy.sample(policy.model, policy.encode_prompts(PROMPTS), SAMPLING,
-                          SampleGenerators.for_samples(0, "train", 5, range(4), "cpu")).actions
+    again = policy.sample(
+        policy.model,
+        policy.encode_prompts(PROMPTS),
+        SAMPLING,
+        SampleGenerators.for_samples(0, "train", 5, range(4), "cpu"),
+    ).actions
     assert torch.equal(again, whole)

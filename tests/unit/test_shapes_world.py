@@ -38,18 +38,25 @@ def test_every_held_out_position_scene_is_trained_in_its_other_phrasing():
     held = [shapes._layout(r) for r in held_out if r["tag"] == "position"]
     assert len(held) == len(set(held)) >= 1
     assert set(held) <= trained
-    circle_left = {"tag": "position", "include": [{"class": "square", "count": 1},
-                                                  {"class": "circle", "count": 1, "position": ["left of", 0]}]}
-    square_right = {"tag": "position", "include": [{"class": "circle", "count": 1},
-                                                   {"class": "square", "count": 1, "position": ["right of", 0]}]}
+    circle_left = {
+        "tag": "position",
+        "include": [{"class": "square", "count": 1}, {"class": "circle", "count": 1, "position": ["left of", 0]}],
+    }
+    square_right = {
+        "tag": "position",
+        "include": [{"class": "circle", "count": 1}, {"class": "square", "count": 1, "position": ["right of", 0]}],
+    }
     assert shapes._layout(circle_left) == shapes._layout(square_right)
 
 
 def test_shipped_prompt_files_match_the_generator():
     train, held_out = shapes.split_prompts()
     balanced = shapes.tag_balanced(train)
-    for rows, name in ((train, "shapes-train.jsonl"), (held_out, "shapes-held-out.jsonl"),
-                       (balanced, "shapes-train-balanced.jsonl")):
+    for rows, name in (
+        (train, "shapes-train.jsonl"),
+        (held_out, "shapes-held-out.jsonl"),
+        (balanced, "shapes-train-balanced.jsonl"),
+    ):
         with open(os.path.join(REPO, "recipes", "prompts", name)) as f:
             assert [json.loads(line) for line in f] == rows
 
@@ -74,8 +81,9 @@ def test_rendered_images_score_one_on_every_tag():
 
 
 def test_detector_reads_shape_colour_and_box():
-    image = shapes.render([shapes.ShapeObject("triangle", "blue", 10.5, 12.5, 4.5),
-                           shapes.ShapeObject("square", "red", 24.5, 20.5, 4.0)])
+    image = shapes.render(
+        [shapes.ShapeObject("triangle", "blue", 10.5, 12.5, 4.5), shapes.ShapeObject("square", "red", 24.5, 20.5, 4.0)]
+    )
     found = detect(image)
     assert set(found) == {"triangle", "square"}
     assert found["triangle"][0].color == "blue" and found["square"][0].color == "red"
@@ -93,8 +101,11 @@ def test_shapes_geneval_reward_reads_dataset_columns():
     rows = [r for r in shapes.all_prompts() if r["tag"] in ("counting", "position")][:4]
     rendered = np.stack([shapes.render_prompt(r, 3) for r in rows])
     images = torch.from_numpy(rendered).permute(0, 3, 1, 2).float() / 255
-    columns = {"tag": [r["tag"] for r in rows], "include": [r["include"] for r in rows],
-               "exclude": [r.get("exclude") for r in rows]}
+    columns = {
+        "tag": [r["tag"] for r in rows],
+        "include": [r["include"] for r in rows],
+        "exclude": [r.get("exclude") for r in rows],
+    }
     (dense,) = build_rewards([{"name": "shapes_geneval", "kwargs": {"mode": "dense"}}])
     assert score_rewards([dense], [r["prompt"] for r in rows], images, columns)[:, 0].tolist() == [1.0] * 4
     blank = torch.full_like(images, 200 / 255)
@@ -129,4 +140,6 @@ def test_geneval_ranks_equally_confident_shapes_detections_in_scan_order():
     ranked = select_detections(found, "colors")["circle"]
     scan_order = sorted(found["circle"], key=lambda d: PALETTE_NAMES.index(d.color))
     assert [d.color for d in ranked] == [d.color for d in scan_order] and len(ranked) == 2
-    assert judge(image, {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": ranked[0].color}]}).correct
+    assert judge(
+        image, {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": ranked[0].color}]}
+    ).correct

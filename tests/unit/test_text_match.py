@@ -76,8 +76,13 @@ def test_reward_is_the_exact_fraction_rounded_once():
     rng = random.Random(0)
     pairs = [("ab", "abc"), ("a", "abc"), ("kitten", "sitting"), ("lawn", "flaw"), ("", "xyz")]
     alphabet = "abc d"
-    pairs += [("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9))),
-               "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9)))) for _ in range(300)]
+    pairs += [
+        (
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9))),
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9))),
+        )
+        for _ in range(300)
+    ]
     checked = 0
     for recognised, target in pairs:
         rec, tgt = recognised.replace(" ", "").lower(), target.replace(" ", "").lower()

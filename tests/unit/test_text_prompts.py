@@ -28,8 +28,10 @@ def test_a_line_without_a_quoted_target_is_an_error_naming_file_and_line(tmp_pat
     with pytest.raises(ValueError, match=rf"^{path}:4: no double-quoted target text in 'a sign with no text'"):
         read_text_prompts(str(path))
     path.write_text('a sign that reads "Open Late"\n\n  a poster saying "Sold Out"  \n')
-    assert read_text_prompts(str(path)) == [{"prompt": 'a sign that reads "Open Late"', "text": "Open Late"},
-                                            {"prompt": 'a poster saying "Sold Out"', "text": "Sold Out"}]
+    assert read_text_prompts(str(path)) == [
+        {"prompt": 'a sign that reads "Open Late"', "text": "Open Late"},
+        {"prompt": 'a poster saying "Sold Out"', "text": "Sold Out"},
+    ]
     path.write_text('an empty sign reading ""\n')
     with pytest.raises(ValueError, match=":1: no double-quoted target text"):
         read_text_prompts(str(path))

@@ -59,22 +59,29 @@ def test_refused_keys_left_at_their_defaults_are_accepted(tmp_path):
             if isinstance(field.default, (bool, int, float, str)) and field.name not in ("pad_to_multiple_of",):
                 defaults[field.name] = field.default
     with open(TINY_RECIPE) as f:
-        recipe = {**yaml.safe_load(f), **defaults, "output_dir": str(tmp_path / "out"),
-                  "model_name_or_path": os.path.join(REPO, "checkpoints", "tiny-random-causal-vq"),
-                  "dataset": os.path.join(REPO, "recipes", "prompts", "simple-objects.txt")}
+        recipe = {
+            **yaml.safe_load(f),
+            **defaults,
+            "output_dir": str(tmp_path / "out"),
+            "model_name_or_path": os.path.join(REPO, "checkpoints", "tiny-random-causal-vq"),
+            "dataset": os.path.join(REPO, "recipes", "prompts", "simple-objects.txt"),
+        }
     args, model_args, _ = parse_recipe(write_recipe(tmp_path / "defaults.yaml", **recipe), [])
     assert len(defaults) > 20 and inapplicable_key(args, model_args) is None
 
 
-@pytest.mark.parametrize("argv, key", [
-    (["--use_vllm", "true"], "use_vllm"),
-    (["--max_completion_length", "7"], "max_completion_length"),
-    (["--mask_truncated_completions", "true"], "mask_truncated_completions"),
-    (["--vllm_mode", "server"], "vllm_mode"),
-    (["--generation_kwargs", '{"do_sample": false}'], "generation_kwargs"),
-    (["--eval_strategy", "steps"], "eval_strategy"),
-    (["--load_in_4bit", "true"], "load_in_4bit"),
-])
+@pytest.mark.parametrize(
+    "argv, key",
+    [
+        (["--use_vllm", "true"], "use_vllm"),
+        (["--max_completion_length", "7"], "max_completion_length"),
+        (["--mask_truncated_completions", "true"], "mask_truncated_completions"),
+        (["--vllm_mode", "server"], "vllm_mode"),
+        (["--generation_kwargs", '{"do_sample": false}'], "generation_kwargs"),
+        (["--eval_strategy", "steps"], "eval_strategy"),
+        (["--load_in_4bit", "true"], "load_in_4bit"),
+    ],
+)
 def test_a_refused_key_exits_2_with_one_line_and_no_output_dir(tmp_path, capsys, argv, key):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as stop:
@@ -90,9 +97,12 @@ def test_a_refused_key_exits_2_with_one_line_and_no_output_dir(tmp_path, capsys,
 def test_a_refused_key_in_the_recipe_file_is_refused_too(tmp_path, capsys):
     with open(TINY_RECIPE) as f:
         recipe = yaml.safe_load(f)
-    recipe.update(model_name_or_path=os.path.join(REPO, "checkpoints", "tiny-random-causal-vq"),
-                  dataset=os.path.join(REPO, "recipes", "prompts", "simple-objects.txt"), log_completions=True,
-                  output_dir=str(tmp_path / "out"))
+    recipe.update(
+        model_name_or_path=os.path.join(REPO, "checkpoints", "tiny-random-causal-vq"),
+        dataset=os.path.join(REPO, "recipes", "prompts", "simple-objects.txt"),
+        log_completions=True,
+        output_dir=str(tmp_path / "out"),
+    )
     with pytest.raises(SystemExit) as stop:
         main(["train", write_recipe(tmp_path / "recipe.yaml", **recipe)])
     assert stop.value.code == 2

@@ -25,13 +25,16 @@ def test_vlm_judge_is_a_registered_reward_that_bounds_its_own_time():
     assert VlmJudgeReward.handles_timeout
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Final Score: 4", 0.8),
-    ("The image shows a cat.\nFinal Score:3.5", 0.7),
-    ("Final Score: 2 ... on reflection, Final Score: 5", 1.0),  # the verdict comes last
-    ("I would give it a four.", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Final Score: 4", 0.8),
+        ("The image shows a cat.\nFinal Score:3.5", 0.7),
+        ("Final Score: 2 ... on reflection, Final Score: 5", 1.0),  # the verdict comes last
+        ("I would give it a four.", None),
+        ("", None),
+    ],
+)
 def test_unifiedreward_point_reads_the_last_final_score_over_5(text, expected):
     assert judge(template="unifiedreward_point").score(answer(text)) == expected
 
@@ -48,8 +51,18 @@ def test_score_tag_reads_the_tag():
     assert judge(template="score_tag").score(answer("Score: 4")) is None
 
 
-@pytest.mark.parametrize("text, expected", [("Yes", 1.0), ("no.", 0.0), ("  YES, it does", 1.0), ("**No**", 0.0),
-                                            ("Yesterday", None), ("6666", None), ("Maybe", None)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Yes", 1.0),
+        ("no.", 0.0),
+        ("  YES, it does", 1.0),
+        ("**No**", 0.0),
+        ("Yesterday", None),
+        ("6666", None),
+        ("Maybe", None),
+    ],
+)
 def test_yes_no_text_reads_the_first_word(text, expected):
     assert parse_yes_no(text) == expected
 
@@ -88,26 +101,29 @@ def test_every_preset_asks_for_the_prompt():
         assert judge(template=name).question(0, "a red cube", {}).count("a red cube") == 1
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"template": "unifiedrewad_point"}, "is no preset .* and has no \\{prompt\\} placeholder"),
-    ({"template": "Rate {prompt}"}, "a custom 'template' needs a 'parser'"),
-    ({"template": "Rate {0}", "parser": "(x)"}, "placeholders must be named"),
-    ({"template": "Rate {prompt", "parser": "(x)"}, "not a valid format string"),
-    ({"parser": "(a)(b)"}, "must have exactly one group"),
-    ({"parser": "([0-9]"}, "not a valid regex"),
-    ({"mode": "scores"}, "'mode' must be 'score' or 'yes_no'"),
-    ({"template": "yes_no", "parser": "score_tag"}, "mode 'yes_no' reads yes/no itself"),
-    ({"template": "yes_no", "scale": 5}, "'scale' applies to mode 'score'"),
-    ({"scale": 0}, "'scale' must be a non-zero number"),
-    ({"on_failure": "skip"}, "'on_failure' must be 'raise' or 'mask'"),
-    ({"max_tokens": 0}, "'max_tokens' must be an int >= 1"),
-    ({"top_logprobs": 21}, "'top_logprobs' must be an int in 0..20"),
-    ({"image_size": 0}, "'image_size' must be a positive int"),
-    ({"base_url": "127.0.0.1:8000/v1"}, "'base_url' must look like http://"),
-    ({"timeout": 0}, "'timeout' must be a positive number"),
-    ({"retries": -1}, "'retries' must be an int >= 0"),
-    ({"max_concurrency": 0}, "'max_concurrency' must be an int >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"template": "unifiedrewad_point"}, "is no preset .* and has no \\{prompt\\} placeholder"),
+        ({"template": "Rate {prompt}"}, "a custom 'template' needs a 'parser'"),
+        ({"template": "Rate {0}", "parser": "(x)"}, "placeholders must be named"),
+        ({"template": "Rate {prompt", "parser": "(x)"}, "not a valid format string"),
+        ({"parser": "(a)(b)"}, "must have exactly one group"),
+        ({"parser": "([0-9]"}, "not a valid regex"),
+        ({"mode": "scores"}, "'mode' must be 'score' or 'yes_no'"),
+        ({"template": "yes_no", "parser": "score_tag"}, "mode 'yes_no' reads yes/no itself"),
+        ({"template": "yes_no", "scale": 5}, "'scale' applies to mode 'score'"),
+        ({"scale": 0}, "'scale' must be a non-zero number"),
+        ({"on_failure": "skip"}, "'on_failure' must be 'raise' or 'mask'"),
+        ({"max_tokens": 0}, "'max_tokens' must be an int >= 1"),
+        ({"top_logprobs": 21}, "'top_logprobs' must be an int in 0..20"),
+        ({"image_size": 0}, "'image_size' must be a positive int"),
+        ({"base_url": "127.0.0.1:8000/v1"}, "'base_url' must look like http://"),
+        ({"timeout": 0}, "'timeout' must be a positive number"),
+        ({"retries": -1}, "'retries' must be an int >= 0"),
+        ({"max_concurrency": 0}, "'max_concurrency' must be an int >= 1"),
+    ],
+)
 def test_bad_kwargs_fail_at_build_time_with_one_line(kwargs, message):
     with pytest.raises(RewardConfigError, match=message) as info:
         judge(**kwargs)
@@ -122,15 +138,28 @@ def test_the_cache_key_covers_everything_that_changes_the_answer():
     client = VlmClient("http://127.0.0.1:9/v1", "judge")
     base = client._cache_key(b"png", "q", None, 16, 0)
     assert base == client._cache_key(b"png", "q", None, 16, 0)
-    assert len({base, client._cache_key(b"PNG", "q", None, 16, 0), client._cache_key(b"png", "Q", None, 16, 0),
-                client._cache_key(b"png", "q", "sys", 16, 0), client._cache_key(b"png", "q", None, 17, 0),
+    assert (
+        len(
+            {
+                base,
+                client._cache_key(b"PNG", "q", None, 16, 0),
+                client._cache_key(b"png", "Q", None, 16, 0),
+                client._cache_key(b"png", "q", "sys", 16, 0),
+                client._cache_key(b"png", "q", None, 17, 0),
                 client._cache_key(b"png", "q", None, 16, 5),
                 VlmClient("http://127.0.0.1:9/v1", "judge", temperature=1.0)._cache_key(b"png", "q", None, 16, 0),
-                VlmClient("http://127.0.0.1:9/v1", "other")._cache_key(b"png", "q", None, 16, 0)}) == 8
+                VlmClient("http://127.0.0.1:9/v1", "other")._cache_key(b"png", "q", None, 16, 0),
+            }
+        )
+        == 8
+    )
 
 
 def test_without_the_openai_sdk_the_reward_says_which_extra_to_install(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "openai", None)  # `import openai` now raises ImportError
-    with pytest.raises(RewardConfigError, match=r"^reward 'vlm_judge': the VLM client needs the OpenAI SDK: "
-                                                r"pip install 'rlhf-img\[judge\]'$"):
+    with pytest.raises(
+        RewardConfigError,
+        match=r"^reward 'vlm_judge': the VLM client needs the OpenAI SDK: "
+        r"pip install 'rlhf-img\[judge\]'$",
+    ):
         judge()

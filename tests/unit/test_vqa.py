@@ -10,10 +10,21 @@ import pytest
 import torch
 from conftest import REPO
 
-from rlhf_img.eval.vqa import (Atom, ShapesAnswerer, VlmAnswerer, VqaAnswerError, VqaJudge, aggregate,
-                               answer_probability, atoms_for_row, atoms_from_geneval, atoms_from_geneval2)
+from rlhf_img.eval.vqa import (
+    Atom,
+    ShapesAnswerer,
+    VlmAnswerer,
+    VqaAnswerError,
+    VqaJudge,
+    aggregate,
+    answer_probability,
+    atoms_for_row,
+    atoms_from_geneval,
+    atoms_from_geneval2,
+)
 from rlhf_img.eval.vqa.atoms import plural, prompt_file_row
-from rlhf_img.eval.vqa.files import main as files_main, read_prompt_file
+from rlhf_img.eval.vqa.files import main as files_main
+from rlhf_img.eval.vqa.files import read_prompt_file
 from rlhf_img.eval.vqa.scoring import soft_tifa_am, soft_tifa_gm, strict, tifa
 from rlhf_img.geneval_rules import TAGS, Detection
 from rlhf_img.worlds import shapes
@@ -29,28 +40,40 @@ def _first_row(tag):
 
 # ------------------------------------------------------------------------------------------- atoms and questions
 EXPECTED_GENEVAL2 = {
-    "single_object": [("object", "Are there any circles in the image?", "yes"),
-                      ("count", "How many circles are in the image?", "one")],
-    "two_object": [("object", "Are there any circles in the image?", "yes"),
-                   ("count", "How many circles are in the image?", "one"),
-                   ("object", "Are there any squares in the image?", "yes"),
-                   ("count", "How many squares are in the image?", "one")],
-    "counting": [("object", "Are there any circles in the image?", "yes"),
-                 ("count", "How many circles are in the image?", "two")],
-    "colors": [("object", "Are there any circles in the image?", "yes"),
-               ("count", "How many circles are in the image?", "one"),
-               ("color", "Is the circle red?", "yes")],
-    "position": [("object", "Are there any squares in the image?", "yes"),
-                 ("count", "How many squares are in the image?", "one"),
-                 ("object", "Are there any circles in the image?", "yes"),
-                 ("count", "How many circles are in the image?", "one"),
-                 ("position", "Is the circle to the left of the square?", "yes")],
-    "color_attr": [("object", "Are there any circles in the image?", "yes"),
-                   ("count", "How many circles are in the image?", "one"),
-                   ("color", "Is the circle red?", "yes"),
-                   ("object", "Are there any squares in the image?", "yes"),
-                   ("count", "How many squares are in the image?", "one"),
-                   ("color", "Is the square green?", "yes")],
+    "single_object": [
+        ("object", "Are there any circles in the image?", "yes"),
+        ("count", "How many circles are in the image?", "one"),
+    ],
+    "two_object": [
+        ("object", "Are there any circles in the image?", "yes"),
+        ("count", "How many circles are in the image?", "one"),
+        ("object", "Are there any squares in the image?", "yes"),
+        ("count", "How many squares are in the image?", "one"),
+    ],
+    "counting": [
+        ("object", "Are there any circles in the image?", "yes"),
+        ("count", "How many circles are in the image?", "two"),
+    ],
+    "colors": [
+        ("object", "Are there any circles in the image?", "yes"),
+        ("count", "How many circles are in the image?", "one"),
+        ("color", "Is the circle red?", "yes"),
+    ],
+    "position": [
+        ("object", "Are there any squares in the image?", "yes"),
+        ("count", "How many squares are in the image?", "one"),
+        ("object", "Are there any circles in the image?", "yes"),
+        ("count", "How many circles are in the image?", "one"),
+        ("position", "Is the circle to the left of the square?", "yes"),
+    ],
+    "color_attr": [
+        ("object", "Are there any circles in the image?", "yes"),
+        ("count", "How many circles are in the image?", "one"),
+        ("color", "Is the circle red?", "yes"),
+        ("object", "Are there any squares in the image?", "yes"),
+        ("count", "How many squares are in the image?", "one"),
+        ("color", "Is the square green?", "yes"),
+    ],
 }
 
 
@@ -73,10 +96,15 @@ def test_every_shapes_prompt_yields_atoms_the_exact_answerer_can_read():
 
 
 def test_geneval_metadata_with_coco_classes_counts_and_uncapped_excludes():
-    row = {"tag": "counting", "prompt": "a photo of three wine glasses and a person",
-           "include": [{"class": "wine glass", "count": 3}, {"class": "person", "count": 1, "color": "red",
-                                                             "position": ["below", 0]}],
-           "exclude": [{"class": "dog", "count": 1}, {"class": "wine glass", "count": 4}]}
+    row = {
+        "tag": "counting",
+        "prompt": "a photo of three wine glasses and a person",
+        "include": [
+            {"class": "wine glass", "count": 3},
+            {"class": "person", "count": 1, "color": "red", "position": ["below", 0]},
+        ],
+        "exclude": [{"class": "dog", "count": 1}, {"class": "wine glass", "count": 4}],
+    }
     assert _questions(atoms_from_geneval(row, "geneval")) == [
         ("object", "Are there any wine glasses in the image?", "yes"),
         ("count", "How many wine glasses are in the image?", "three"),  # include 3 + exclude 4 = exactly 3
@@ -87,9 +115,17 @@ def test_geneval_metadata_with_coco_classes_counts_and_uncapped_excludes():
     ]
     uncapped = dict(row, exclude=[])
     assert ("count", "Are there at least three wine glasses in the image?", "yes") in _questions(
-        atoms_from_geneval(uncapped, "geneval"))
+        atoms_from_geneval(uncapped, "geneval")
+    )
     assert [plural(name) for name in ("bus", "skis", "sheep", "cherry", "toy", "bench", "hair drier")] == [
-        "buses", "skis", "sheep", "cherries", "toys", "benches", "hair driers"]
+        "buses",
+        "skis",
+        "sheep",
+        "cherries",
+        "toys",
+        "benches",
+        "hair driers",
+    ]
 
 
 def test_position_clause_pointing_at_itself_is_refused():
@@ -100,12 +136,20 @@ def test_position_clause_pointing_at_itself_is_refused():
 
 def test_geneval2_rows_are_read_with_their_questions_and_skills():
     # a row written here in GenEval 2's published format (not taken from their data file)
-    row = {"prompt": "two blue kites above a wooden bench", "atom_count": 5,
-           "vqa_list": [["How many kites are in the image?", "two"], ["Are the kites blue?", "Yes"],
-                        ["Are there any kites in the image?", "Yes"], ["Are the kites above the bench?", "Yes"],
-                        ["How many benches are in the image?", "one"], ["Is the bench wooden?", "Yes"],
-                        ["Are there any benches in the image?", "Yes"]],
-           "skills": ["count", "attribute", "object", "position", "count", "attribute", "object"]}
+    row = {
+        "prompt": "two blue kites above a wooden bench",
+        "atom_count": 5,
+        "vqa_list": [
+            ["How many kites are in the image?", "two"],
+            ["Are the kites blue?", "Yes"],
+            ["Are there any kites in the image?", "Yes"],
+            ["Are the kites above the bench?", "Yes"],
+            ["How many benches are in the image?", "one"],
+            ["Is the bench wooden?", "Yes"],
+            ["Are there any benches in the image?", "Yes"],
+        ],
+        "skills": ["count", "attribute", "object", "position", "count", "attribute", "object"],
+    }
     atoms = atoms_from_geneval2(row)
     assert [(a.type, a.answer, a.count) for a in atoms[:2]] == [("count", "two", 2), ("attribute", "yes", None)]
     assert atoms_for_row(row) == atoms
@@ -117,8 +161,14 @@ def test_geneval2_rows_are_read_with_their_questions_and_skills():
 
 
 def test_prompt_file_atoms_round_trip_and_bad_entries_name_the_prompt(tmp_path):
-    atom = Atom("position", "Is the circle above the squares?", subject="circle", relation="above",
-                target="square", target_count=2)
+    atom = Atom(
+        "position",
+        "Is the circle above the squares?",
+        subject="circle",
+        relation="above",
+        target="square",
+        target_count=2,
+    )
     assert Atom.from_json(atom.to_json()) == atom
     # Arrow-typed rows carry absent keys as None
     assert Atom.from_json({**atom.to_json(), "color": None, "answer": None}) == atom
@@ -166,9 +216,15 @@ class FixedAnswerer:
 
 
 def test_judge_records_and_table_per_tag_atom_type_and_atomicity():
-    rows = [_first_row("colors"), _first_row("single_object"),
-            {"prompt": "g2", "atom_count": 2, "atoms": [{"type": "object", "question": "Any?"},
-                                                        {"type": "attribute", "question": "Red?"}]}]
+    rows = [
+        _first_row("colors"),
+        _first_row("single_object"),
+        {
+            "prompt": "g2",
+            "atom_count": 2,
+            "atoms": [{"type": "object", "question": "Any?"}, {"type": "attribute", "question": "Red?"}],
+        },
+    ]
     judge = VqaJudge(FixedAnswerer([[1.0, 0.5, 0.8], [1.0, 1.0], [0.64, 1.0]]))
     records = judge.judge(torch.zeros(3, 3, 8, 8), rows)
     assert json.loads(json.dumps(records)) == records
@@ -191,8 +247,10 @@ def _box(x, y, color="red"):
 
 
 def test_shapes_answerer_facts_on_hand_made_detections():
-    detections = {"circle": [_box(0, 10, "blue"), _box(20, 10, "red"), _box(0, 20, "red")],
-                  "square": [_box(10, 10), _box(10, 20)]}
+    detections = {
+        "circle": [_box(0, 10, "blue"), _box(20, 10, "red"), _box(0, 20, "red")],
+        "square": [_box(10, 10), _box(10, 20)],
+    }
     holds = ShapesAnswerer.holds
     assert holds(Atom("object", "q", subject="circle"), detections)
     assert not holds(Atom("object", "q", subject="triangle"), detections)
@@ -204,10 +262,11 @@ def test_shapes_answerer_facts_on_hand_made_detections():
     assert not holds(Atom("color", "q", subject="circle", color="blue", count=2), detections)
     assert holds(Atom("color", "q", "no", subject="square", color="blue"), detections)
     # the two left circles are each left of both squares; no two circles are right of the same square
-    assert holds(Atom("position", "q", subject="circle", relation="left of", target="square", count=2,
-                      target_count=2), detections)
-    assert not holds(Atom("position", "q", subject="circle", relation="right of", target="square", count=2),
-                     detections)
+    assert holds(
+        Atom("position", "q", subject="circle", relation="left of", target="square", count=2, target_count=2),
+        detections,
+    )
+    assert not holds(Atom("position", "q", subject="circle", relation="right of", target="square", count=2), detections)
     with pytest.raises(ValueError, match="needs structured atoms; 'Is it nice\\?' has no 'subject'"):
         ShapesAnswerer().yes_probabilities(torch.zeros(1, 3, 32, 32), [["Is it nice?"]])
     with pytest.raises(ValueError, match="cannot answer 'verb' atoms"):
@@ -232,8 +291,9 @@ class FakeClient:
         self.replies, self.calls = replies, []
 
     def ask(self, items, *, max_tokens=64, top_logprobs=0, system=None):
-        self.calls.append({"items": list(items), "max_tokens": max_tokens, "top_logprobs": top_logprobs,
-                           "system": system})
+        self.calls.append(
+            {"items": list(items), "max_tokens": max_tokens, "top_logprobs": top_logprobs, "system": system}
+        )
         return [self.replies[question] for _, question in items]
 
 
@@ -260,9 +320,14 @@ def test_answer_probability_from_logprobs_and_from_the_text():
 
 
 def test_vlm_answerer_asks_each_question_with_geneval2_suffix_and_reads_probabilities():
-    client = FakeClient({"Are there any circles in the image? Answer in one word.":
-                         FakeChatAnswer("Yes", _logprobs(Yes=0.9, No=0.1)),
-                         "How many circles are in the image? Answer in one word.": FakeChatAnswer("One")})
+    client = FakeClient(
+        {
+            "Are there any circles in the image? Answer in one word.": FakeChatAnswer(
+                "Yes", _logprobs(Yes=0.9, No=0.1)
+            ),
+            "How many circles are in the image? Answer in one word.": FakeChatAnswer("One"),
+        }
+    )
     answerer = VlmAnswerer(client, min_image_side=64)
     row = _first_row("single_object")
     judge = VqaJudge(answerer, aggregation="soft_tifa_am")
@@ -274,9 +339,13 @@ def test_vlm_answerer_asks_each_question_with_geneval2_suffix_and_reads_probabil
 
 
 def test_vlm_failure_raises_one_line_naming_question_prompt_and_reply():
-    client = FakeClient({"Is the circle red? Answer in one word.": FakeChatAnswer("It is crimson, I think."),
-                         "Are there any circles in the image? Answer in one word.": FakeChatAnswer("Yes"),
-                         "How many circles are in the image? Answer in one word.": FakeChatAnswer("one")})
+    client = FakeClient(
+        {
+            "Is the circle red? Answer in one word.": FakeChatAnswer("It is crimson, I think."),
+            "Are there any circles in the image? Answer in one word.": FakeChatAnswer("Yes"),
+            "How many circles are in the image? Answer in one word.": FakeChatAnswer("one"),
+        }
+    )
     row = _first_row("colors")
     with pytest.raises(VqaAnswerError) as raised:
         VqaJudge(VlmAnswerer(client)).judge(torch.rand(1, 3, 32, 32), [row])
@@ -287,12 +356,20 @@ def test_vlm_failure_raises_one_line_naming_question_prompt_and_reply():
 
 
 def test_vlm_call_error_raises_or_is_masked_and_counted():
-    client = FakeClient({"Are there any circles in the image? Answer in one word.": FakeChatAnswer("yes"),
-                         "How many circles are in the image? Answer in one word.":
-                         FakeVlmCallError("HTTP 503 from http://vlm:8000\nretry later")})
+    client = FakeClient(
+        {
+            "Are there any circles in the image? Answer in one word.": FakeChatAnswer("yes"),
+            "How many circles are in the image? Answer in one word.": FakeVlmCallError(
+                "HTTP 503 from http://vlm:8000\nretry later"
+            ),
+        }
+    )
     row = _first_row("single_object")
-    with pytest.raises(VqaAnswerError, match=r"the call failed \(FakeVlmCallError: HTTP 503 from http://vlm:8000 "
-                                             r"retry later\)"):
+    with pytest.raises(
+        VqaAnswerError,
+        match=r"the call failed \(FakeVlmCallError: HTTP 503 from http://vlm:8000 "
+        r"retry later\)",
+    ):
         VqaJudge(VlmAnswerer(client)).judge(torch.rand(1, 3, 32, 32), [row])
     judge = VqaJudge(VlmAnswerer(client, on_failure="mask"))
     records = judge.judge(torch.rand(1, 3, 32, 32), [row])

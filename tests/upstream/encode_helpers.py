@@ -10,9 +10,8 @@ import random
 
 import numpy as np
 import torch
-from PIL import Image
-
 from conftest import REPO  # tests/conftest.py: offline environment
+from PIL import Image
 
 CHECKPOINT = os.path.join(REPO, "checkpoints", "shapes-tiny")
 
@@ -70,6 +69,13 @@ def encode(dataset: str, output_dir, **keys):
     """`run_encode` in this process (CPU, small shards, two loader threads)."""
     from rlhf_img.upstream.encode import EncodeConfig, run_encode
 
-    options = dict(model_name_or_path=CHECKPOINT, dataset=str(dataset), output_dir=str(output_dir), shard_size=8,
-                   batch_size=4, num_workers=2, use_cpu=True)
+    options = dict(
+        model_name_or_path=CHECKPOINT,
+        dataset=str(dataset),
+        output_dir=str(output_dir),
+        shard_size=8,
+        batch_size=4,
+        num_workers=2,
+        use_cpu=True,
+    )
     return run_encode(EncodeConfig(**{**options, **keys}))

@@ -10,8 +10,8 @@ import yaml
 from conftest import REPO
 from datasets import Dataset
 from families import toy_family  # noqa: F401  (registers the `palette` family, as the contract suite does)
-from numerics import assert_close_scaled
 from huggingface_hub import ModelCard
+from numerics import assert_close_scaled
 from peft import LoraConfig
 from PIL import Image
 
@@ -30,8 +30,17 @@ PROMPTS = ["a red circle", "two blue squares left of a green triangle", "x", "a 
 
 
 def _dpo_args(tmp_path, **overrides) -> ImageDPOConfig:
-    defaults = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=len(PROMPTS), max_steps=1,
-                    learning_rate=5e-2, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, seed=0)
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=len(PROMPTS),
+        max_steps=1,
+        learning_rate=5e-2,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
     return ImageDPOConfig(**{**defaults, **overrides})
 
 
@@ -44,8 +53,9 @@ def test_sigmoid_and_ipo_losses_match_their_formulas_on_hand_computed_numbers():
     chosen, rejected = torch.tensor([-10.0, -20.0]), torch.tensor([-12.0, -18.0])
     ref_chosen, ref_rejected = torch.tensor([-11.0, -20.0]), torch.tensor([-11.0, -19.0])
     # log-ratios: chosen [1, 0], rejected [-1, 1] -> delta [2, -1]; beta 0.5, T = 4 actions
-    sigmoid, chosen_rewards, rejected_rewards = dpo_losses(chosen, rejected, ref_chosen, ref_rejected, 0.5, "sigmoid",
-                                                           4)
+    sigmoid, chosen_rewards, rejected_rewards = dpo_losses(
+        chosen, rejected, ref_chosen, ref_rejected, 0.5, "sigmoid", 4
+    )
     expected = torch.tensor([math.log1p(math.exp(-1.0)), math.log1p(math.exp(0.5))])  # -log sigmoid(0.5 * delta)
     assert_close_scaled(sigmoid, expected, relative=1e-6)
     ipo = dpo_losses(chosen, rejected, ref_chosen, ref_rejected, 0.5, "ipo", 4)[0]
@@ -68,10 +78,22 @@ def test_the_loss_is_log_2_and_the_ipo_loss_its_target_when_the_policy_is_the_re
 def test_groups_pair_their_best_and_worst_scored_samples_and_skip_ties_and_unscored():
     nan = float("nan")
     rewards = RewardSet.build([_brightness])  # one reward of weight 1 (weights: the next test)
-    scores = torch.tensor([[0.2], [0.9], [0.5],     # group 0: best 1, worst 0
-                           [0.4], [0.4], [0.4],     # group 1: no spread
-                           [nan], [0.1], [nan],     # group 2: one scored sample only
-                           [nan], [0.7], [0.3]])    # group 3: the unscored sample is never picked
+    scores = torch.tensor(
+        [
+            [0.2],
+            [0.9],
+            [0.5],  # group 0: best 1, worst 0
+            [0.4],
+            [0.4],
+            [0.4],  # group 1: no spread
+            [nan],
+            [0.1],
+            [nan],  # group 2: one scored sample only
+            [nan],
+            [0.7],
+            [0.3],
+        ]
+    )  # group 3: the unscored sample is never picked
     ranked = rank_groups(scores, rewards, 3)
     assert ranked.valid.tolist() == [True, False, False, True]
     assert ranked.best[ranked.valid].tolist() == [1, 10] and ranked.worst[ranked.valid].tolist() == [0, 11]
@@ -79,8 +101,12 @@ def test_groups_pair_their_best_and_worst_scored_samples_and_skip_ties_and_unsco
 
 
 def test_ranking_combines_weights_and_normalized_rewards_as_grpo_does():
-    rewards = RewardSet.build([RewardFunction(_brightness, "first", weight=1.0),
-                               RewardFunction(_brightness, "second", weight=2.0, normalize=True)])
+    rewards = RewardSet.build(
+        [
+            RewardFunction(_brightness, "first", weight=1.0),
+            RewardFunction(_brightness, "second", weight=2.0, normalize=True),
+        ]
+    )
     # raw: sample 0 wins on `first` (+0.3), sample 1 on `second` (+1000); `second` is z-scored over the batch first,
     # so its 1000-point lead is worth about one standard deviation (x weight 2), more than 0.3 of `first`
     scores = torch.tensor([[0.3, 0.0], [0.0, 1000.0], [0.0, 0.0], [0.0, 0.0]])
@@ -124,7 +150,8 @@ def _margins(policy, model, pairs: Dataset) -> torch.Tensor:
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_one_dpo_step_raises_the_margin_against_a_frozen_reference_and_reloads_as_the_family(
-        family_case, tmp_path, mode):
+    family_case, tmp_path, mode
+):
     name = family_case[0]
     policy = _load(family_case)
     pairs = _fixed_pairs(policy)
@@ -150,8 +177,9 @@ def test_one_dpo_step_raises_the_margin_against_a_frozen_reference_and_reloads_a
     if mode == "full":
         assert all(torch.equal(base_weights[key], value) for key, value in trainer.ref_model.state_dict().items())
     fresh = _load(family_case)
-    assert_close_scaled(reference, action_logprobs(fresh, fresh.model, fresh.encode_prompts(prompts), chosen).sum(1),
-                        relative=1e-6)
+    assert_close_scaled(
+        reference, action_logprobs(fresh, fresh.model, fresh.encode_prompts(prompts), chosen).sum(1), relative=1e-6
+    )
 
     out = str(tmp_path / "saved")
     trainer.save_model(out)
@@ -168,8 +196,9 @@ def test_offline_images_are_resized_cropped_and_encoded_by_the_family(family_cas
         pytest.skip(f"{name}: the policy has no encode_images yet (offline image pairs need it; action pairs work)")
     height, width = policy.image_size
     with torch.no_grad():
-        actions = policy.sample(policy.model, policy.encode_prompts(PROMPTS[:2] * 2), Sampling(),
-                                torch.Generator().manual_seed(1)).actions
+        actions = policy.sample(
+            policy.model, policy.encode_prompts(PROMPTS[:2] * 2), Sampling(), torch.Generator().manual_seed(1)
+        ).actions
     images = policy.decode(actions)
     rows = []
     for index, picture in enumerate(to_pil(images)):
@@ -182,8 +211,12 @@ def test_offline_images_are_resized_cropped_and_encoded_by_the_family(family_cas
     pairs = PreferencePairs(table, policy.image_size, policy.num_actions, base_dir)
     assert pairs.kind == "images" and pairs[0]["chosen"].shape == (3, height, width)
 
-    trainer = ImageDPOTrainer(policy, _dpo_args(tmp_path, per_device_train_batch_size=2), pairs,
-                              peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=family_case[3]))
+    trainer = ImageDPOTrainer(
+        policy,
+        _dpo_args(tmp_path, per_device_train_batch_size=2),
+        pairs,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=family_case[3]),
+    )
     batch = trainer._prepare_inputs(trainer.data_collator([pairs[0], pairs[1]]))
     expected = policy.encode_images(torch.stack([pairs[0]["chosen"], pairs[1]["chosen"]]))
     assert batch["chosen"].dtype == torch.long and torch.equal(batch["chosen"].cpu(), expected.cpu())
@@ -211,8 +244,13 @@ def test_online_mode_trains_on_each_groups_brightest_vs_darkest_and_counts_group
     policy = load_policy(SHAPES_TINY, dtype="float32")
     dataset = Dataset.from_dict({"prompt": PROMPTS, "tag": ["t0", "t1", "t2", "t3"]})
     args = _dpo_args(tmp_path, mode="online", num_generations=4, learning_rate=1e-3)
-    trainer = ImageDPOTrainer(policy, args, dataset, rewards=[bright_unless_flat],
-                              peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    trainer = ImageDPOTrainer(
+        policy,
+        args,
+        dataset,
+        rewards=[bright_unless_flat],
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+    )
     batch = trainer._prepare_inputs(collate_prompts([dataset[i] for i in range(len(PROMPTS))]))
 
     # the same per-image streams, sampled independently: every image of every group
@@ -237,9 +275,13 @@ def test_an_online_batch_without_any_spread_trains_nothing_and_logs_no_margin(tm
         return [1.0] * len(prompts)
 
     policy = load_policy(SHAPES_TINY, dtype="float32")
-    trainer = ImageDPOTrainer(policy, _dpo_args(tmp_path, mode="online", num_generations=2),
-                              Dataset.from_dict({"prompt": PROMPTS}), rewards=[flat],
-                              peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    trainer = ImageDPOTrainer(
+        policy,
+        _dpo_args(tmp_path, mode="online", num_generations=2),
+        Dataset.from_dict({"prompt": PROMPTS}),
+        rewards=[flat],
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+    )
     before = {k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
     trainer.train()
     entry = trainer.state.log_history[0]
@@ -262,16 +304,29 @@ def test_caption_dropout_scores_its_share_of_pairs_unconditionally_the_same_way_
     with torch.no_grad():
         dropped = trainer.sequence_logps(policy.model, prompts, chosen, torch.zeros(len(prompts), dtype=torch.bool))
         captioned = trainer.sequence_logps(policy.model, prompts, chosen, None)
-        unconditional = policy.logprobs(policy.model, policy.encode_prompts(prompts), chosen,
-                                        Sampling(cfg_mode="guided", cfg_scale=0.0))[0].sum(1)
+        unconditional = policy.logprobs(
+            policy.model, policy.encode_prompts(prompts), chosen, Sampling(cfg_mode="guided", cfg_scale=0.0)
+        )[0].sum(1)
     assert_close_scaled(dropped, unconditional, relative=1e-6)
     assert float((dropped - captioned).abs().max()) > 1e-3 * float(captioned.abs().max())  # the caption matters
 
 
 # ---------------------------------------------------------------------------------------- command, recipes
 def _recipe_overrides(tmp_path, name: str) -> list[str]:
-    return ["--output_dir", str(tmp_path / name), "--max_steps", "2", "--per_device_train_batch_size", "4",
-            "--num_generations", "4", "--max_prompts", "8", "--logging_steps", "1"]
+    return [
+        "--output_dir",
+        str(tmp_path / name),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--num_generations",
+        "4",
+        "--max_prompts",
+        "8",
+        "--logging_steps",
+        "1",
+    ]
 
 
 @pytest.mark.slow  # real commands: online DPO, `dpo pairs`, offline DPO, then `rlhf-img train` (~30 s on 2 cores)
@@ -288,8 +343,23 @@ def test_shipped_recipes_run_two_steps_and_the_output_trains_with_rlhf_img_train
     assert {"rlhf-img", "dpo", "causal_vq"} <= set(card.data.tags) and "## Rewards" in card.text
 
     pairs_dir = tmp_path / "pairs"
-    assert main(["pairs", online, "--output_dir", str(pairs_dir), "--max_prompts", "8", "--num_generations", "4",
-                 "--per_device_train_batch_size", "8"]) == 0
+    assert (
+        main(
+            [
+                "pairs",
+                online,
+                "--output_dir",
+                str(pairs_dir),
+                "--max_prompts",
+                "8",
+                "--num_generations",
+                "4",
+                "--per_device_train_batch_size",
+                "8",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in open(pairs_dir / "pairs.jsonl")]
     assert rows and all(row["chosen_reward"] > row["rejected_reward"] for row in rows)
     assert all(os.path.isfile(pairs_dir / row["chosen"]) and len(row["chosen_actions"]) == 64 for row in rows)
@@ -300,23 +370,61 @@ def test_shipped_recipes_run_two_steps_and_the_output_trains_with_rlhf_img_train
     assert [entry["step"] for entry in history if "rewards/margins" in entry] == [1, 2]
     assert "margin 0 (step 1)" in capsys.readouterr().out
     # the same table's PNG columns: read, resized, encoded by the VQ per batch
-    assert main([offline, *_recipe_overrides(tmp_path, "offline-png"), "--dataset", str(pairs_dir / "pairs.jsonl"),
-                 "--chosen_column", "chosen", "--rejected_column", "rejected", "--max_steps", "1"]) == 0
+    assert (
+        main(
+            [
+                offline,
+                *_recipe_overrides(tmp_path, "offline-png"),
+                "--dataset",
+                str(pairs_dir / "pairs.jsonl"),
+                "--chosen_column",
+                "chosen",
+                "--rejected_column",
+                "rejected",
+                "--max_steps",
+                "1",
+            ]
+        )
+        == 0
+    )
 
     grpo = os.path.join(REPO, "recipes", "shapes-grpo.yaml")
-    assert cli_main(["train", grpo, "--model_name_or_path", str(tmp_path / "offline"), "--output_dir",
-                     str(tmp_path / "grpo"), "--max_steps", "1", "--per_device_train_batch_size", "8",
-                     "--num_generations", "4", "--eval_every", "0", "--max_prompts", "8"]) == 0
+    assert (
+        cli_main(
+            [
+                "train",
+                grpo,
+                "--model_name_or_path",
+                str(tmp_path / "offline"),
+                "--output_dir",
+                str(tmp_path / "grpo"),
+                "--max_steps",
+                "1",
+                "--per_device_train_batch_size",
+                "8",
+                "--num_generations",
+                "4",
+                "--eval_every",
+                "0",
+                "--max_prompts",
+                "8",
+            ]
+        )
+        == 0
+    )
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--max_stepz", "2"], "max_stepz"),
-    (["--mode", "offline"], "'rewards' is read in mode 'online' only"),
-    (["--rewards", "null"], "'rewards' is required"),
-    (["--loss_type", "hinge"], "loss_type"),
-    (["--num_generations", "1"], "num_generations"),
-    (["--mode", "offline", "--rewards", "null", "--dataset", "missing-pairs.jsonl"], "missing-pairs.jsonl"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max_stepz", "2"], "max_stepz"),
+        (["--mode", "offline"], "'rewards' is read in mode 'online' only"),
+        (["--rewards", "null"], "'rewards' is required"),
+        (["--loss_type", "hinge"], "loss_type"),
+        (["--num_generations", "1"], "num_generations"),
+        (["--mode", "offline", "--rewards", "null", "--dataset", "missing-pairs.jsonl"], "missing-pairs.jsonl"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line_naming_the_key_or_file(tmp_path, capsys, argv, message):
     online = os.path.join(REPO, "recipes", "shapes-dpo-online.yaml")
     with pytest.raises(SystemExit) as exit_info:
@@ -330,6 +438,14 @@ def test_bad_input_exits_2_with_one_line_naming_the_key_or_file(tmp_path, capsys
 def test_help_lists_the_dpo_keys(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for key in ("--mode", "--beta", "--loss_type", "--num_generations", "--chosen_column", "--caption_dropout",
-                "--lora_r", "--cfg_mode"):
+    for key in (
+        "--mode",
+        "--beta",
+        "--loss_type",
+        "--num_generations",
+        "--chosen_column",
+        "--caption_dropout",
+        "--lora_r",
+        "--cfg_mode",
+    ):
         assert key in text

@@ -50,8 +50,9 @@ def test_open_encoded_memory_maps_the_shards_in_output_dir_in_input_order(folder
     assert sorted(entry["filename"] for entry in dataset.cache_files) == shard_files
     assert all(isinstance(block, MemoryMappedTable) for row in dataset.data.blocks for block in row)
     assert dataset["key"] == [f"{index:04d}" for index in range(COUNT)]
-    np.testing.assert_array_equal(np.array(dataset["actions"]),
-                                  expected_actions(load_shapes_policy(), [image for _, image in pairs]))
+    np.testing.assert_array_equal(
+        np.array(dataset["actions"]), expected_actions(load_shapes_policy(), [image for _, image in pairs])
+    )
     assert dataset.features["actions"].length == 64
 
 
@@ -75,8 +76,20 @@ def test_bad_images_are_skipped_listed_by_key_and_reason_and_printed_on_one_line
     data = (root / "0007.png").read_bytes()
     (root / "0007.png").write_bytes(data[: len(data) // 2])  # truncated
     os.remove(root / "0008.txt")  # no caption
-    code = main(["--model_name_or_path", CHECKPOINT, "--dataset", str(root), "--output_dir", str(tmp_path / "out"),
-                 "--shard_size", "4", "--use_cpu", "true"])
+    code = main(
+        [
+            "--model_name_or_path",
+            CHECKPOINT,
+            "--dataset",
+            str(root),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--shard_size",
+            "4",
+            "--use_cpu",
+            "true",
+        ]
+    )
     assert code == 0
     line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("rlhf-img: encoded")]
     assert len(line) == 1 and "encoded 6 of 10 pairs" in line[0] and "skipped 4: 0003 (" in line[0]
@@ -97,8 +110,11 @@ def test_a_table_row_naming_a_missing_file_is_skipped_with_the_path(pairs, tmp_p
     from rlhf_img.upstream.shards import EncodedInfo
 
     write_image_folder(tmp_path / "images", pairs[:3], captions="none")
-    rows = [{"image": "images/0000.png", "caption": "a"}, {"image": "images/gone.png", "caption": "b"},
-            {"image": "images/0002.png", "caption": None}]
+    rows = [
+        {"image": "images/0000.png", "caption": "a"},
+        {"image": "images/gone.png", "caption": "b"},
+        {"image": "images/0002.png", "caption": None},
+    ]
     (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n{not json\n")
     encode(tmp_path / "pairs.jsonl", tmp_path / "out")
     skipped = {entry["key"]: entry["reason"] for entry in EncodedInfo.read(str(tmp_path / "out")).skipped}
@@ -137,8 +153,20 @@ def test_rerun_with_other_settings_into_the_same_folder_exits_2_naming_the_setti
     encode(folder, tmp_path / "out", shard_size=6)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["--model_name_or_path", CHECKPOINT, "--dataset", str(folder), "--output_dir", str(tmp_path / "out"),
-              "--shard_size", "5", "--use_cpu", "true"])
+        main(
+            [
+                "--model_name_or_path",
+                CHECKPOINT,
+                "--dataset",
+                str(folder),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--shard_size",
+                "5",
+                "--use_cpu",
+                "true",
+            ]
+        )
     assert exit_info.value.code == 2
     error = _error_lines(capsys.readouterr().err)
     assert len(error) == 1 and "shard_size" in error[0] and "other settings" in error[0]
@@ -155,21 +183,30 @@ def test_recipe_file_and_overrides_parse_like_train(folder, tmp_path, capsys):
 
     from rlhf_img.upstream.encode import main
 
-    recipe = write_recipe(tmp_path / "encode.yaml", model_name_or_path=CHECKPOINT, dataset=str(folder),
-                          output_dir=str(tmp_path / "out"), shard_size=100, use_cpu=True)
+    recipe = write_recipe(
+        tmp_path / "encode.yaml",
+        model_name_or_path=CHECKPOINT,
+        dataset=str(folder),
+        output_dir=str(tmp_path / "out"),
+        shard_size=100,
+        use_cpu=True,
+    )
     assert main([recipe, "--shard_size", "8", "--max_examples", "9"]) == 0
     with open(tmp_path / "out" / "encode.json") as f:
         info = json.load(f)
     assert (info["shard_size"], info["num_rows"], len(info["shards"])) == (8, 9, 2)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--shard_sizes", "3"], "unknown option"),
-    (["--dataset", "/nowhere/pairs.jsonl"], "not found: /nowhere/pairs.jsonl"),
-    (["--dataset", "{folder}", "--image_column", "img", "--dataset", "{table}"], "no column 'img'"),
-    (["--dataset", "{folder}", "--shard_size", "0"], "shard_size must be >= 1"),
-    (["--dataset", "{folder}", "--model_name_or_path", "/nowhere/ckpt"], "/nowhere/ckpt"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--shard_sizes", "3"], "unknown option"),
+        (["--dataset", "/nowhere/pairs.jsonl"], "not found: /nowhere/pairs.jsonl"),
+        (["--dataset", "{folder}", "--image_column", "img", "--dataset", "{table}"], "no column 'img'"),
+        (["--dataset", "{folder}", "--shard_size", "0"], "shard_size must be >= 1"),
+        (["--dataset", "{folder}", "--model_name_or_path", "/nowhere/ckpt"], "/nowhere/ckpt"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, folder, tmp_path, capsys):
     from rlhf_img.upstream.encode import main
 
@@ -190,8 +227,18 @@ def test_help_explains_inputs_output_and_every_key(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: rlhf-img encode RECIPE.yaml")
-    for word in ("webdataset", "encode.json", "open_encoded", "--shard_size", "--batch_size", "--num_workers",
-                 "--key_column", "--model_family", "--family_config", "resume"):
+    for word in (
+        "webdataset",
+        "encode.json",
+        "open_encoded",
+        "--shard_size",
+        "--batch_size",
+        "--num_workers",
+        "--key_column",
+        "--model_family",
+        "--family_config",
+        "resume",
+    ):
         assert word in out, word
 
 

@@ -68,17 +68,20 @@ def _parquet_bytes(root, pairs):
 
     images = [{"bytes": png_bytes(image), "path": f"{index}.png"} for index, (_, image) in enumerate(pairs)]
     os.makedirs(root / "parquet", exist_ok=True)
-    pq.write_table(pa.table({"image": images, "caption": [caption for caption, _ in pairs]}),
-                   root / "parquet" / "pairs.parquet")
+    pq.write_table(
+        pa.table({"image": images, "caption": [caption for caption, _ in pairs]}), root / "parquet" / "pairs.parquet"
+    )
     return root / "parquet" / "pairs.parquet"
 
 
 def _saved_image_feature(root, pairs):
-    from datasets import Dataset, Features, Image as ImageFeature, Value
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
 
     features = Features({"image": ImageFeature(), "caption": Value("string")})
-    dataset = Dataset.from_dict({"image": [image for _, image in pairs], "caption": [c for c, _ in pairs]},
-                                features=features)
+    dataset = Dataset.from_dict(
+        {"image": [image for _, image in pairs], "caption": [c for c, _ in pairs]}, features=features
+    )
     dataset.save_to_disk(str(root / "saved"))
     return root / "saved"
 

@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO
 
 from .encode_helpers import CHECKPOINT, encode, render_pairs, write_image_folder
@@ -30,8 +29,17 @@ def _rows(output_dir) -> list[tuple]:
 
 
 def _encode_args(folder, output_dir, *extra: str) -> list[str]:
-    return ["--model_name_or_path", CHECKPOINT, "--dataset", str(folder), "--output_dir", str(output_dir),
-            "--use_cpu", "true", *extra]
+    return [
+        "--model_name_or_path",
+        CHECKPOINT,
+        "--dataset",
+        str(folder),
+        "--output_dir",
+        str(output_dir),
+        "--use_cpu",
+        "true",
+        *extra,
+    ]
 
 
 def test_two_processes_under_accelerate_launch_write_what_one_process_writes(tmp_path):
@@ -41,10 +49,22 @@ def test_two_processes_under_accelerate_launch_write_what_one_process_writes(tmp
     (tmp_path / "pairs" / "0016.png").write_bytes(b"")  # and one in shard 3 (process 1)
     encode(tmp_path / "pairs", tmp_path / "one", shard_size=5)
     config = os.path.join(REPO, "recipes", "accelerate", "ddp.yaml")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes", "2",
-               "--main_process_port", "0", "-m", "rlhf_img.upstream.encode",
-               *_encode_args(tmp_path / "pairs", tmp_path / "two", "--shard_size", "5", "--batch_size", "4",
-                             "--num_workers", "2")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        config,
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "0",
+        "-m",
+        "rlhf_img.upstream.encode",
+        *_encode_args(
+            tmp_path / "pairs", tmp_path / "two", "--shard_size", "5", "--batch_size", "4", "--num_workers", "2"
+        ),
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
@@ -62,9 +82,21 @@ def test_a_run_killed_midway_finishes_on_rerun_with_every_pair_encoded_once(tmp_
     write_image_folder(tmp_path / "pairs", render_pairs(count, seed=4))
     encode(tmp_path / "pairs", tmp_path / "reference", shard_size=shard_size)
     # one image per encoder call, no loader threads: slow enough to be killed between shards
-    command = [sys.executable, "-m", "rlhf_img.upstream.encode",
-               *_encode_args(tmp_path / "pairs", tmp_path / "out", "--shard_size", str(shard_size),
-                             "--batch_size", "1", "--num_workers", "0")]
+    command = [
+        sys.executable,
+        "-m",
+        "rlhf_img.upstream.encode",
+        *_encode_args(
+            tmp_path / "pairs",
+            tmp_path / "out",
+            "--shard_size",
+            str(shard_size),
+            "--batch_size",
+            "1",
+            "--num_workers",
+            "0",
+        ),
+    ]
     third_shard = tmp_path / "out" / "shards" / "shard-00002.arrow"
     with open(tmp_path / "killed.log", "w") as log:  # a file, not a pipe: an unread pipe would block the bar
         process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT)

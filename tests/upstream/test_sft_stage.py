@@ -15,8 +15,20 @@ from rlhf_img.cli import main
 
 from .encode_helpers import CHECKPOINT, encode, render_pairs, write_image_folder
 
-COMMON = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--logging_steps", "1", "--use_cpu", "true",
-          "--disable_tqdm", "true", "--learning_rate", "1e-3"]
+COMMON = [
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "8",
+    "--logging_steps",
+    "1",
+    "--use_cpu",
+    "true",
+    "--disable_tqdm",
+    "true",
+    "--learning_rate",
+    "1e-3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +65,32 @@ def test_encode_then_sft_then_the_output_trains_with_rlhf_img_train(encoded, tmp
     card = ModelCard.load(out / "README.md")  # rlhf-img's model card (model_card.py)
     assert {"rlhf-img", "sft", "causal_vq"} <= set(card.data.tags) and "| steps | 2 of max_steps 2 |" in card.text
     policy = load_policy(str(out))
-    rollout = policy.sample(policy.model, policy.encode_prompts(["a red circle"]), Sampling(),
-                            generator=torch.Generator().manual_seed(0))
+    rollout = policy.sample(
+        policy.model, policy.encode_prompts(["a red circle"]), Sampling(), generator=torch.Generator().manual_seed(0)
+    )
     assert policy.decode(rollout.actions).shape[0] == 1
     grpo = tmp_path / "grpo"
-    assert main(["train", os.path.join(REPO, "recipes", "tiny-random-jpeg.yaml"), "--model_name_or_path", str(out),
-                 "--max_steps", "1", "--report_to", "none", "--save_strategy", "no", "--output_dir", str(grpo),
-                 "--disable_tqdm", "true"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                os.path.join(REPO, "recipes", "tiny-random-jpeg.yaml"),
+                "--model_name_or_path",
+                str(out),
+                "--max_steps",
+                "1",
+                "--report_to",
+                "none",
+                "--save_strategy",
+                "no",
+                "--output_dir",
+                str(grpo),
+                "--disable_tqdm",
+                "true",
+            ]
+        )
+        == 0
+    )
     assert detect_family(str(grpo)) == "causal_vq"
 
 
@@ -67,9 +98,14 @@ def test_sft_refuses_shards_encoded_for_another_family_in_one_line(encoded, tmp_
     from rlhf_img.families import FAMILIES
 
     tiny = FAMILIES["llamagen"].stand_in(str(tmp_path / "llamagen"))
-    recipe = _recipe(tmp_path, model_name_or_path=tiny.checkpoint, model_family="llamagen",
-                     family_config=tiny.load_kwargs["family_config"], dataset=str(encoded),
-                     output_dir=str(tmp_path / "out"))
+    recipe = _recipe(
+        tmp_path,
+        model_name_or_path=tiny.checkpoint,
+        model_family="llamagen",
+        family_config=tiny.load_kwargs["family_config"],
+        dataset=str(encoded),
+        output_dir=str(tmp_path / "out"),
+    )
     with pytest.raises(SystemExit) as error:
         main(["sft", recipe, *COMMON, "--dtype", "float32"])
     assert error.value.code == 2
@@ -78,8 +114,13 @@ def test_sft_refuses_shards_encoded_for_another_family_in_one_line(encoded, tmp_
     assert not os.path.exists(tmp_path / "out")
 
 
-@pytest.mark.parametrize("missing, message", [("dataset", "dataset: set the folder `rlhf-img encode` wrote"),
-                                              ("model_name_or_path", "model_name_or_path: set the checkpoint")])
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        ("dataset", "dataset: set the folder `rlhf-img encode` wrote"),
+        ("model_name_or_path", "model_name_or_path: set the checkpoint"),
+    ],
+)
 def test_sft_names_a_missing_key(encoded, tmp_path, capsys, missing, message):
     keys = dict(model_name_or_path=CHECKPOINT, dataset=str(encoded), output_dir=str(tmp_path / "out"))
     del keys[missing]

@@ -59,8 +59,11 @@ def run_cli(argv: list[str]) -> int:
 
 def test_every_upstream_recipe_in_recipes_is_run_here():
     encode = {os.path.relpath(path, RECIPES) for path in glob.glob(os.path.join(RECIPES, "encode", "*.yaml"))}
-    training = {os.path.basename(path) for pattern in ("*-sft*.yaml", "*-pretrain-*.yaml")
-                for path in glob.glob(os.path.join(RECIPES, pattern))}
+    training = {
+        os.path.basename(path)
+        for pattern in ("*-sft*.yaml", "*-pretrain-*.yaml")
+        for path in glob.glob(os.path.join(RECIPES, pattern))
+    }
     training -= {"shapes-sft.yaml"}  # the shapes world's own SFT (no checkpoint, no encode step)
     assert encode == set(PIPELINES)
     assert training == set(SFT_RECIPES)
@@ -121,9 +124,25 @@ def encoded(stand_in_overrides, image_folder, tmp_path_factory):
     def encode(recipe: str) -> tuple[int, str]:
         if recipe not in runs:
             output_dir = str(tmp_path_factory.mktemp("encoded") / "out")
-            code = run_cli(["encode", os.path.join(RECIPES, recipe), *stand_in_overrides(PIPELINES[recipe][0]),
-                            "--dataset", image_folder, "--output_dir", output_dir, "--shard_size", "2",
-                            "--batch_size", "2", "--num_workers", "0", "--use_cpu", "true"])
+            code = run_cli(
+                [
+                    "encode",
+                    os.path.join(RECIPES, recipe),
+                    *stand_in_overrides(PIPELINES[recipe][0]),
+                    "--dataset",
+                    image_folder,
+                    "--output_dir",
+                    output_dir,
+                    "--shard_size",
+                    "2",
+                    "--batch_size",
+                    "2",
+                    "--num_workers",
+                    "0",
+                    "--use_cpu",
+                    "true",
+                ]
+            )
             runs[recipe] = (code, output_dir)
         return runs[recipe]
 
@@ -146,8 +165,9 @@ def test_encode_recipe_encodes_every_image_on_the_family_stand_in(encode_recipe,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sft_recipe", sorted(SFT_RECIPES))
-def test_sft_recipe_trains_two_steps_and_its_output_loads_as_the_family(sft_recipe, encoded, stand_in_overrides,
-                                                                         tmp_path):
+def test_sft_recipe_trains_two_steps_and_its_output_loads_as_the_family(
+    sft_recipe, encoded, stand_in_overrides, tmp_path
+):
     from rlhf_img.families import detect_family, load_policy
     from rlhf_img.upstream.shards import EncodedInfo
 
@@ -156,11 +176,35 @@ def test_sft_recipe_trains_two_steps_and_its_output_loads_as_the_family(sft_reci
     code, dataset = encoded(encode_recipe)
     assert code == 0, f"{encode_recipe} did not encode"
     output_dir = str(tmp_path / "out")
-    code = run_cli(["sft", os.path.join(RECIPES, sft_recipe), *stand_in_overrides(family), "--dataset", dataset,
-                    "--output_dir", output_dir, "--max_steps", "2", "--per_device_train_batch_size", "2",
-                    "--gradient_accumulation_steps", "1", "--bf16", "false", "--use_cpu", "true",
-                    "--report_to", "none", "--save_strategy", "no", "--dataloader_num_workers", "0",
-                    "--disable_tqdm", "true"])
+    code = run_cli(
+        [
+            "sft",
+            os.path.join(RECIPES, sft_recipe),
+            *stand_in_overrides(family),
+            "--dataset",
+            dataset,
+            "--output_dir",
+            output_dir,
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--gradient_accumulation_steps",
+            "1",
+            "--bf16",
+            "false",
+            "--use_cpu",
+            "true",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--dataloader_num_workers",
+            "0",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     assert code == 0
     with open(os.path.join(output_dir, "trainer_state.json")) as f:
         state = json.load(f)
@@ -170,15 +214,18 @@ def test_sft_recipe_trains_two_steps_and_its_output_loads_as_the_family(sft_reci
     assert lora == bool(read_recipe(sft_recipe).get("use_peft", False))  # the recipe's own LoRA / full choice
     assert detect_family(output_dir) == family
     policy = load_policy(output_dir)
-    assert (policy.num_actions, list(policy.image_size)) == (EncodedInfo.read(dataset).num_actions,
-                                                             EncodedInfo.read(dataset).image_size)
+    assert (policy.num_actions, list(policy.image_size)) == (
+        EncodedInfo.read(dataset).num_actions,
+        EncodedInfo.read(dataset).image_size,
+    )
 
 
 # ---------------------------------------------------------------------------- SimpleAR's starting point (header)
 
 
-def test_the_lines_in_the_simplear_pretraining_header_make_an_initial_folder_the_family_loads(tmp_path,
-                                                                                           stand_in_overrides):
+def test_the_lines_in_the_simplear_pretraining_header_make_an_initial_folder_the_family_loads(
+    tmp_path, stand_in_overrides
+):
     """The header's lines that turn Qwen2.5-0.5B-Instruct into SimpleAR's starting point, run as written on a tiny
     Qwen2 folder (its path swapped in): the result is found and loaded as `simplear`, with SimpleAR's special tokens
     and 64,000 code rows, every new row (input and output) the mean of the old ones, as SimpleAR's train.py does."""
@@ -193,25 +240,38 @@ def test_the_lines_in_the_simplear_pretraining_header_make_an_initial_folder_the
     with open(recipe) as f:
         lines = f.read().splitlines()
     start = lines.index("#   python - <<'PY'")
-    code = "\n".join(line[len("#   "):] for line in lines[start + 1:lines.index("#   PY")])
+    code = "\n".join(line[len("#   ") :] for line in lines[start + 1 : lines.index("#   PY")])
     plain, initial = str(tmp_path / "qwen"), str(tmp_path / "init")
     tokenizer = byte_level_tokenizer()
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer) + 8, hidden_size=16, intermediate_size=32,
-                                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                 tie_word_embeddings=True)).save_pretrained(plain)
+    Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tokenizer) + 8,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+        )
+    ).save_pretrained(plain)
     tokenizer.save_pretrained(plain)
     script = tmp_path / "make_init.py"
     script.write_text(code.replace("Qwen/Qwen2.5-0.5B-Instruct", plain).replace("runs/simplear-0.5b-init", initial))
     runpy.run_path(str(script))
     flags = stand_in_overrides("simplear")
     assert detect_family(initial) == "simplear"
-    policy = load_policy(initial, visual_tokenizer=flags[flags.index("--visual_tokenizer") + 1],
-                         family_config={"resolution": 32}, dtype="float32")
+    policy = load_policy(
+        initial,
+        visual_tokenizer=flags[flags.index("--visual_tokenizer") + 1],
+        family_config={"resolution": 32},
+        dtype="float32",
+    )
     text_rows = len(AutoTokenizer.from_pretrained(plain))  # the rows the lines keep
     extended = AutoTokenizer.from_pretrained(initial)
     assert all(token in extended.get_vocab() for token in SPECIAL_TOKENS)
     assert policy.config.image_code_offset == len(extended)  # code c is token len(tokenizer) + c, as in SimpleAR
     for weight in (policy.model.get_input_embeddings().weight, policy.model.get_output_embeddings().weight):
         assert weight.shape[0] == len(extended) + COSMOS_CODES
-        torch.testing.assert_close(weight[text_rows:], weight[:text_rows].mean(0).expand_as(weight[text_rows:]),
-                                   rtol=0, atol=1e-2)  # bfloat16 weights
+        torch.testing.assert_close(
+            weight[text_rows:], weight[:text_rows].mean(0).expand_as(weight[text_rows:]), rtol=0, atol=1e-2
+        )  # bfloat16 weights

@@ -53,8 +53,18 @@ TINY = {"channels": 4, "z_channels": 4}  # every other field: the reference's DV
 FSQ_CODEBOOK_KEYS = ("quantizer.implicit_codebook", "inv_quant.quantizer.implicit_codebook")
 # fields shared by the reference's config dict and our CosmosConfig
 OUR_CONFIG_FIELDS = (
-    "channels", "channels_mult", "num_res_blocks", "attn_resolutions", "resolution", "z_channels", "levels",
-    "patch_size", "spatial_compression", "temporal_compression", "legacy_mode", "in_channels",
+    "channels",
+    "channels_mult",
+    "num_res_blocks",
+    "attn_resolutions",
+    "resolution",
+    "z_channels",
+    "levels",
+    "patch_size",
+    "spatial_compression",
+    "temporal_compression",
+    "legacy_mode",
+    "in_channels",
 )
 
 
@@ -65,15 +75,18 @@ def import_reference(path: str):
     try:
         from cosmos_tokenizer.networks import TokenizerConfigs, TokenizerModels
     except ImportError as error:
-        sys.exit(f"cannot import the reference ({error}); install its dependencies outside this project, e.g. "
-                 "pip install --no-deps --target /tmp/parity-deps einops loguru, and set PYTHONPATH=/tmp/parity-deps")
+        sys.exit(
+            f"cannot import the reference ({error}); install its dependencies outside this project, e.g. "
+            "pip install --no-deps --target /tmp/parity-deps einops loguru, and set PYTHONPATH=/tmp/parity-deps"
+        )
     return TokenizerConfigs, TokenizerModels
 
 
 def git_commit(path: str) -> str:
     try:
-        return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
 
@@ -115,7 +128,9 @@ def to_video(pixels_uint8: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_reference(model, encoder, decoder, inputs: dict[str, torch.Tensor], names=("images", "video")) -> dict[str, torch.Tensor]:
+def run_reference(
+    model, encoder, decoder, inputs: dict[str, torch.Tensor], names=("images", "video")
+) -> dict[str, torch.Tensor]:
     """Latents (the quant_conv output, before FSQ), indices and codes of the images and the video, and the
     decoder's output for the reference's own indices and for random ones."""
     captured = []
@@ -183,8 +198,12 @@ def compare_with_ours(reference_out, inputs, encoder_state, decoder_state, confi
 
             with open(os.path.join(folder, "config.json"), "w") as f:
                 json.dump(our_config(config), f)
-            save_file({k: v.contiguous() for k, v in encoder_state.items()}, os.path.join(folder, "encoder.safetensors"))
-            save_file({k: v.contiguous() for k, v in decoder_state.items()}, os.path.join(folder, "decoder.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in encoder_state.items()}, os.path.join(folder, "encoder.safetensors")
+            )
+            save_file(
+                {k: v.contiguous() for k, v in decoder_state.items()}, os.path.join(folder, "decoder.safetensors")
+            )
         model = CosmosDiscreteTokenizer.from_pretrained(folder, config=ours_config if traced is not None else None)
     figures = {}
     with torch.no_grad():
@@ -212,8 +231,16 @@ def print_figures(title: str, figures: dict) -> None:
         print(f"  {key}: {value:.3g}" if isinstance(value, float) else f"  {key}: {value}")
 
 
-def write_readme(out: str, commit: str, config: dict, perturbed: list[str], extra_keys: dict, jit_diffs: dict,
-                 hashes: dict, seed: int) -> None:
+def write_readme(
+    out: str,
+    commit: str,
+    config: dict,
+    perturbed: list[str],
+    extra_keys: dict,
+    jit_diffs: dict,
+    hashes: dict,
+    seed: int,
+) -> None:
     lines = [
         "Reference outputs of NVIDIA's Cosmos tokenizer code, for `tests/test_cosmos_parity.py`.",
         "",
@@ -281,8 +308,10 @@ def full_size_check(TokenizerConfigs, TokenizerModels, seed: int) -> None:
     inputs = make_inputs(seed)
     reference_out = run_reference(model, encoder, decoder, inputs)
     traced = trace(encoder, decoder, inputs)
-    print_figures("full DV8x16x16, our modules loaded from TorchScript files traced from the reference:",
-                  compare_with_ours(reference_out, inputs, None, None, config, traced=traced))
+    print_figures(
+        "full DV8x16x16, our modules loaded from TorchScript files traced from the reference:",
+        compare_with_ours(reference_out, inputs, None, None, config, traced=traced),
+    )
 
 
 def main() -> None:
@@ -313,24 +342,37 @@ def main() -> None:
     hashes = save_state(encoder_state, os.path.join(args.out, "encoder.safetensors"))
     hashes.update(save_state(decoder_state, os.path.join(args.out, "decoder.safetensors")))
     tensors = {**inputs, **{key: value.contiguous() for key, value in reference_out.items()}}
-    save_file(tensors, os.path.join(args.out, "reference.safetensors"), metadata={
-        "reference_commit": git_commit(args.reference), "seed": str(args.seed), "torch": torch.__version__,
-        "fsq_codebook_sha256": json.dumps(hashes), "jit_max_abs_diff": json.dumps(jit_diffs),
-    })
+    save_file(
+        tensors,
+        os.path.join(args.out, "reference.safetensors"),
+        metadata={
+            "reference_commit": git_commit(args.reference),
+            "seed": str(args.seed),
+            "torch": torch.__version__,
+            "fsq_codebook_sha256": json.dumps(hashes),
+            "jit_max_abs_diff": json.dumps(jit_diffs),
+        },
+    )
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(our_config(config), f, indent=2)
     with open(os.path.join(args.out, "reference_config.json"), "w") as f:
         json.dump(config, f, indent=2)
     extra = unused_keys(model, config)
     write_readme(args.out, git_commit(args.reference), config, perturbed, extra, jit_diffs, hashes, args.seed)
-    print(f"wrote {args.out}: traced TorchScript vs eager max abs diff {max(jit_diffs.values()):.3g}; "
-          f"unused reference modules {extra}")
+    print(
+        f"wrote {args.out}: traced TorchScript vs eager max abs diff {max(jit_diffs.values()):.3g}; "
+        f"unused reference modules {extra}"
+    )
 
     if args.compare:
-        print_figures("tiny, our modules loaded from the reference's state dicts as safetensors:",
-                      compare_with_ours(reference_out, inputs, encoder_state, decoder_state, config))
-        print_figures("tiny, our modules loaded from TorchScript files traced from the reference:",
-                      compare_with_ours(reference_out, inputs, None, None, config, traced=traced))
+        print_figures(
+            "tiny, our modules loaded from the reference's state dicts as safetensors:",
+            compare_with_ours(reference_out, inputs, encoder_state, decoder_state, config),
+        )
+        print_figures(
+            "tiny, our modules loaded from TorchScript files traced from the reference:",
+            compare_with_ours(reference_out, inputs, None, None, config, traced=traced),
+        )
     if args.full:
         full_size_check(TokenizerConfigs, TokenizerModels, args.seed)
 

@@ -78,28 +78,48 @@ def structure_constraint(tokenizer, visual_ids: list[int], height: int, width: i
 def reference_run(model, processor, cfg_scale: float, top_k: int, temperature: float, seed: int) -> dict:
     """One seeded `generate` of the reference; see the module docstring for what is recorded."""
     tokenizer = processor.tokenizer
-    inputs = processor(text=PROMPTS, return_for_image_generation=True, image_area=IMAGE_AREA, ratio=RATIO,
-                       padding=True, return_tensors="pt")
-    negative = processor(text=[BAAI_NEGATIVE_PROMPT] * len(PROMPTS), return_for_image_generation=True,
-                         image_area=IMAGE_AREA, ratio=RATIO, return_tensors="pt")
+    inputs = processor(
+        text=PROMPTS,
+        return_for_image_generation=True,
+        image_area=IMAGE_AREA,
+        ratio=RATIO,
+        padding=True,
+        return_tensors="pt",
+    )
+    negative = processor(
+        text=[BAAI_NEGATIVE_PROMPT] * len(PROMPTS),
+        return_for_image_generation=True,
+        image_area=IMAGE_AREA,
+        ratio=RATIO,
+        return_tensors="pt",
+    )
     height, width = inputs["image_sizes"][0]
     visual_ids = model.vocabulary_mapping.image_tokens
     torch.manual_seed(seed)
     out = model.generate(
-        input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, do_sample=True,
-        max_new_tokens=height * (width + 1) + 3, guidance_scale=cfg_scale, top_k=top_k, temperature=temperature,
-        negative_prompt_ids=negative.input_ids, negative_prompt_attention_mask=negative.attention_mask,
+        input_ids=inputs.input_ids,
+        attention_mask=inputs.attention_mask,
+        do_sample=True,
+        max_new_tokens=height * (width + 1) + 3,
+        guidance_scale=cfg_scale,
+        top_k=top_k,
+        temperature=temperature,
+        negative_prompt_ids=negative.input_ids,
+        negative_prompt_attention_mask=negative.attention_mask,
         prefix_allowed_tokens_fn=structure_constraint(tokenizer, visual_ids, height, width),
-        output_scores=True, output_logits=True, return_dict_in_generate=True,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        output_scores=True,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
-    generated = out.sequences[:, inputs.input_ids.size(1):]  # (B, h * (w + 1) + 3)
+    generated = out.sequences[:, inputs.input_ids.size(1) :]  # (B, h * (w + 1) + 3)
     steps = [step for step in range(height * (width + 1)) if step % (width + 1) != width]  # visual steps
     drawn = generated[:, steps]  # (B, h * w) token ids
     processed = torch.stack([out.scores[step] for step in steps], 1).double()  # (B, T, V)
     guided = torch.log_softmax(processed, -1).gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
     offset, count = visual_ids[0], len(visual_ids)
-    raw = torch.stack([out.logits[step] for step in steps], 1)[..., offset:offset + count]  # (B, T, K) conditional
+    raw = torch.stack([out.logits[step] for step in steps], 1)[..., offset : offset + count]  # (B, T, K) conditional
     warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else [])
     if top_k:
         warpers.append(TopKLogitsWarper(top_k))
@@ -109,9 +129,15 @@ def reference_run(model, processor, cfg_scale: float, top_k: int, temperature: f
     conditional = torch.log_softmax(warped.double(), -1).gather(-1, codes).squeeze(-1)
     with torch.no_grad():
         decoded = model.decode_image_tokens(image_tokens=generated, height=height, width=width).float()
-    return {"input_ids": inputs.input_ids, "negative_ids": negative.input_ids, "tokens": generated,
-            "guided_logprobs": guided, "conditional_logprobs": conditional, "decoded": decoded,
-            "grid": torch.tensor([height, width])}
+    return {
+        "input_ids": inputs.input_ids,
+        "negative_ids": negative.input_ids,
+        "tokens": generated,
+        "guided_logprobs": guided,
+        "conditional_logprobs": conditional,
+        "decoded": decoded,
+        "grid": torch.tensor([height, width]),
+    }
 
 
 class GenerateDraws(SampleGenerators):
@@ -135,7 +161,7 @@ class GenerateDraws(SampleGenerators):
         if self.draws and self.draws % self.width == 0:  # generate drew the forced end-of-line token here
             torch.multinomial(full.index_fill(1, torch.tensor([0]), 1.0), 1, generator=generator)
         self.draws += 1
-        full[:, self.visual_offset:self.visual_offset + probs.size(1)] = probs
+        full[:, self.visual_offset : self.visual_offset + probs.size(1)] = probs
         return torch.multinomial(full, 1, generator=generator).squeeze(1) - self.visual_offset
 
 
@@ -161,10 +187,20 @@ def write(out: str) -> None:
                 tensors[key if key in ("input_ids", "negative_ids", "grid") else f"{name}/{seed}/{key}"] = value
     save_file({key: value.contiguous() for key, value in tensors.items()}, os.path.join(out, "reference.safetensors"))
     with open(os.path.join(out, "settings.json"), "w") as f:
-        json.dump({"prompts": PROMPTS, "family_config": FAMILY_CONFIG, "seeds": list(SEEDS),
-                   "settings": {name: dict(zip(("cfg_scale", "top_k", "temperature"), values))
-                                for name, values in SETTINGS.items()},
-                   "transformers": __import__("transformers").__version__, "torch": torch.__version__}, f, indent=2)
+        json.dump(
+            {
+                "prompts": PROMPTS,
+                "family_config": FAMILY_CONFIG,
+                "seeds": list(SEEDS),
+                "settings": {
+                    name: dict(zip(("cfg_scale", "top_k", "temperature"), values)) for name, values in SETTINGS.items()
+                },
+                "transformers": __import__("transformers").__version__,
+                "torch": torch.__version__,
+            },
+            f,
+            indent=2,
+        )
     print(f"wrote {out}: model/, reference.safetensors, settings.json")
 
 
@@ -191,20 +227,28 @@ def compare(out: str) -> None:
             with torch.no_grad():
                 for mode, key in (("guided", "guided_logprobs"), ("none", "conditional_logprobs")):
                     expected = reference[f"{name}/{seed}/{key}"]
-                    scored = policy.logprobs(policy.model, batch, rollout.actions,
-                                             Sampling(mode, cfg_scale, temperature=temperature, top_k=top_k))[0]
+                    scored = policy.logprobs(
+                        policy.model,
+                        batch,
+                        rollout.actions,
+                        Sampling(mode, cfg_scale, temperature=temperature, top_k=top_k),
+                    )[0]
                     worst_logp = max(worst_logp, float((scored.double() - expected).abs().max()))
                     largest = max(largest, float(expected.abs().max()))
-                worst_logp = max(worst_logp, float((rollout.logprobs.double()
-                                                    - reference[f"{name}/{seed}/guided_logprobs"]).abs().max()))
+                worst_logp = max(
+                    worst_logp,
+                    float((rollout.logprobs.double() - reference[f"{name}/{seed}/guided_logprobs"]).abs().max()),
+                )
             if seed == SEEDS[0]:
                 decoded = reference[f"{name}/{seed}/decoded"]
                 expected = (decoded * policy.pixel_std + policy.pixel_mean).clamp(0, 1)
                 worst_decode = max(worst_decode, float((policy.decode(rollout.actions) - expected).abs().max()))
-    print(f"emu3 parity vs transformers {__import__('transformers').__version__} generate, {len(SETTINGS)} settings x "
-          f"{len(SEEDS)} seeds x {len(PROMPTS)} images: {same}/{total} tokens identical (structural tokens included); "
-          f"max |log-prob difference| {worst_logp:.1e} (sampler and scorer, guided and conditional; log-probs up to "
-          f"{largest:.1f}); max |decode difference| {worst_decode:.1e} (pixels in [0, 1])")
+    print(
+        f"emu3 parity vs transformers {__import__('transformers').__version__} generate, {len(SETTINGS)} settings x "
+        f"{len(SEEDS)} seeds x {len(PROMPTS)} images: {same}/{total} tokens identical (structural tokens included); "
+        f"max |log-prob difference| {worst_logp:.1e} (sampler and scorer, guided and conditional; log-probs up to "
+        f"{largest:.1f}); max |decode difference| {worst_decode:.1e} (pixels in [0, 1])"
+    )
 
 
 def main() -> None:

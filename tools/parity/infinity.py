@@ -59,12 +59,25 @@ CASES = {  # name: (apply_spatial_patchify, number of scales of the square templ
 CFG_SCALE, TAU = 3.0, 0.5
 # the reference's inference loader (tools/run_infinity.py: load_infinity and its argument defaults)
 LOADER_KWARGS = dict(
-    shared_aln=True, checkpointing="full-block", customized_flash_attn=False, fused_norm=True, pad_to_multiplier=128,
-    use_flex_attn=False, add_lvl_embeding_only_first_block=1, use_bit_label=1, rope2d_each_sa_layer=1,
-    rope2d_normalized_by_hw=2, inference_mode=True, train_h_div_w_list=[1.0], cond_drop_rate=0.0,
+    shared_aln=True,
+    checkpointing="full-block",
+    customized_flash_attn=False,
+    fused_norm=True,
+    pad_to_multiplier=128,
+    use_flex_attn=False,
+    add_lvl_embeding_only_first_block=1,
+    use_bit_label=1,
+    rope2d_each_sa_layer=1,
+    rope2d_normalized_by_hw=2,
+    inference_mode=True,
+    train_h_div_w_list=[1.0],
+    cond_drop_rate=0.0,
 )
 RELEASED = {  # tools/run_infinity.py: load_transformer's model kwargs and load_visual_tokenizer's VAE settings
-    "infinity_2b": (dict(depth=32, embed_dim=2048, num_heads=2048 // 128, drop_path_rate=0.1, mlp_ratio=4, block_chunks=8), 0),
+    "infinity_2b": (
+        dict(depth=32, embed_dim=2048, num_heads=2048 // 128, drop_path_rate=0.1, mlp_ratio=4, block_chunks=8),
+        0,
+    ),
     "infinity_8b": (dict(depth=40, embed_dim=3584, num_heads=28, drop_path_rate=0.1, mlp_ratio=4, block_chunks=8), 1),
 }
 RELEASED_VAES = {
@@ -74,14 +87,24 @@ RELEASED_VAES = {
 
 
 # ------------------------------------------------------------------------------------------- shims
-def _sdpa_varlen_kvpacked(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None, dropout_p=0.0,
-                          softmax_scale=None, causal=False, **_):
+def _sdpa_varlen_kvpacked(
+    q,
+    kv,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q=None,
+    max_seqlen_k=None,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    **_,
+):
     """flash-attn's varlen kv-packed attention, exactly: q (Nq, H, c), kv (Nk, 2, H, c) -> (Nq, H, c)."""
     assert dropout_p == 0 and not causal
     outputs = []
     for i in range(cu_seqlens_q.numel() - 1):
-        qi = q[cu_seqlens_q[i]:cu_seqlens_q[i + 1]].transpose(0, 1)  # (H, Lq, c)
-        ki, vi = kv[cu_seqlens_k[i]:cu_seqlens_k[i + 1]].unbind(1)
+        qi = q[cu_seqlens_q[i] : cu_seqlens_q[i + 1]].transpose(0, 1)  # (H, Lq, c)
+        ki, vi = kv[cu_seqlens_k[i] : cu_seqlens_k[i + 1]].unbind(1)
         out = F.scaled_dot_product_attention(qi, ki.transpose(0, 1), vi.transpose(0, 1), scale=softmax_scale)
         outputs.append(out.transpose(0, 1))
     return torch.cat(outputs)
@@ -89,8 +112,9 @@ def _sdpa_varlen_kvpacked(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, 
 
 def _sdpa_dense(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **_):
     """flash-attn's dense attention on (B, L, H, c) tensors (not called with customized_flash_attn=False)."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale,
-                                         is_causal=causal)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale, is_causal=causal
+    )
     return out.transpose(1, 2)
 
 
@@ -121,8 +145,10 @@ def import_reference(path: str):
         import infinity.models.infinity as infinity_module
         from infinity.utils.dynamic_resolution import dynamic_resolution_h_w
     except ImportError as error:
-        sys.exit(f"cannot import the reference ({error}); install its dependencies outside this project, e.g. "
-                 "pip install --no-deps --target /tmp/parity-deps einops pytz imageio, and set PYTHONPATH=/tmp/parity-deps")
+        sys.exit(
+            f"cannot import the reference ({error}); install its dependencies outside this project, e.g. "
+            "pip install --no-deps --target /tmp/parity-deps einops pytz imageio, and set PYTHONPATH=/tmp/parity-deps"
+        )
     finally:  # the reference bound the shim's functions at import; other libraries must not see a `flash_attn`
         del sys.modules["flash_attn"]
     cross_attention_forward = basic.CrossAttention.forward
@@ -132,14 +158,19 @@ def import_reference(path: str):
             return cross_attention_forward(self, *args, **kwargs)
 
     basic.CrossAttention.forward = forward_in_float32
-    return types.SimpleNamespace(Infinity=infinity_module.Infinity, infinity_module=infinity_module,
-                                 vae_module=vae_module, dynamic_resolution_h_w=dynamic_resolution_h_w)
+    return types.SimpleNamespace(
+        Infinity=infinity_module.Infinity,
+        infinity_module=infinity_module,
+        vae_module=vae_module,
+        dynamic_resolution_h_w=dynamic_resolution_h_w,
+    )
 
 
 def git_commit(path: str) -> str:
     try:
-        return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
 
@@ -156,15 +187,29 @@ def build_vae(ref, codebook_dim: int, patch_size: int, ch_mult: list[int], base_
 
     ref.vae_module.AutoEncoder = with_width
     try:
-        return ref.vae_module.vae_model(None, "dynamic", codebook_dim, 2**codebook_dim, test_mode=True,
-                                        patch_size=patch_size, encoder_ch_mult=ch_mult, decoder_ch_mult=ch_mult)
+        return ref.vae_module.vae_model(
+            None,
+            "dynamic",
+            codebook_dim,
+            2**codebook_dim,
+            test_mode=True,
+            patch_size=patch_size,
+            encoder_ch_mult=ch_mult,
+            decoder_ch_mult=ch_mult,
+        )
     finally:
         ref.vae_module.AutoEncoder = autoencoder
 
 
 def build_transformer(ref, vae, model_kwargs: dict, patchify: int, text_channels: int, text_maxlen: int):
-    return ref.Infinity(vae_local=vae, text_channels=text_channels, text_maxlen=text_maxlen,
-                        apply_spatial_patchify=patchify, **LOADER_KWARGS, **model_kwargs)
+    return ref.Infinity(
+        vae_local=vae,
+        text_channels=text_channels,
+        text_maxlen=text_maxlen,
+        apply_spatial_patchify=patchify,
+        **LOADER_KWARGS,
+        **model_kwargs,
+    )
 
 
 def perturb_constants(module: torch.nn.Module, generator: torch.Generator, scale: float = 0.05) -> list[str]:
@@ -224,11 +269,29 @@ def unconditional(model, condition):
 @torch.no_grad()
 def run_case(ref, name: str, patchify: int, num_scales: int, with_vae: bool, seed: int) -> dict:
     torch.manual_seed(seed)
-    vae = quiet(build_vae, ref, TINY_VAE["codebook_dim"], TINY_VAE["vae_patch_size"], TINY_VAE["vae_ch_mult"],
-                TINY_VAE["vae_base_ch"])
-    model = quiet(build_transformer, ref, vae, dict(depth=TINY["depth"], embed_dim=TINY["embed_dim"],
-                  num_heads=TINY["num_heads"], mlp_ratio=TINY["mlp_ratio"], block_chunks=TINY["block_chunks"]),
-                  patchify, TINY["text_channels"], TINY["text_maxlen"])
+    vae = quiet(
+        build_vae,
+        ref,
+        TINY_VAE["codebook_dim"],
+        TINY_VAE["vae_patch_size"],
+        TINY_VAE["vae_ch_mult"],
+        TINY_VAE["vae_base_ch"],
+    )
+    model = quiet(
+        build_transformer,
+        ref,
+        vae,
+        dict(
+            depth=TINY["depth"],
+            embed_dim=TINY["embed_dim"],
+            num_heads=TINY["num_heads"],
+            mlp_ratio=TINY["mlp_ratio"],
+            block_chunks=TINY["block_chunks"],
+        ),
+        patchify,
+        TINY["text_channels"],
+        TINY["text_maxlen"],
+    )
     generator = torch.Generator().manual_seed(seed + 1)
     perturb_constants(model, generator)
     perturb_constants(vae, generator)
@@ -248,15 +311,24 @@ def run_case(ref, name: str, patchify: int, num_scales: int, with_vae: bool, see
     for row, length in enumerate(TEXT_LENGTHS):
         text_features[row, length:] = 0
     bit_labels = torch.randint(0, 2, (BATCH, sum(h * w for _, h, w in schedule), bits_per_token), generator=generator)
-    image = torch.rand(BATCH, 3, vae_schedule[-1][1] * TINY_VAE["vae_patch_size"],
-                       vae_schedule[-1][2] * TINY_VAE["vae_patch_size"], generator=generator) * 2 - 1
+    image = (
+        torch.rand(
+            BATCH,
+            3,
+            vae_schedule[-1][1] * TINY_VAE["vae_patch_size"],
+            vae_schedule[-1][2] * TINY_VAE["vae_patch_size"],
+            generator=generator,
+        )
+        * 2
+        - 1
+    )
     condition = text_condition(text_features, list(TEXT_LENGTHS))
 
     # per-scale bits in the VAE's layout (B, 1, h', w', d), as the reference sampler turns a token's bits into
     # codes (pixel_shuffle of the 4d bits of a token onto its 2x2 VAE positions with patchify)
     forced, start = [], 0
     for _, h, w in schedule:
-        bits = bit_labels[:, start:start + h * w].reshape(BATCH, h, w, bits_per_token)
+        bits = bit_labels[:, start : start + h * w].reshape(BATCH, h, w, bits_per_token)
         start += h * w
         if patchify:
             bits = F.pixel_shuffle(bits.permute(0, 3, 1, 2).float(), 2).permute(0, 2, 3, 1).long()
@@ -275,9 +347,20 @@ def run_case(ref, name: str, patchify: int, num_scales: int, with_vae: bool, see
     ref.infinity_module.sample_with_top_k_top_p_also_inplace_modifying_logits_ = recording_sampler
     try:
         model.autoregressive_infer_cfg(
-            vae=vae, scale_schedule=schedule, label_B_or_BLT=condition, B=BATCH, g_seed=seed,
-            cfg_list=[CFG_SCALE] * len(schedule), tau_list=[TAU] * len(schedule), cfg_insertion_layer=[0],
-            vae_type=1, returns_vemb=1, gt_leak=len(schedule), gt_ls_Bl=forced, top_k=0, top_p=0.0,
+            vae=vae,
+            scale_schedule=schedule,
+            label_B_or_BLT=condition,
+            B=BATCH,
+            g_seed=seed,
+            cfg_list=[CFG_SCALE] * len(schedule),
+            tau_list=[TAU] * len(schedule),
+            cfg_insertion_layer=[0],
+            vae_type=1,
+            returns_vemb=1,
+            gt_leak=len(schedule),
+            gt_ls_Bl=forced,
+            top_k=0,
+            top_p=0.0,
             inference_mode=True,
         )
     finally:
@@ -307,13 +390,25 @@ def run_case(ref, name: str, patchify: int, num_scales: int, with_vae: bool, see
         reference["encoded_bit_labels"] = torch.cat([b.reshape(BATCH, -1, d) for b in all_bit_indices], dim=1).long()
         encoder_features = vae.encode_for_raw_features(image, vae_schedule)[0]  # for --compare only, not written
     cfg = {
-        **TINY, "codebook_dim": d, "vae_base_ch": TINY_VAE["vae_base_ch"], "vae_ch_mult": TINY_VAE["vae_ch_mult"],
-        "vae_patch_size": TINY_VAE["vae_patch_size"], "apply_spatial_patchify": patchify,
-        "scale_schedule": [list(s) for s in schedule], "allow_schedule_prefix": True, "h_div_w": 1.0,
-        "cfg_scale": CFG_SCALE, "tau": TAU,
+        **TINY,
+        "codebook_dim": d,
+        "vae_base_ch": TINY_VAE["vae_base_ch"],
+        "vae_ch_mult": TINY_VAE["vae_ch_mult"],
+        "vae_patch_size": TINY_VAE["vae_patch_size"],
+        "apply_spatial_patchify": patchify,
+        "scale_schedule": [list(s) for s in schedule],
+        "allow_schedule_prefix": True,
+        "h_div_w": 1.0,
+        "cfg_scale": CFG_SCALE,
+        "tau": TAU,
     }
-    return {"cfg": cfg, "model": model.state_dict(), "vae": vae.state_dict() if with_vae else None,
-            "reference": reference, "encoder_features": encoder_features if with_vae else None}
+    return {
+        "cfg": cfg,
+        "model": model.state_dict(),
+        "vae": vae.state_dict() if with_vae else None,
+        "reference": reference,
+        "encoder_features": encoder_features if with_vae else None,
+    }
 
 
 def write_case(folder: str, result: dict) -> None:
@@ -343,11 +438,18 @@ def compare_with_ours(result: dict) -> dict[str, float]:
 
     cfg, reference = result["cfg"], result["reference"]
     patchify = bool(cfg["apply_spatial_patchify"])
-    model = InfinityTransformer(InfinityConfig(
-        depth=cfg["depth"], embed_dim=cfg["embed_dim"], num_heads=cfg["num_heads"], mlp_ratio=cfg["mlp_ratio"],
-        bits_per_token=cfg["codebook_dim"] * (4 if patchify else 1), text_channels=cfg["text_channels"],
-        text_maxlen=cfg["text_maxlen"], block_chunks=cfg["block_chunks"],
-    )).eval()
+    model = InfinityTransformer(
+        InfinityConfig(
+            depth=cfg["depth"],
+            embed_dim=cfg["embed_dim"],
+            num_heads=cfg["num_heads"],
+            mlp_ratio=cfg["mlp_ratio"],
+            bits_per_token=cfg["codebook_dim"] * (4 if patchify else 1),
+            text_channels=cfg["text_channels"],
+            text_maxlen=cfg["text_maxlen"],
+            block_chunks=cfg["block_chunks"],
+        )
+    ).eval()
     load_transformer_state(model, {k: v.clone() for k, v in result["model"].items()}, "reference")
     codes = ScaleCodes([(h, w) for _, h, w in cfg["scale_schedule"]], cfg["codebook_dim"], patchify)
     text = reference["text_features"]
@@ -361,28 +463,41 @@ def compare_with_ours(result: dict) -> dict[str, float]:
     figures = {"teacher_inputs_identical": bool(torch.equal(inputs, reference["x_BLC_wo_prefix"]))}
     figures["teacher_forced_logits"] = diff(model(text, mask, inputs, codes.grids), "teacher_forced_logits")
     figures["uncond_teacher_forced_logits"] = diff(
-        model(model.unconditional_text(mask), mask, inputs, codes.grids), "uncond_teacher_forced_logits")
+        model(model.unconditional_text(mask), mask, inputs, codes.grids), "uncond_teacher_forced_logits"
+    )
     both = torch.cat([mask, mask])
     state = model.prepare_text(torch.cat([text, model.unconditional_text(mask)]), both)
     caches, x, summed, guided = [[] for _ in model.blocks], model.start_tokens(state[0]), None, []
     for index, bits in enumerate(codes.split(actions)):
         step = model.forward_scale(x, index, codes.grids, state, both, caches)
-        cond, unc = step[: text.size(0)], step[text.size(0):]
-        guided.append(((unc + cfg["cfg_scale"] * (cond - unc)) / cfg["tau"]).reshape(text.size(0), -1, codes.bits_per_token, 2))
+        cond, unc = step[: text.size(0)], step[text.size(0) :]
+        guided.append(
+            ((unc + cfg["cfg_scale"] * (cond - unc)) / cfg["tau"]).reshape(text.size(0), -1, codes.bits_per_token, 2)
+        )
         summed = codes.accumulate(summed, bits, index)
         if index + 1 < len(codes.grids):
             x = model.word_embed(codes.scale_input(summed, index + 1)).repeat(2, 1, 1)
     figures["kv_cached_guided_logits"] = diff(torch.cat(guided, 1), "kv_cached_guided_logits")
     if result["vae"] is not None:
-        vae = BSQVAE(BSQVAEConfig(codebook_dim=cfg["codebook_dim"], patch_size=cfg["vae_patch_size"],
-                                  base_channels=cfg["vae_base_ch"], channel_multipliers=cfg["vae_ch_mult"])).eval()
+        vae = BSQVAE(
+            BSQVAEConfig(
+                codebook_dim=cfg["codebook_dim"],
+                patch_size=cfg["vae_patch_size"],
+                base_channels=cfg["vae_base_ch"],
+                channel_multipliers=cfg["vae_ch_mult"],
+            )
+        ).eval()
         load_vae_state_dict(vae, {k: v.clone() for k, v in result["vae"].items()}, "reference")
         figures["decoded"] = diff(vae.decode(codes.summed_codes(actions)), "decoded")
         features = vae.encoder(reference["image"])
-        figures["encoder_features"] = (float((features - result["encoder_features"]).abs().max()),
-                                       float(result["encoder_features"].abs().max()))
+        figures["encoder_features"] = (
+            float((features - result["encoder_features"]).abs().max()),
+            float(result["encoder_features"].abs().max()),
+        )
         encoded = codes.actions_from_latent_bits(vae.multiscale_bits(reference["image"], codes.vae_grids))
-        figures["encoded_bits_differing"] = int((encoded != reference["encoded_bit_labels"].reshape(encoded.size(0), -1)).sum())
+        figures["encoded_bits_differing"] = int(
+            (encoded != reference["encoded_bit_labels"].reshape(encoded.size(0), -1)).sum()
+        )
     return figures
 
 
@@ -402,7 +517,11 @@ def main() -> None:
         print(f"wrote {os.path.join(args.out, name)}")
         if args.compare:
             for key, value in compare_with_ours(result).items():
-                shown = f"max abs diff {value[0]:.3g} (reference max abs {value[1]:.3g})" if isinstance(value, tuple) else value
+                shown = (
+                    f"max abs diff {value[0]:.3g} (reference max abs {value[1]:.3g})"
+                    if isinstance(value, tuple)
+                    else value
+                )
                 print(f"  {key}: {shown}")
     if not args.skip_keys:
         folder = os.path.join(args.out, "infinity_reference_keys")

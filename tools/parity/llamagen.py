@@ -54,8 +54,9 @@ import torch
 
 SEED = 0
 BATCH, CAPTION_LENGTHS = 2, (5, 11)  # valid caption tokens per prompt (left-padded to 120, as the sampler does)
-TINY_GPT = dict(dim=64, n_layer=2, n_head=2, multiple_of=32, vocab_size=64, caption_dim=32, cls_token_num=120,
-                block_size=16)  # a 4x4 grid
+TINY_GPT = dict(
+    dim=64, n_layer=2, n_head=2, multiple_of=32, vocab_size=64, caption_dim=32, cls_token_num=120, block_size=16
+)  # a 4x4 grid
 TINY_VQ = dict(codebook_size=64, codebook_embed_dim=8, z_channels=32, ch_mult=[1, 1], ch=32, num_res_blocks=1)
 CFG_SCALE = 3.0
 ENCODER_IMAGES = 4  # 8x8 images: the tiny VQ's 4x4 grid, 64 latent cells in all against 64 codes
@@ -77,16 +78,16 @@ def import_reference(path: str):
 
 def git_commit(path: str) -> str:
     try:
-        return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
 
 
 # ------------------------------------------------------------------------------------------- building
 def build_gpt(ref):
-    args = ref.gpt.ModelArgs(**TINY_GPT, model_type="t2i", token_dropout_p=0.0, resid_dropout_p=0.0,
-                             ffn_dropout_p=0.0)
+    args = ref.gpt.ModelArgs(**TINY_GPT, model_type="t2i", token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
     return ref.gpt.Transformer(args)
 
 
@@ -96,10 +97,15 @@ def build_vq(ref, ch: int, num_res_blocks: int, **kwargs):
     ref.vq.Encoder = functools.partial(encoder, ch=ch, num_res_blocks=num_res_blocks)
     ref.vq.Decoder = functools.partial(decoder, ch=ch, num_res_blocks=num_res_blocks)
     try:
-        return ref.vq.VQModel(ref.vq.ModelArgs(codebook_size=kwargs["codebook_size"],
-                                               codebook_embed_dim=kwargs["codebook_embed_dim"],
-                                               z_channels=kwargs["z_channels"], encoder_ch_mult=kwargs["ch_mult"],
-                                               decoder_ch_mult=kwargs["ch_mult"]))
+        return ref.vq.VQModel(
+            ref.vq.ModelArgs(
+                codebook_size=kwargs["codebook_size"],
+                codebook_embed_dim=kwargs["codebook_embed_dim"],
+                z_channels=kwargs["z_channels"],
+                encoder_ch_mult=kwargs["ch_mult"],
+                decoder_ch_mult=kwargs["ch_mult"],
+            )
+        )
     finally:
         ref.vq.Encoder, ref.vq.Decoder = encoder, decoder
 
@@ -129,8 +135,10 @@ def reference_keys(ref) -> dict[str, dict[str, list[int]]]:
     with init_empty_weights():
         gpt = ref.gpt.GPT_models["GPT-XL"](block_size=256, cls_token_num=120, model_type="t2i")
         vq = ref.vq.VQ_models["VQ-16"](codebook_size=16384, codebook_embed_dim=8)
-    return {name: {k: list(v.shape) for k, v in module.state_dict().items()}
-            for name, module in (("gpt_xl_t2i", gpt), ("vq_16", vq))}
+    return {
+        name: {k: list(v.shape) for k, v in module.state_dict().items()}
+        for name, module in (("gpt_xl_t2i", gpt), ("vq_16", vq))
+    }
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -141,7 +149,7 @@ def caption_inputs(generator: torch.Generator):
     features = torch.randn(BATCH, length, TINY_GPT["caption_dim"], generator=generator)
     mask = torch.zeros(BATCH, length, dtype=torch.long)
     for row, valid in enumerate(CAPTION_LENGTHS):
-        mask[row, length - valid:] = 1
+        mask[row, length - valid :] = 1
     return features * mask[:, :, None], mask
 
 
@@ -163,7 +171,7 @@ def run_generate(ref, model, features, emb_masks, codes, cfg_scale):
 
     def forced_sample(logits, **kwargs):
         recorded.append(logits[:, -1, :].clone())
-        code = codes[:, step[0]: step[0] + 1].int()
+        code = codes[:, step[0] : step[0] + 1].int()
         step[0] += 1
         return code, torch.zeros(1)
 
@@ -199,21 +207,32 @@ def run(ref, seed: int) -> dict:
     # logits of positions 119 .. 119 + N - 1 predict codes 0 .. N - 1
     mask = teacher_mask(emb_masks, total)
     positions = torch.arange(total)
-    cond = gpt(codes, features, input_pos=positions, mask=mask)[0][:, prefix - 1: total - 1]
+    cond = gpt(codes, features, input_pos=positions, mask=mask)[0][:, prefix - 1 : total - 1]
     null = torch.zeros_like(features) + gpt.cls_embedding.uncond_embedding
-    uncond = gpt(codes, null, input_pos=positions, mask=mask)[0][:, prefix - 1: total - 1]
+    uncond = gpt(codes, null, input_pos=positions, mask=mask)[0][:, prefix - 1 : total - 1]
     cached_cond = run_generate(ref, gpt, features, emb_masks, codes, cfg_scale=1.0)
     cached_guided = run_generate(ref, gpt, features, emb_masks, codes, cfg_scale=CFG_SCALE)
 
     decoded = vq.decode_code(codes, shape=[BATCH, TINY_VQ["codebook_embed_dim"], grid, grid])
     encoder = run_encoder(vq, grid * 2 ** (len(TINY_VQ["ch_mult"]) - 1), seed)
     reference = {
-        "caption_features": features, "caption_mask": emb_masks, "codes": codes,
-        "teacher_forced_logits": cond, "uncond_teacher_forced_logits": uncond,
-        "kv_cached_logits": cached_cond, "kv_cached_guided_logits": cached_guided, "decoded": decoded,
+        "caption_features": features,
+        "caption_mask": emb_masks,
+        "codes": codes,
+        "teacher_forced_logits": cond,
+        "uncond_teacher_forced_logits": uncond,
+        "kv_cached_logits": cached_cond,
+        "kv_cached_guided_logits": cached_guided,
+        "decoded": decoded,
     }
-    cfg = {"gpt": TINY_GPT, "vq": TINY_VQ, "cfg_scale": CFG_SCALE, "caption_lengths": list(CAPTION_LENGTHS),
-           "grid": grid, "seed": seed}
+    cfg = {
+        "gpt": TINY_GPT,
+        "vq": TINY_VQ,
+        "cfg_scale": CFG_SCALE,
+        "caption_lengths": list(CAPTION_LENGTHS),
+        "grid": grid,
+        "seed": seed,
+    }
     return {"cfg": cfg, "gpt": gpt_state, "vq": vq_state, "reference": reference, "encoder": encoder}
 
 
@@ -250,7 +269,9 @@ def write(folder: str, result: dict, encoder_only: bool = False) -> None:
 
     save_file(half(result["gpt"]), os.path.join(folder, "gpt.safetensors"))
     save_file(half(result["vq"]), os.path.join(folder, "vq.safetensors"))
-    save_file({k: v.contiguous() for k, v in result["reference"].items()}, os.path.join(folder, "reference.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in result["reference"].items()}, os.path.join(folder, "reference.safetensors")
+    )
 
 
 # ------------------------------------------------------------------------------------------- ours
@@ -272,12 +293,16 @@ def compare_with_ours(result: dict) -> dict[str, tuple[float, float]]:
     vq = JanusVQVAE(infer_vq_config(vq_state, cfg["grid"])).eval()
     load_vq_state(vq, vq_state, "reference")
     ours = replay(model, vq, reference, cfg)
-    figures = {key: (float((value.double() - reference[key].double()).abs().max()), float(reference[key].abs().max()))
-               for key, value in ours.items()}
+    figures = {
+        key: (float((value.double() - reference[key].double()).abs().max()), float(reference[key].abs().max()))
+        for key, value in ours.items()
+    }
     encoder = result["encoder"]
     for key, value in replay_encoder(vq, encoder).items():
-        figures[f"encoder {key}"] = (float((value.double() - encoder[key].double()).abs().max()),
-                                     float(encoder[key].abs().max()))
+        figures[f"encoder {key}"] = (
+            float((value.double() - encoder[key].double()).abs().max()),
+            float(encoder[key].abs().max()),
+        )
     return figures
 
 
@@ -299,8 +324,14 @@ def replay_encoder(vq, encoder: dict) -> dict[str, torch.Tensor]:
     for suffix, dtype in (("", torch.float32), ("_float64", torch.float64)):
         module = copy.deepcopy(vq).to(dtype)
         encoding = quantize_images(module, encoder["images"].to(dtype))
-        out.update({f"latent{suffix}": encoding.latent, f"quantized{suffix}": encoding.quantized,
-                    f"codes{suffix}": encoding.codes, f"autoencoded{suffix}": module.decode(encoding.codes)})
+        out.update(
+            {
+                f"latent{suffix}": encoding.latent,
+                f"quantized{suffix}": encoding.quantized,
+                f"codes{suffix}": encoding.codes,
+                f"autoencoded{suffix}": module.decode(encoding.codes),
+            }
+        )
     return out
 
 
@@ -314,7 +345,11 @@ def replay(model, vq, reference: dict, cfg: dict) -> dict[str, torch.Tensor]:
         "uncond_teacher_forced_logits": model(codes[:, :-1], model.unconditional_captions(batch), mask, grid_size=grid),
     }
     for key, guided in (("kv_cached_logits", False), ("kv_cached_guided_logits", True)):
-        rows, row_mask = (torch.cat([features, model.unconditional_captions(batch)]), torch.cat([mask, mask])) if guided else (features, mask)
+        rows, row_mask = (
+            (torch.cat([features, model.unconditional_captions(batch)]), torch.cat([mask, mask]))
+            if guided
+            else (features, mask)
+        )
         cache = model.new_cache(codes.size(1))
         logits, steps = model.prefill(rows, row_mask, cache, grid), []
         for step in range(codes.size(1)):
@@ -354,10 +389,12 @@ def main() -> None:
             print(f"  {key}: max abs diff {diff:.3g} (reference max abs {magnitude:.3g})")
         encoder = result["encoder"]
         for suffix in ("", "_float64"):
-            print(f"  encoder codes{suffix}: closest call (second-nearest minus nearest distance) "
-                  f"{closest_call(encoder['latent' + suffix], result['vq']['quantize.embedding.weight']):.3g}; "
-                  f"{int(encoder['codes' + suffix].unique().numel())} distinct codes of "
-                  f"{encoder['codes' + suffix].numel()}")
+            print(
+                f"  encoder codes{suffix}: closest call (second-nearest minus nearest distance) "
+                f"{closest_call(encoder['latent' + suffix], result['vq']['quantize.embedding.weight']):.3g}; "
+                f"{int(encoder['codes' + suffix].unique().numel())} distinct codes of "
+                f"{encoder['codes' + suffix].numel()}"
+            )
     print(f"reference commit {git_commit(args.reference)}")
 
 

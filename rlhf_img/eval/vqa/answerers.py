@@ -40,8 +40,10 @@ class VqaAnswerError(RuntimeError):
     def __init__(self, image_index: int, question: str, reason: str, prompt: str | None = None) -> None:
         self.image_index, self.question, self.reason, self.prompt = image_index, question, reason, prompt
         where = f" for prompt {prompt!r}" if prompt is not None else f" (image {image_index})"
-        super().__init__(f"vqa: no usable answer to {question!r}{where}: {reason}; set on_failure: mask to score "
-                         "such images as missing instead")
+        super().__init__(
+            f"vqa: no usable answer to {question!r}{where}: {reason}; set on_failure: mask to score "
+            "such images as missing instead"
+        )
 
 
 def _as_atom(question: str | Atom) -> Atom:
@@ -81,8 +83,9 @@ class ShapesAnswerer:
         count = atom.count if atom.count is not None else 1
         if atom.type == "count":  # the quantifier states the fact, whatever the question's wording
             quantifier = atom.quantifier or "exactly"
-            return {"exactly": len(found) == count, "at least": len(found) >= count,
-                    "fewer than": len(found) < count}[quantifier]
+            return {"exactly": len(found) == count, "at least": len(found) >= count, "fewer than": len(found) < count}[
+                quantifier
+            ]
         if atom.type == "object":
             fact = len(found) >= 1
         elif atom.type == "color":
@@ -93,8 +96,9 @@ class ShapesAnswerer:
             if atom.relation is None or atom.target is None:
                 raise ValueError(f"vqa: position atom {atom.question!r} needs 'relation' and 'target'")
             targets = detections.get(atom.target, [])
-            fact = _related(found, targets, atom.relation, count,
-                            atom.target_count if atom.target_count is not None else 1)
+            fact = _related(
+                found, targets, atom.relation, count, atom.target_count if atom.target_count is not None else 1
+            )
         else:
             raise ValueError(f"vqa: the shapes answerer cannot answer {atom.type!r} atoms ({atom.question!r})")
         return fact if atom.answer != "no" else not fact
@@ -104,10 +108,14 @@ def _related(subjects: list[Detection], targets: list[Detection], relation: str,
     """Whether some `count` subjects are each `relation` of the same `target_count` targets."""
     if len(subjects) < count or len(targets) < target_count:
         return False
-    satisfied = [{j for j, target in enumerate(targets) if relation in relative_position(subject, target)}
-                 for subject in subjects]
-    return any(len(set.intersection(*(satisfied[i] for i in chosen))) >= target_count
-               for chosen in itertools.combinations(range(len(subjects)), count))
+    satisfied = [
+        {j for j, target in enumerate(targets) if relation in relative_position(subject, target)}
+        for subject in subjects
+    ]
+    return any(
+        len(set.intersection(*(satisfied[i] for i in chosen))) >= target_count
+        for chosen in itertools.combinations(range(len(subjects)), count)
+    )
 
 
 # --------------------------------------------------------------------------------------------------------- VLM
@@ -172,11 +180,24 @@ class VlmAnswerer:
 
     name = "vlm"
 
-    def __init__(self, client: Any = None, *, base_url: str | None = None, model: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0, retries: int = 2,
-                 max_concurrency: int = 8, cache: bool = True, question_suffix: str = QUESTION_SUFFIX,
-                 top_logprobs: int = 20, max_tokens: int = 8, system: str | None = None, min_image_side: int = 0,
-                 on_failure: str = "raise") -> None:
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        retries: int = 2,
+        max_concurrency: int = 8,
+        cache: bool = True,
+        question_suffix: str = QUESTION_SUFFIX,
+        top_logprobs: int = 20,
+        max_tokens: int = 8,
+        system: str | None = None,
+        min_image_side: int = 0,
+        on_failure: str = "raise",
+    ) -> None:
         if on_failure not in ON_FAILURE:
             raise ValueError(f"vqa: on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
         if client is None:
@@ -184,8 +205,15 @@ class VlmAnswerer:
                 raise ValueError("vqa: the vlm answerer needs 'base_url' and 'model' (an OpenAI-compatible server)")
             from ...rewards.vlm_client import VlmClient
 
-            client = VlmClient(base_url, model, api_key_env=api_key_env, timeout=timeout, retries=retries,
-                               max_concurrency=max_concurrency, cache=cache)
+            client = VlmClient(
+                base_url,
+                model,
+                api_key_env=api_key_env,
+                timeout=timeout,
+                retries=retries,
+                max_concurrency=max_concurrency,
+                cache=cache,
+            )
         self.client, self.on_failure = client, on_failure
         self.question_suffix, self.top_logprobs, self.max_tokens = question_suffix, top_logprobs, max_tokens
         self.system, self.min_image_side = system, min_image_side
@@ -206,8 +234,11 @@ class VlmAnswerer:
         pictures = self._images(images)
         atoms = [[_as_atom(q) for q in image_questions] for image_questions in questions]
         items = [(pictures[b], atom.question + self.question_suffix) for b in range(len(atoms)) for atom in atoms[b]]
-        replies = list(self.client.ask(items, max_tokens=self.max_tokens, top_logprobs=self.top_logprobs,
-                                       system=self.system)) if items else []
+        replies = (
+            list(self.client.ask(items, max_tokens=self.max_tokens, top_logprobs=self.top_logprobs, system=self.system))
+            if items
+            else []
+        )
         if len(replies) != len(items):
             raise RuntimeError(f"vqa: the VLM client returned {len(replies)} answers for {len(items)} questions")
         answers, position = [], 0
@@ -217,14 +248,18 @@ class VlmAnswerer:
                 reply = replies[position]
                 position += 1
                 if isinstance(reply, BaseException):
-                    row.append(self._failure(index, atom, f"the call failed ({type(reply).__name__}: "
-                                                          f"{' '.join(str(reply).split())})"))
+                    row.append(
+                        self._failure(
+                            index, atom, f"the call failed ({type(reply).__name__}: {' '.join(str(reply).split())})"
+                        )
+                    )
                     continue
                 probability = answer_probability(reply, atom.answer)
                 if probability is None:
                     text = " ".join(str(reply.text or "").split())
-                    kind = ("yes/no answer" if atom.answer in YES_NO else
-                            "number" if _is_number(atom.answer) else "answer")
+                    kind = (
+                        "yes/no answer" if atom.answer in YES_NO else "number" if _is_number(atom.answer) else "answer"
+                    )
                     row.append(self._failure(index, atom, f"the VLM replied {text[:80]!r}, not a {kind}"))
                 else:
                     row.append(probability)

@@ -19,8 +19,14 @@ RELATION_PHRASES = {"left of": "to the left of", "right of": "to the right of", 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 COUNT_MODES = ("geneval2", "geneval")
 # last words whose plural is not the regular one (GenEval's COCO class names end in these)
-IRREGULAR_PLURALS = {"person": "people", "knife": "knives", "mouse": "mice", "sheep": "sheep", "skis": "skis",
-                     "scissors": "scissors"}
+IRREGULAR_PLURALS = {
+    "person": "people",
+    "knife": "knives",
+    "mouse": "mice",
+    "sheep": "sheep",
+    "skis": "skis",
+    "scissors": "scissors",
+}
 
 
 @dataclass(frozen=True)
@@ -100,27 +106,45 @@ def object_atom(name: str) -> Atom:
 def count_atom(name: str, count: int, quantifier: str = "exactly") -> Atom:
     """Exactly: GenEval 2's "How many" question, answered with a number word. The others are yes/no."""
     if quantifier == "exactly":
-        return Atom("count", f"How many {plural(name)} are in the image?", number_word(count), subject=name,
-                    count=count)
+        return Atom(
+            "count", f"How many {plural(name)} are in the image?", number_word(count), subject=name, count=count
+        )
     if quantifier == "fewer than" and count == 1:  # an absence
-        return Atom("count", f"Are there any {plural(name)} in the image?", "no", subject=name, count=1,
-                    quantifier=quantifier)
-    return Atom("count", f"Are there {quantifier} {number_word(count)} {plural(name)} in the image?", subject=name,
-                count=count, quantifier=quantifier)
+        return Atom(
+            "count", f"Are there any {plural(name)} in the image?", "no", subject=name, count=1, quantifier=quantifier
+        )
+    return Atom(
+        "count",
+        f"Are there {quantifier} {number_word(count)} {plural(name)} in the image?",
+        subject=name,
+        count=count,
+        quantifier=quantifier,
+    )
 
 
 def color_atom(name: str, color: str, count: int = 1) -> Atom:
-    return Atom("color", f"{_be(count)} the {_noun(name, count)} {color}?", subject=name, color=color,
-                count=None if count == 1 else count)
+    return Atom(
+        "color",
+        f"{_be(count)} the {_noun(name, count)} {color}?",
+        subject=name,
+        color=color,
+        count=None if count == 1 else count,
+    )
 
 
 def position_atom(name: str, relation: str, target: str, count: int = 1, target_count: int = 1) -> Atom:
     if relation not in RELATION_PHRASES:
         raise ValueError(f"vqa: relation must be one of {tuple(RELATION_PHRASES)}, got {relation!r}")
-    question = (f"{_be(count)} the {_noun(name, count)} {RELATION_PHRASES[relation]} the "
-                f"{_noun(target, target_count)}?")
-    return Atom("position", question, subject=name, relation=relation, target=target,
-                count=None if count == 1 else count, target_count=None if target_count == 1 else target_count)
+    question = f"{_be(count)} the {_noun(name, count)} {RELATION_PHRASES[relation]} the {_noun(target, target_count)}?"
+    return Atom(
+        "position",
+        question,
+        subject=name,
+        relation=relation,
+        target=target,
+        count=None if count == 1 else count,
+        target_count=None if target_count == 1 else target_count,
+    )
 
 
 def atoms_from_geneval(metadata: Mapping[str, Any], counts: str = "geneval2") -> list[Atom]:
@@ -155,8 +179,10 @@ def atoms_from_geneval(metadata: Mapping[str, Any], counts: str = "geneval2") ->
         if clause.get("position") is not None:
             relation, group = clause["position"]
             if not 0 <= int(group) < len(include) or int(group) == index:
-                raise ValueError(f"vqa: GenEval row {metadata.get('prompt')!r}: include clause {index} is positioned "
-                                 f"relative to clause {group}, which is not another include clause")
+                raise ValueError(
+                    f"vqa: GenEval row {metadata.get('prompt')!r}: include clause {index} is positioned "
+                    f"relative to clause {group}, which is not another include clause"
+                )
             target = include[int(group)]
             atoms.append(position_atom(name, relation, target["class"], count, int(target["count"])))
     for clause in exclude:
@@ -176,8 +202,10 @@ def atoms_from_geneval2(row: Mapping[str, Any]) -> list[Atom]:
     """
     questions, skills = list(row.get("vqa_list") or []), list(row.get("skills") or [])
     if not questions or len(questions) != len(skills):
-        raise ValueError(f"vqa: GenEval 2 row {row.get('prompt')!r} has {len(questions)} questions and "
-                         f"{len(skills)} skills; expected as many of each, at least one")
+        raise ValueError(
+            f"vqa: GenEval 2 row {row.get('prompt')!r} has {len(questions)} questions and "
+            f"{len(skills)} skills; expected as many of each, at least one"
+        )
     atoms = []
     for (question, answer), skill in zip(questions, skills):
         answer = str(answer).strip().lower()
@@ -190,14 +218,17 @@ def atoms_for_row(row: Mapping[str, Any], counts: str = "geneval2") -> list[Atom
     """A row's atoms: its `atoms` column, else GenEval 2's `vqa_list`, else derived from GenEval metadata."""
     prompt = row.get("prompt")
     if row.get("atoms"):
-        return [Atom.from_json(entry, f"vqa: prompt {prompt!r}, atom {number}")
-                for number, entry in enumerate(row["atoms"])]
+        return [
+            Atom.from_json(entry, f"vqa: prompt {prompt!r}, atom {number}") for number, entry in enumerate(row["atoms"])
+        ]
     if row.get("vqa_list"):
         return atoms_from_geneval2(row)
     if row.get("include"):
         return atoms_from_geneval(row, counts)
-    raise ValueError(f"vqa: prompt {prompt!r} has no atoms: give it an 'atoms' column, GenEval 2's 'vqa_list', or "
-                     "GenEval metadata ('tag', 'include', 'exclude')")
+    raise ValueError(
+        f"vqa: prompt {prompt!r} has no atoms: give it an 'atoms' column, GenEval 2's 'vqa_list', or "
+        "GenEval metadata ('tag', 'include', 'exclude')"
+    )
 
 
 def prompt_file_row(row: Mapping[str, Any], counts: str = "geneval2") -> dict:
@@ -210,8 +241,11 @@ def prompt_file_row(row: Mapping[str, Any], counts: str = "geneval2") -> dict:
 def rows_from_columns(prompts: Sequence[str], columns: Mapping[str, Sequence | None]) -> list[dict]:
     """Per-sample rows from a reward call's dataset columns (`tag`, `include`, `exclude`, `atoms`, `vqa_list`,
     `skills`, `atom_count`), as plain dicts."""
-    keys = [key for key in ("tag", "include", "exclude", "atoms", "vqa_list", "skills", "atom_count")
-            if columns.get(key) is not None]
+    keys = [
+        key
+        for key in ("tag", "include", "exclude", "atoms", "vqa_list", "skills", "atom_count")
+        if columns.get(key) is not None
+    ]
     for key in keys:
         if len(columns[key]) != len(prompts):
             raise ValueError(f"vqa: column {key!r} has {len(columns[key])} values for {len(prompts)} prompts")

@@ -64,14 +64,20 @@ def load_rows(source: str, counts: str = "geneval2") -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlhf_img.eval.vqa.files",
-                                     description="Write a VQA prompt file (rows with 'atoms') from a named prompt "
-                                                 "set, GenEval metadata or GenEval 2's data file.")
+    parser = argparse.ArgumentParser(
+        prog="python -m rlhf_img.eval.vqa.files",
+        description="Write a VQA prompt file (rows with 'atoms') from a named prompt "
+        "set, GenEval metadata or GenEval 2's data file.",
+    )
     parser.add_argument("source", help="shapes-held-out | shapes-train | a .jsonl file")
     parser.add_argument("output", help="the .jsonl file to write")
-    parser.add_argument("--counts", choices=COUNT_MODES, default="geneval2",
-                        help="count atoms of GenEval metadata rows: geneval2 (every object counted exactly) or "
-                             "geneval (only where the metadata caps the count)")
+    parser.add_argument(
+        "--counts",
+        choices=COUNT_MODES,
+        default="geneval2",
+        help="count atoms of GenEval metadata rows: geneval2 (every object counted exactly) or "
+        "geneval (only where the metadata caps the count)",
+    )
     args = parser.parse_args(argv)
     try:
         rows = load_rows(args.source, args.counts)

@@ -63,8 +63,9 @@ def aggregate(probabilities: Sequence[float], aggregation: str = "soft_tifa") ->
     return AGGREGATIONS[aggregation](probabilities)
 
 
-def answer_rows(answerer: Answerer, images: torch.Tensor, rows: Sequence[dict], counts: str = "geneval2"
-                ) -> tuple[list[list[Atom]], list[list[float]]]:
+def answer_rows(
+    answerer: Answerer, images: torch.Tensor, rows: Sequence[dict], counts: str = "geneval2"
+) -> tuple[list[list[Atom]], list[list[float]]]:
     """(atoms, probabilities) per image, `rows[b]` being image b's prompt row; a failed answer's error names the
     prompt."""
     if len(rows) != len(images):
@@ -75,8 +76,9 @@ def answer_rows(answerer: Answerer, images: torch.Tensor, rows: Sequence[dict], 
     except VqaAnswerError as error:
         if error.prompt is not None or not 0 <= error.image_index < len(rows):
             raise
-        raise VqaAnswerError(error.image_index, error.question, error.reason, rows[error.image_index].get("prompt")
-                             ) from None
+        raise VqaAnswerError(
+            error.image_index, error.question, error.reason, rows[error.image_index].get("prompt")
+        ) from None
     if len(probabilities) != len(atoms) or any(len(p) != len(a) for p, a in zip(probabilities, atoms)):
         raise RuntimeError(f"vqa: answerer {type(answerer).__name__} did not answer one probability per question")
     return atoms, [[float(p) for p in image] for image in probabilities]
@@ -113,8 +115,15 @@ class VqaJudge:
             record = {
                 "prompt": row.get("prompt"),
                 "tag": row.get("tag"),
-                "atoms": [{"type": atom.type, "question": atom.question, "answer": atom.answer,
-                           "p": None if math.isnan(p) else p} for atom, p in zip(image_atoms, image_probabilities)],
+                "atoms": [
+                    {
+                        "type": atom.type,
+                        "question": atom.question,
+                        "answer": atom.answer,
+                        "p": None if math.isnan(p) else p,
+                    }
+                    for atom, p in zip(image_atoms, image_probabilities)
+                ],
                 "masked": masked,
             }
             if row.get("atom_count") is not None:

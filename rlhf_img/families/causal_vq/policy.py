@@ -29,7 +29,12 @@ class CausalVQPolicy(NextTokenPolicy):
     saving are its own; sampling and scoring are the engine's, through `CausalLMAdapter`."""
 
     def __init__(self, model: nn.Module, tokenizer, visual_tokenizer: nn.Module, config: CausalVQConfig) -> None:
-        self.model, self.processing_class, self.visual_tokenizer, self.config = model, tokenizer, visual_tokenizer, config
+        self.model, self.processing_class, self.visual_tokenizer, self.config = (
+            model,
+            tokenizer,
+            visual_tokenizer,
+            config,
+        )
         self.num_actions = config.num_tokens
         self._check()
         uncond = config.uncond_prompt if config.uncond_prompt is not None else config.prompt_template.format(prompt="")
@@ -37,7 +42,9 @@ class CausalVQPolicy(NextTokenPolicy):
         if uncond_row.input_ids.numel() == 0:
             raise CheckpointError("causal_vq: the unconditional prompt tokenizes to nothing; set `uncond_prompt`")
         self.adapter = CausalLMAdapter(
-            code_offset=config.image_code_offset, code_count=config.image_code_count, pad_id=self.pad_token_id,
+            code_offset=config.image_code_offset,
+            code_count=config.image_code_count,
+            pad_id=self.pad_token_id,
             unconditional_ids=tuple(uncond_row.input_ids[0].tolist()),
             unconditional_mask=tuple(uncond_row.attention_mask[0].tolist()),
         )

@@ -64,7 +64,11 @@ class VQTokenizer(nn.Module, PyTorchModelHubMixin):
         dec: list[nn.Module] = [nn.Conv2d(code_dim, channels[-1], 3, padding=1), ResidualBlock(channels[-1])]
         for i, c in reversed(list(enumerate(channels))):
             c_next = channels[max(i - 1, 0)]
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c_next, 3, padding=1), ResidualBlock(c_next)]
+            dec += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(c, c_next, 3, padding=1),
+                ResidualBlock(c_next),
+            ]
         dec += [_norm(channels[0]), nn.SiLU(), nn.Conv2d(channels[0], 3, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 

@@ -68,14 +68,20 @@ class Emu3Adapter:
         return PrefixRows(ids, mask, position_ids_from_mask(mask), pad_value=self.pad_id)
 
     def step_inputs(self, network: nn.Module, codes: torch.Tensor) -> torch.Tensor:
-        tokens = torch.where(codes == self.code_count, torch.full_like(codes, self.end_of_line_id),
-                             codes + self.visual_offset)
+        tokens = torch.where(
+            codes == self.code_count, torch.full_like(codes, self.end_of_line_id), codes + self.visual_offset
+        )
         return tokens.unsqueeze(1)  # (R, 1) token ids
 
-    def forward(self, network: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                cache) -> torch.Tensor:
+    def forward(
+        self, network: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache
+    ) -> torch.Tensor:
         return network.model.text_model(
-            input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+            input_ids=inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
         ).last_hidden_state
 
     def head(self, network: nn.Module):
@@ -84,8 +90,9 @@ class Emu3Adapter:
     def cache_config(self, network: nn.Module) -> PretrainedConfig:
         return network.model.text_model.config
 
-    def teacher_forced_hidden(self, model: nn.Module, network: nn.Module, prompts: PromptBatch, codes: torch.Tensor,
-                              branches: Sequence[bool]) -> torch.Tensor:
+    def teacher_forced_hidden(
+        self, model: nn.Module, network: nn.Module, prompts: PromptBatch, codes: torch.Tensor, branches: Sequence[bool]
+    ) -> torch.Tensor:
         """Every branch's prompt rows, then the image's tokens with their end-of-line tokens up to the one before
         the last code, left-padded together; one forward through `model` (one position of full-vocabulary logits
         asked for); the hidden states `(nB, T, C)` at the position before each visual token."""
@@ -101,8 +108,14 @@ class Emu3Adapter:
             ids.append(torch.cat([prompt_ids, tokens], 1))
             masks.append(torch.cat([prompt_mask, ones], 1))
         ids, mask = left_pad_stack(ids, masks, self.pad_id)
-        outputs = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                        output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        outputs = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            output_hidden_states=True,
+            logits_to_keep=1,
+            use_cache=False,
+        )
         # visual token (r, c) sits at (first image position) + r * (w + 1) + c; the position before it predicts it
         height = num_tokens // self.width
         first = ids.size(1) - tokens.size(1)

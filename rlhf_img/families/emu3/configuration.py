@@ -24,8 +24,9 @@ def parse_ratio(ratio: str, source: str = "emu3") -> tuple[int, int]:
     """`"width:height"` -> `(width, height)`, positive integers (Emu3's processors read the ratio in that order)."""
     match = _RATIO.match(ratio) if isinstance(ratio, str) else None
     if match is None or int(match.group(1)) == 0 or int(match.group(2)) == 0:
-        raise CheckpointError(f"{source}: ratio must be 'width:height' in positive integers (e.g. '1:1', '16:9'), "
-                              f"got {ratio!r}")
+        raise CheckpointError(
+            f"{source}: ratio must be 'width:height' in positive integers (e.g. '1:1', '16:9'), got {ratio!r}"
+        )
     return int(match.group(1)), int(match.group(2))
 
 
@@ -73,10 +74,12 @@ class Emu3FamilyConfig(FamilyConfig):
         if "{prompt}" not in self.prompt_template:
             raise CheckpointError(f"{source}: prompt_template must contain '{{prompt}}'")
         if not isinstance(self.negative_prompt, str):
-            raise CheckpointError(f"{source}: negative_prompt must be a string, got "
-                                  f"{type(self.negative_prompt).__name__}")
+            raise CheckpointError(
+                f"{source}: negative_prompt must be a string, got {type(self.negative_prompt).__name__}"
+            )
         if not 0.0 <= self.attention_dropout < 1.0:
             raise CheckpointError(f"{source}: attention_dropout must be in [0, 1), got {self.attention_dropout}")
         if not isinstance(self.decode_batch_size, int) or self.decode_batch_size < 0:
-            raise CheckpointError(f"{source}: decode_batch_size must be >= 0 (0: all at once), got "
-                                  f"{self.decode_batch_size!r}")
+            raise CheckpointError(
+                f"{source}: decode_batch_size must be >= 0 (0: all at once), got {self.decode_batch_size!r}"
+            )

@@ -22,8 +22,9 @@ def check_transformers_layout(checkpoint: str, revision: str | None) -> None:
     path = resolve_subpath(checkpoint, "config.json", revision=revision)
     model_type = read_json_file(path).get("model_type")
     if model_type == ORIGINAL_LAYOUT:
-        raise CheckpointError(f"emu3: {checkpoint} is BAAI's original remote-code layout; use transformers' "
-                              "conversion, BAAI/Emu3-Gen-hf")
+        raise CheckpointError(
+            f"emu3: {checkpoint} is BAAI's original remote-code layout; use transformers' conversion, BAAI/Emu3-Gen-hf"
+        )
     if model_type != "emu3":
         raise CheckpointError(f"emu3: {path} has model_type {model_type!r}, not 'emu3'")
 

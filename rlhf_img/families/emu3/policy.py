@@ -29,8 +29,11 @@ def lora_outside_text_model(model: nn.Module) -> list[str]:
     """Names of the modules carrying a peft adapter outside the text model and the LM head (should be none)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return [name for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)
-            and ".text_model." not in f".{name}." and not name.endswith("lm_head")]
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, BaseTunerLayer) and ".text_model." not in f".{name}." and not name.endswith("lm_head")
+    ]
 
 
 def visual_token_block(model: nn.Module) -> tuple[int, int]:
@@ -41,12 +44,15 @@ def visual_token_block(model: nn.Module) -> tuple[int, int]:
     count = model.config.vq_config.codebook_size
     code_to_token = model.vocabulary_mapping.img2bpe  # {code: token id}
     if sorted(code_to_token) != list(range(count)):
-        raise CheckpointError(f"emu3: config.vocabulary_map holds {len(code_to_token)} visual tokens; the VQ has "
-                              f"{count} codes")
+        raise CheckpointError(
+            f"emu3: config.vocabulary_map holds {len(code_to_token)} visual tokens; the VQ has {count} codes"
+        )
     offset = code_to_token[0]
     if any(code_to_token[code] != offset + code for code in range(count)):
-        raise CheckpointError("emu3: the visual tokens of config.vocabulary_map are not one contiguous block of ids in "
-                              "code order; this family slices the LM head to that block")
+        raise CheckpointError(
+            "emu3: the visual tokens of config.vocabulary_map are not one contiguous block of ids in "
+            "code order; this family slices the LM head to that block"
+        )
     return offset, count
 
 
@@ -58,8 +64,9 @@ class Emu3Policy(NextTokenPolicy):
         self.processing_class, self.config = processor, config
         self.tokenizer = tokenizer = processor.tokenizer
         if tokenizer.bos_token is None or tokenizer.pad_token_id is None:
-            raise CheckpointError("emu3: the tokenizer defines no BOS or pad token (Emu3's: <|extra_203|>, "
-                                  "<|endoftext|>)")
+            raise CheckpointError(
+                "emu3: the tokenizer defines no BOS or pad token (Emu3's: <|extra_203|>, <|endoftext|>)"
+            )
         end_of_line = model.vocabulary_mapping.eol_token_id
         if end_of_line is None:
             raise CheckpointError("emu3: config.vocabulary_map has no end-of-line token <|extra_200|>")
@@ -69,8 +76,10 @@ class Emu3Policy(NextTokenPolicy):
         self.grid = generation_grid(config.image_area, config.ratio, self.spatial_factor)  # (h, w)
         height, width = self.grid
         if height < 1 or width < 1:
-            raise CheckpointError(f"emu3: image_area {config.image_area} at ratio {config.ratio} is under one "
-                                  f"{self.spatial_factor}x{self.spatial_factor} code")
+            raise CheckpointError(
+                f"emu3: image_area {config.image_area} at ratio {config.ratio} is under one "
+                f"{self.spatial_factor}x{self.spatial_factor} code"
+            )
         self.num_actions = height * width
         self._image_size = (height * self.spatial_factor, width * self.spatial_factor)
         self.header = f"{tokenizer.boi_token}{height}*{width}{tokenizer.image_wrapper_token}"
@@ -78,11 +87,17 @@ class Emu3Policy(NextTokenPolicy):
         limit = model.config.text_config.max_position_embeddings
         length = unconditional.input_ids.size(1) + height * (width + 1) + 3
         if length > limit:
-            raise CheckpointError(f"emu3: image_area {config.image_area} needs {height}x{width + 1} image tokens, "
-                                  f"{length} positions with the negative prompt; the model has {limit}")
+            raise CheckpointError(
+                f"emu3: image_area {config.image_area} needs {height}x{width + 1} image tokens, "
+                f"{length} positions with the negative prompt; the model has {limit}"
+            )
         self.adapter = Emu3Adapter(
-            visual_offset=self.visual_offset, code_count=self.code_count, end_of_line_id=end_of_line, width=width,
-            pad_id=tokenizer.pad_token_id, unconditional_ids=tuple(unconditional.input_ids[0].tolist()),
+            visual_offset=self.visual_offset,
+            code_count=self.code_count,
+            end_of_line_id=end_of_line,
+            width=width,
+            pad_id=tokenizer.pad_token_id,
+            unconditional_ids=tuple(unconditional.input_ids[0].tolist()),
         )
         image_processor = processor.image_processor
         self.pixel_mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -114,8 +129,10 @@ class Emu3Policy(NextTokenPolicy):
         return self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
 
     def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> PromptBatch:
-        texts = [self.tokenizer.bos_token + self.config.prompt_template.format(prompt=prompt) + self.header
-                 for prompt in prompts]
+        texts = [
+            self.tokenizer.bos_token + self.config.prompt_template.format(prompt=prompt) + self.header
+            for prompt in prompts
+        ]
         encoded = self._tokenize(texts)
         return PromptBatch(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
 

@@ -41,8 +41,13 @@ def stand_in(folder: str) -> StandIn:
 
     path = save_tiny_infinity(folder, seed=0)
     # the transformer casts text, AdaLN and logits to float32 as the reference does: no float64 run
-    return StandIn(path, {"dtype": "float32", "family_config": tiny_infinity_family_config(path)},
-                   ["mat_qkv", "proj", "fc1", "fc2"], runs_in_float64=False, converter="infinity")
+    return StandIn(
+        path,
+        {"dtype": "float32", "family_config": tiny_infinity_family_config(path)},
+        ["mat_qkv", "proj", "fc1", "fc2"],
+        runs_in_float64=False,
+        converter="infinity",
+    )
 
 
 load = register_family(

@@ -69,7 +69,9 @@ class Norm(nn.Module):
 class Conv(nn.Module):
     """A 2D conv wrapped as `.conv` (the released key layout: `conv1.conv.weight`)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
 
@@ -229,7 +231,9 @@ class BSQVAE(nn.Module):
         """Pixels `(B, 3, H, W)` in [-1, 1] -> per-scale bits `(B, h_k, w_k, d)` (how Infinity tokenises training images)."""
         latent = self.encoder(images).float()
         if tuple(latent.shape[-2:]) != tuple(grids[-1]):
-            raise ValueError(f"images encode to a {tuple(latent.shape[-2:])} grid, the schedule ends at {tuple(grids[-1])}")
+            raise ValueError(
+                f"images encode to a {tuple(latent.shape[-2:])} grid, the schedule ends at {tuple(grids[-1])}"
+            )
         accumulated = torch.zeros_like(latent)
         all_bits = []
         for index, grid in enumerate(grids):
@@ -282,4 +286,3 @@ def load_vae_state_dict(model: BSQVAE, state: dict[str, torch.Tensor], source: s
     renamed.setdefault("quantizer.lfq.mask", expected["quantizer.lfq.mask"])  # a constant; older files omit it
     check_state_dict(expected, renamed, source)
     model.load_state_dict(renamed, strict=True)
-

@@ -8,7 +8,8 @@ from .loading import RELEASED_2B_FILES, load
 
 
 @register_converter(
-    "infinity", family="infinity",
+    "infinity",
+    family="infinity",
     help="a folder or hub repo with Infinity's .pth files (e.g. FoundationVision/Infinity) -> OUT loadable with "
     "model_family infinity and no family_config (transformer as a transformers model, vae/, infinity.json, T5 "
     "tokenizer); --family_config: the released files as YAML/JSON, default '{size: 2b, transformer: "

@@ -74,8 +74,12 @@ def vae_d14() -> BSQVAEConfig:
 SIZES = {"2b": (infinity_2b, vae_d32, False), "8b": (infinity_8b, vae_d14, True)}
 assert tuple(SIZES) == SIZE_NAMES
 # The files of the hub repo FoundationVision/Infinity for Infinity-2B, as a family_config.
-RELEASED_2B_FILES = {"size": "2b", "transformer": "infinity_2b_reg.pth", "vae": "infinity_vae_d32reg.pth",
-                     "text_encoder": "google/flan-t5-xl"}
+RELEASED_2B_FILES = {
+    "size": "2b",
+    "transformer": "infinity_2b_reg.pth",
+    "vae": "infinity_vae_d32reg.pth",
+    "text_encoder": "google/flan-t5-xl",
+}
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -91,8 +95,14 @@ def infer_config(state: dict[str, torch.Tensor]) -> InfinityConfig:
     except KeyError as error:
         raise CheckpointError(f"not an Infinity transformer state dict (no {error.args[0]!r})") from None
     return InfinityConfig(
-        depth=len(blocks), embed_dim=width, num_heads=heads, mlp_ratio=hidden / width, bits_per_token=bits,
-        text_channels=text_channels, text_maxlen=maxlen, block_chunks=len(chunks),
+        depth=len(blocks),
+        embed_dim=width,
+        num_heads=heads,
+        mlp_ratio=hidden / width,
+        bits_per_token=bits,
+        text_channels=text_channels,
+        text_maxlen=maxlen,
+        block_chunks=len(chunks),
     )
 
 
@@ -111,8 +121,11 @@ def infer_vae_config(state: dict[str, torch.Tensor]) -> BSQVAEConfig:
     halvings = len({k.split(".")[2] for k in state if k.startswith("encoder.down.") and ".downsample." in k})
     res_blocks = len({k.split(".")[4] for k in state if k.startswith("encoder.down.0.block.")})
     return BSQVAEConfig(
-        codebook_dim=shape("decoder.conv_in.conv.weight")[1], patch_size=2**halvings, base_channels=base,
-        channel_multipliers=multipliers, num_res_blocks=res_blocks,
+        codebook_dim=shape("decoder.conv_in.conv.weight")[1],
+        patch_size=2**halvings,
+        base_channels=base,
+        channel_multipliers=multipliers,
+        num_res_blocks=res_blocks,
     )
 
 
@@ -158,15 +171,26 @@ def _load_vae(location: str, checkpoint: str, size: str | None, revision: str | 
         raise CheckpointError(f"cannot load the BSQ-VAE from {folder}: {error}") from None
 
 
-def _load_transformer(checkpoint: str, config: InfinityFamilyConfig, dtype: torch.dtype, revision: str | None) -> InfinityTransformer:
+def _load_transformer(
+    checkpoint: str, config: InfinityFamilyConfig, dtype: torch.dtype, revision: str | None
+) -> InfinityTransformer:
     base_config = replace(config, base_checkpoint=None)
-    merged = load_with_adapter(checkpoint, revision, config.base_checkpoint,
-                               lambda base: _load_transformer(base, base_config, dtype, None), CONFIG_NAME)
+    merged = load_with_adapter(
+        checkpoint,
+        revision,
+        config.base_checkpoint,
+        lambda base: _load_transformer(base, base_config, dtype, None),
+        CONFIG_NAME,
+    )
     if merged is not None:  # a LoRA run: base from `base_checkpoint`, adapter merged in
         return merged
-    if config.transformer == "model.safetensors" and resolve_subpath(checkpoint, "config.json", revision, required=False):
+    if config.transformer == "model.safetensors" and resolve_subpath(
+        checkpoint, "config.json", revision, required=False
+    ):
         return InfinityTransformer.from_pretrained(checkpoint, revision=revision, dtype=dtype)
-    return _load_released_transformer(resolve_file(config.transformer, checkpoint, revision), config.size, dtype, checkpoint)
+    return _load_released_transformer(
+        resolve_file(config.transformer, checkpoint, revision), config.size, dtype, checkpoint
+    )
 
 
 def load(

@@ -29,8 +29,16 @@ class InfinityPolicy:
     Prompt ids are T5 ids, right-padded (T5's convention; the trainer never looks inside them).
     """
 
-    def __init__(self, model: InfinityTransformer, tokenizer, text_encoder: nn.Module, vae: BSQVAE, config: InfinityFamilyConfig) -> None:
-        self.model, self.processing_class, self.text_encoder, self.vae, self.config = model, tokenizer, text_encoder, vae, config
+    def __init__(
+        self, model: InfinityTransformer, tokenizer, text_encoder: nn.Module, vae: BSQVAE, config: InfinityFamilyConfig
+    ) -> None:
+        self.model, self.processing_class, self.text_encoder, self.vae, self.config = (
+            model,
+            tokenizer,
+            text_encoder,
+            vae,
+            config,
+        )
         self.aspect_ratio = nearest_aspect_ratio(config.aspect_ratio)
         self.grids = scale_schedule(self.aspect_ratio, config.resolution, config.num_scales)
         patchify = bool(config.patchify) if config.patchify is not None else False
@@ -47,7 +55,9 @@ class InfinityPolicy:
             )
         width = getattr(self.text_encoder.config, "d_model", None)
         if width is not None and width != self.model.config.text_channels:
-            raise CheckpointError(f"infinity: T5 width {width} != transformer text_channels {self.model.config.text_channels}")
+            raise CheckpointError(
+                f"infinity: T5 width {width} != transformer text_channels {self.model.config.text_channels}"
+            )
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -56,8 +66,12 @@ class InfinityPolicy:
 
     def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> PromptBatch:
         encoded = self.processing_class(
-            prompts, padding=True, truncation=True, max_length=self.model.config.text_maxlen,
-            padding_side="right", return_tensors="pt",
+            prompts,
+            padding=True,
+            truncation=True,
+            max_length=self.model.config.text_maxlen,
+            padding_side="right",
+            return_tensors="pt",
         )
         return PromptBatch(encoded.input_ids.to(device), encoded.attention_mask.to(device))
 
@@ -71,13 +85,18 @@ class InfinityPolicy:
         return features.float(), mask
 
     def sample(
-        self, model: nn.Module, prompts: PromptBatch, sampling: Sampling,
+        self,
+        model: nn.Module,
+        prompts: PromptBatch,
+        sampling: Sampling,
         generator: torch.Generator | SampleGenerators | None = None,
     ) -> Rollout:
         text, mask = self.text_features(prompts)
         return sample_bits(unwrap_causal_lm(model), text, mask, self.codes, sampling, self.aspect_ratio, generator)
 
-    def logprobs(self, model: nn.Module, prompts: PromptBatch, actions: torch.Tensor, sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+    def logprobs(
+        self, model: nn.Module, prompts: PromptBatch, actions: torch.Tensor, sampling: Sampling
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         text, mask = self.text_features(prompts)
         return score_bits(model, text, mask, actions, self.codes, sampling, self.aspect_ratio)
 
@@ -102,7 +121,8 @@ class InfinityPolicy:
     def save_pretrained(self, output_dir: str, model: nn.Module | None = None) -> None:
         """Write `infinity.json` and `vae/` next to a saved transformer (full) or adapter (LoRA)."""
         model = self.model if model is None else model
-        config = config_for_saved_model(self.config, model, "transformer", ("size",), vae="vae",
-                                        patchify=self.codes.patchify)
+        config = config_for_saved_model(
+            self.config, model, "transformer", ("size",), vae="vae", patchify=self.codes.patchify
+        )
         config.save(output_dir)
         self.vae.save_pretrained(os.path.join(output_dir, "vae"))

@@ -75,9 +75,14 @@ def score_bits(
     def branch_logits(branches) -> torch.Tensor:  # (nB, T, 2): the learned null text for unconditional rows
         rows = len(branches)
         null = torch.tensor([not conditional for conditional in branches], device=text.device).repeat_interleave(batch)
-        logits = model(text_features=text.repeat(rows, 1, 1), text_mask=text_mask.repeat(rows, 1),
-                       scale_inputs=inputs.repeat(rows, 1, 1), schedule=codes.grids, aspect_ratio=aspect_ratio,
-                       null_text_rows=null)
+        logits = model(
+            text_features=text.repeat(rows, 1, 1),
+            text_mask=text_mask.repeat(rows, 1),
+            scale_inputs=inputs.repeat(rows, 1, 1),
+            schedule=codes.grids,
+            aspect_ratio=aspect_ratio,
+            null_text_rows=null,
+        )
         return logits.reshape(rows * batch, -1, 2)
 
     # the forward already ends in the bit logits: an identity head, unchunked (two logits per action)

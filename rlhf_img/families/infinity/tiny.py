@@ -34,18 +34,41 @@ def save_tiny_infinity(
     torch.manual_seed(seed)
     os.makedirs(path, exist_ok=True)
     config = InfinityConfig(
-        depth=depth, embed_dim=embed_dim, num_heads=num_heads, bits_per_token=codebook_dim,
-        text_channels=text_channels, text_maxlen=text_maxlen, block_chunks=block_chunks, initializer_range=0.1,
+        depth=depth,
+        embed_dim=embed_dim,
+        num_heads=num_heads,
+        bits_per_token=codebook_dim,
+        text_channels=text_channels,
+        text_maxlen=text_maxlen,
+        block_chunks=block_chunks,
+        initializer_range=0.1,
     )
     transformer = InfinityTransformer(config)
     torch.save({k: v.clone() for k, v in transformer.state_dict().items()}, os.path.join(path, "infinity_tiny.pth"))
-    vae = BSQVAE(BSQVAEConfig(codebook_dim=codebook_dim, patch_size=2, base_channels=vae_channels, channel_multipliers=(1, 1), num_res_blocks=1))
+    vae = BSQVAE(
+        BSQVAEConfig(
+            codebook_dim=codebook_dim,
+            patch_size=2,
+            base_channels=vae_channels,
+            channel_multipliers=(1, 1),
+            num_res_blocks=1,
+        )
+    )
     torch.save({"vae": vae.state_dict()}, os.path.join(path, "infinity_vae_tiny.pth"))
     tokenizer = byte_level_tokenizer()
-    t5 = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer), d_model=text_channels, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0,
-    ))
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=text_channels,
+            d_kv=16,
+            d_ff=64,
+            num_layers=1,
+            num_heads=2,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=0,
+        )
+    )
     t5.save_pretrained(os.path.join(path, "t5"))
     tokenizer.save_pretrained(os.path.join(path, "t5"))
     with open(os.path.join(path, "tiny.json"), "w") as f:
@@ -58,6 +81,8 @@ def tiny_infinity_family_config(path: str) -> dict:
     with open(os.path.join(path, "tiny.json")) as f:
         num_scales = json.load(f)["num_scales"]
     return {
-        "transformer": "infinity_tiny.pth", "vae": "infinity_vae_tiny.pth",
-        "text_encoder": os.path.join(path, "t5"), "num_scales": num_scales,
+        "transformer": "infinity_tiny.pth",
+        "vae": "infinity_vae_tiny.pth",
+        "text_encoder": os.path.join(path, "t5"),
+        "num_scales": num_scales,
     }

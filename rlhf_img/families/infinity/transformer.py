@@ -56,7 +56,11 @@ class InfinityConfig(PretrainedConfig):
         self.depth, self.embed_dim, self.num_heads, self.mlp_ratio = depth, embed_dim, num_heads, mlp_ratio
         self.bits_per_token, self.text_channels, self.text_maxlen = bits_per_token, text_channels, text_maxlen
         self.block_chunks, self.num_level_embeddings, self.norm_eps = block_chunks, num_level_embeddings, norm_eps
-        self.rope_max_positions, self.rope_base, self.initializer_range = rope_max_positions, rope_base, initializer_range
+        self.rope_max_positions, self.rope_base, self.initializer_range = (
+            rope_max_positions,
+            rope_base,
+            initializer_range,
+        )
         super().__init__(**kwargs)
 
     @property
@@ -70,7 +74,9 @@ class InfinityConfig(PretrainedConfig):
 
 
 # ---------------------------------------------------------------------------------------------- RoPE
-def rope_angles(schedule: list[tuple[int, int]], aspect_ratio: float, head_dim: int, max_positions: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_angles(
+    schedule: list[tuple[int, int]], aspect_ratio: float, head_dim: int, max_positions: int, base: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin `(L, head_dim / 2)` of the 2D rotary embedding for every token of `schedule`.
 
     Each scale's rows and columns are spread over the last grid of the 13-scale template of this aspect
@@ -126,7 +132,11 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn_mask: torch.Tensor | None, cache: list | None
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attn_mask: torch.Tensor | None,
+        cache: list | None,
     ) -> torch.Tensor:
         batch, length, dim = x.shape
         bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias])
@@ -273,7 +283,9 @@ class InfinityTransformer(PreTrainedModel):
         self.cfg_uncond = nn.Parameter(torch.randn(config.text_maxlen, text_dim) / text_dim**0.5)
         self.text_norm = RMSNorm(text_dim, config.norm_eps)
         self.text_proj_for_sos = TextAttentivePool(text_dim, dim, config.pool_heads)
-        self.text_proj_for_ca = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.text_proj_for_ca = nn.Sequential(
+            nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
         self.pos_start = nn.Parameter(torch.zeros(1, 1, dim))
         self.lvl_embed = nn.Embedding(config.num_level_embeddings, dim)
         self.word_embed = nn.Linear(config.bits_per_token, dim)
@@ -332,7 +344,9 @@ class InfinityTransformer(PreTrainedModel):
             raise ValueError(f"text of {length} tokens exceeds text_maxlen {self.cfg_uncond.size(0)}")
         return self.cfg_uncond[:length].unsqueeze(0).expand(batch, -1, -1)
 
-    def prepare_text(self, text: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def prepare_text(
+        self, text: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """T5 features `(B, Lt, Ct5)` -> pooled condition `(B, D)`, block modulation `(B, 1, 6, C)`, text memory `(B, Lt, D)`."""
         text = self.text_norm(text.float())
         cond = self.text_proj_for_sos(text, text_mask).float()
@@ -385,7 +399,16 @@ class InfinityTransformer(PreTrainedModel):
         x = x + self._level_embeddings(schedule, 0, x.device)
         scale_of = torch.cat([torch.full((h * w,), i) for i, (h, w) in enumerate(schedule)]).to(x.device)
         attn_mask = scale_of.view(1, -1) <= scale_of.view(-1, 1)  # (L, L): key scale <= query scale
-        rope = [t.to(x.device) for t in rope_angles(schedule, aspect_ratio, self.config.embed_dim // self.config.num_heads, self.config.rope_max_positions, self.config.rope_base)]
+        rope = [
+            t.to(x.device)
+            for t in rope_angles(
+                schedule,
+                aspect_ratio,
+                self.config.embed_dim // self.config.num_heads,
+                self.config.rope_max_positions,
+                self.config.rope_base,
+            )
+        ]
         x = self._run_blocks(x, modulation, text_kv, text_mask, rope, attn_mask, None)
         return self.logits(x, cond)
 
@@ -407,7 +430,13 @@ class InfinityTransformer(PreTrainedModel):
         cond, modulation, text_kv = text_state
         x = x.float() + self._level_embeddings([schedule[scale_index]], scale_index, x.device)
         offset = sum(h * w for h, w in schedule[:scale_index])
-        cos, sin = rope_angles(schedule[: scale_index + 1], aspect_ratio, self.config.embed_dim // self.config.num_heads, self.config.rope_max_positions, self.config.rope_base)
+        cos, sin = rope_angles(
+            schedule[: scale_index + 1],
+            aspect_ratio,
+            self.config.embed_dim // self.config.num_heads,
+            self.config.rope_max_positions,
+            self.config.rope_base,
+        )
         rope = (cos[offset:].to(x.device), sin[offset:].to(x.device))
         x = self._run_blocks(x, modulation, text_kv, text_mask, rope, None, caches)
         return self.logits(x, cond)

@@ -51,10 +51,15 @@ class JanusAdapter:
     def step_inputs(self, network: nn.Module, codes: torch.Tensor) -> torch.Tensor:
         return image_embeddings(network, codes.unsqueeze(1))  # (R, 1, C)
 
-    def forward(self, network: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                cache) -> torch.Tensor:
+    def forward(
+        self, network: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache
+    ) -> torch.Tensor:
         return network.model.language_model(
-            inputs_embeds=inputs, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+            inputs_embeds=inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
         ).last_hidden_state
 
     def head(self, network: nn.Module) -> nn.Module:
@@ -63,17 +68,27 @@ class JanusAdapter:
     def cache_config(self, network: nn.Module) -> PretrainedConfig:
         return network.model.language_model.config
 
-    def teacher_forced_hidden(self, model: nn.Module, network: nn.Module, prompts: PromptBatch, codes: torch.Tensor,
-                              branches: Sequence[bool]) -> torch.Tensor:
+    def teacher_forced_hidden(
+        self, model: nn.Module, network: nn.Module, prompts: PromptBatch, codes: torch.Tensor, branches: Sequence[bool]
+    ) -> torch.Tensor:
         """The prompt's text embeddings followed by the image embeddings of codes 0..T-2 (the last code predicts
         nothing), every branch in one forward through `model`, asking for one position of text logits only."""
         batch, num_tokens = codes.shape
         ids = torch.cat([self.prompt_ids(prompts, conditional) for conditional in branches])  # (nB, L)
         rows = len(branches)
-        embeds = torch.cat([network.get_input_embeddings()(ids),
-                            image_embeddings(network, codes[:, :-1].repeat(rows, 1))], dim=1)
-        mask = torch.cat([prompts.attention_mask.repeat(rows, 1),
-                          prompts.attention_mask.new_ones(rows * batch, num_tokens - 1)], dim=1)
-        outputs = model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                        output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        embeds = torch.cat(
+            [network.get_input_embeddings()(ids), image_embeddings(network, codes[:, :-1].repeat(rows, 1))], dim=1
+        )
+        mask = torch.cat(
+            [prompts.attention_mask.repeat(rows, 1), prompts.attention_mask.new_ones(rows * batch, num_tokens - 1)],
+            dim=1,
+        )
+        outputs = model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            output_hidden_states=True,
+            logits_to_keep=1,
+            use_cache=False,
+        )
         return outputs.hidden_states[-1][:, -num_tokens:]

@@ -26,8 +26,11 @@ def lora_outside_language_model(model: nn.Module) -> list[str]:
     """Names of the modules carrying a peft adapter outside `model.language_model` (should be none)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return [name for name, module in model.named_modules()
-            if isinstance(module, BaseTunerLayer) and ".language_model." not in f".{name}."]
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, BaseTunerLayer) and ".language_model." not in f".{name}."
+    ]
 
 
 class JanusPolicy(NextTokenPolicy):
@@ -43,7 +46,9 @@ class JanusPolicy(NextTokenPolicy):
         pad = model.generation_config.pad_token_id
         self.pad_id = pad if pad is not None else tokenizer.pad_token_id
         if self.bos_id is None or self.pad_id is None:
-            raise CheckpointError("janus: the tokenizer defines no BOS or pad token (needed for the unconditional prompt)")
+            raise CheckpointError(
+                "janus: the tokenizer defines no BOS or pad token (needed for the unconditional prompt)"
+            )
         self.adapter = JanusAdapter(bos_id=self.bos_id, boi_id=self.boi_id, pad_id=self.pad_id)
         vq = model.config.vq_config
         self.grid = vq.num_patches
@@ -53,7 +58,9 @@ class JanusPolicy(NextTokenPolicy):
         self._image_size = (side, side)
         tokens = model.config.vision_config.num_image_tokens
         if tokens != self.num_actions:
-            raise CheckpointError(f"janus: vision_config.num_image_tokens {tokens} != {self.grid}x{self.grid}, the VQ grid")
+            raise CheckpointError(
+                f"janus: vision_config.num_image_tokens {tokens} != {self.grid}x{self.grid}, the VQ grid"
+            )
         # only the language model trains (T2I-R1 froze vision_model, aligner and every gen_* module)
         model.requires_grad_(False)
         model.model.language_model.requires_grad_(True)
@@ -77,13 +84,17 @@ class JanusPolicy(NextTokenPolicy):
 
     def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> PromptBatch:
         if self.config.prompt_template is None:
-            texts = [self.processing_class.apply_chat_template(
-                [{"role": "user", "content": [{"type": "text", "text": prompt}]}], add_generation_prompt=True)
-                for prompt in prompts]
+            texts = [
+                self.processing_class.apply_chat_template(
+                    [{"role": "user", "content": [{"type": "text", "text": prompt}]}], add_generation_prompt=True
+                )
+                for prompt in prompts
+            ]
         else:
             texts = [self.config.prompt_template.format(prompt=prompt) for prompt in prompts]
-        encoded = self.processing_class(text=texts, generation_mode="image", padding=True, padding_side="left",
-                                        return_tensors="pt")
+        encoded = self.processing_class(
+            text=texts, generation_mode="image", padding=True, padding_side="left", return_tensors="pt"
+        )
         return PromptBatch(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
 
     def unconditional_ids(self, prompt_ids: torch.Tensor) -> torch.Tensor:

@@ -64,47 +64,84 @@ def janus_tokenizer() -> PreTrainedTokenizerFast:
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, vocab[BOS])])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
         extra_special_tokens=IMAGE_TOKENS,
         padding_side="left",
     )
     return tokenizer
 
 
-def save_tiny_janus(path: str, *, hidden_size: int = 32, num_layers: int = 2, grid: int = 4, codebook_size: int = 64,
-                    seed: int = 0) -> str:
+def save_tiny_janus(
+    path: str, *, hidden_size: int = 32, num_layers: int = 2, grid: int = 4, codebook_size: int = 64, seed: int = 0
+) -> str:
     """Write a random-weight `JanusForConditionalGeneration` folder with its processor to `path`; returns `path`.
 
     `grid` x `grid` image tokens (Janus-Pro: 24 x 24 at 384 px); the VQ upsamples 8x (Janus-Pro: 16x)."""
     torch.manual_seed(seed)
     tokenizer = janus_tokenizer()
     text_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     patch_size = 8
-    vision_config = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2.0,
-                         image_size=grid * patch_size, patch_size=patch_size, projection_dim=hidden_size,
-                         num_image_tokens=grid * grid)
-    vq_config = dict(embed_dim=8, num_embeddings=codebook_size, base_channels=32, latent_channels=32,
-                     channel_multiplier=[1, 1, 2, 2], num_res_blocks=1, projection_dim=hidden_size,
-                     image_token_embed_dim=hidden_size)
-    config = JanusConfig(text_config=text_config, vision_config=vision_config, vq_config=vq_config,
-                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKENS["image_token"]))
+    vision_config = dict(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        mlp_ratio=2.0,
+        image_size=grid * patch_size,
+        patch_size=patch_size,
+        projection_dim=hidden_size,
+        num_image_tokens=grid * grid,
+    )
+    vq_config = dict(
+        embed_dim=8,
+        num_embeddings=codebook_size,
+        base_channels=32,
+        latent_channels=32,
+        channel_multiplier=[1, 1, 2, 2],
+        num_res_blocks=1,
+        projection_dim=hidden_size,
+        image_token_embed_dim=hidden_size,
+    )
+    config = JanusConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        vq_config=vq_config,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKENS["image_token"]),
+    )
     model = JanusForConditionalGeneration(config)
     with torch.no_grad():  # unit-variance codes and a wider head: random images and next-code distributions that differ
         model.model.vqmodel.quantize.embedding.weight.normal_()
         model.model.generation_head.vision_head.weight.normal_(std=0.5)
     # as transformers' conversion script sets it for the released checkpoints
     model.generation_config = GenerationConfig(
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        guidance_scale=5.0, temperature=1.0,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        guidance_scale=5.0,
+        temperature=1.0,
         generation_kwargs={"boi_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKENS["boi_token"])},
     )
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
     image_processor = JanusImageProcessor(size={"height": grid * patch_size, "width": grid * patch_size})
-    JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
-                   use_default_system_prompt=True, num_image_tokens=grid * grid).save_pretrained(path)
+    JanusProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+        use_default_system_prompt=True,
+        num_image_tokens=grid * grid,
+    ).save_pretrained(path)
     return path

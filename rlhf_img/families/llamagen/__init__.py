@@ -39,8 +39,12 @@ def stand_in(folder: str) -> StandIn:
     from .tiny import save_tiny_llamagen, tiny_llamagen_family_config
 
     path = save_tiny_llamagen(folder, seed=0)
-    return StandIn(path, {"dtype": "float32", "family_config": tiny_llamagen_family_config(path)},
-                   ["wqkv", "wo", "w1", "w2", "w3"], converter="llamagen")
+    return StandIn(
+        path,
+        {"dtype": "float32", "family_config": tiny_llamagen_family_config(path)},
+        ["wqkv", "wo", "w1", "w2", "w3"],
+        converter="llamagen",
+    )
 
 
 load = register_family(

@@ -65,8 +65,9 @@ class LlamaGenAdapter:
     def step_inputs(self, network: nn.Module, codes: torch.Tensor) -> torch.Tensor:
         return network.tok_embeddings(codes.unsqueeze(1))  # (R, 1, D)
 
-    def forward(self, network: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                cache) -> torch.Tensor:
+    def forward(
+        self, network: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache
+    ) -> torch.Tensor:
         return network.forward_cached(inputs, mask, positions, cache, self.grid_size)
 
     def head(self, network: nn.Module) -> nn.Module:
@@ -75,12 +76,17 @@ class LlamaGenAdapter:
     def cache_config(self, network: nn.Module) -> PretrainedConfig:
         return network.config
 
-    def teacher_forced_hidden(self, model: nn.Module, network: nn.Module, prompts: PromptBatch, codes: torch.Tensor,
-                              branches: Sequence[bool]) -> torch.Tensor:
+    def teacher_forced_hidden(
+        self, model: nn.Module, network: nn.Module, prompts: PromptBatch, codes: torch.Tensor, branches: Sequence[bool]
+    ) -> torch.Tensor:
         """Every branch's caption rows and codes 0..T-2 in one forward through `model`; the final hidden states
         `(nB, T, D)` the output layer reads (it runs chunked in the scorer)."""
         captions = [self._captions(network, prompts, conditional) for conditional in branches]
         rows = len(branches)
-        return model(input_ids=codes[:, :-1].repeat(rows, 1), caption_features=torch.cat([c[0] for c in captions]),
-                     caption_mask=torch.cat([c[1] for c in captions]), grid_size=self.grid_size,
-                     return_hidden_states=True)
+        return model(
+            input_ids=codes[:, :-1].repeat(rows, 1),
+            caption_features=torch.cat([c[0] for c in captions]),
+            caption_mask=torch.cat([c[1] for c in captions]),
+            grid_size=self.grid_size,
+            return_hidden_states=True,
+        )

@@ -10,7 +10,8 @@ from .loading import RELEASED_STAGE1_FILES, load
 
 
 @register_converter(
-    "llamagen", family="llamagen",
+    "llamagen",
+    family="llamagen",
     help="a folder with LlamaGen's t2i_*.pt and vq_*.pt (or the hub repo peizesun/llamagen_t2i) -> OUT loadable "
     "with model_family llamagen (GPT as a transformers model, vq/, llamagen.json, T5 tokenizer); --family_config: "
     "see LlamaGenFamilyConfig (default: the folder's t2i_*.pt / vq_*.pt; for a hub repo the 256 px stage-1 files); "

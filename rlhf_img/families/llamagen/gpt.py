@@ -91,7 +91,9 @@ def rope_table(grid_size: int, head_dim: int, base: float, prefix_length: int) -
     half = head_dim // 2
     inv_freq = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))  # (head_dim / 4,)
     angles = torch.outer(torch.arange(grid_size), inv_freq)  # (grid, head_dim / 4)
-    grid = torch.cat([angles[:, None, :].expand(-1, grid_size, -1), angles[None, :, :].expand(grid_size, -1, -1)], dim=-1)
+    grid = torch.cat(
+        [angles[:, None, :].expand(-1, grid_size, -1), angles[None, :, :].expand(grid_size, -1, -1)], dim=-1
+    )
     grid = grid.flatten(0, 1)  # (grid², head_dim / 2): row angles, then column angles
     zeros = torch.zeros(prefix_length, half)
     return torch.cat([zeros, torch.cos(grid)]), torch.cat([zeros, torch.sin(grid)])
@@ -298,13 +300,21 @@ class LlamaGenGPT(PreTrainedModel):
         x = torch.cat([self.prefix(caption_features), self.tok_embeddings(input_ids)], dim=1)  # (B, P + n, D)
         cos, sin = self.rope(grid_size or self.config.grid_size, x.device)
         rows, length = x.shape[:2]
-        key_mask = torch.cat([caption_mask.bool(), caption_mask.new_ones(rows, length - prefix_length, dtype=torch.bool)], 1)
+        key_mask = torch.cat(
+            [caption_mask.bool(), caption_mask.new_ones(rows, length - prefix_length, dtype=torch.bool)], 1
+        )
         mask = slot_attention_mask(key_mask, torch.arange(length, device=x.device).expand(rows, -1))
         hidden = self._blocks(x, cos[:length], sin[:length], mask)[:, prefix_length - 1 :]
         return hidden if return_hidden_states else self.output(hidden).float()
 
-    def forward_cached(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                       cache, grid_size: int) -> torch.Tensor:
+    def forward_cached(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache,
+        grid_size: int,
+    ) -> torch.Tensor:
         """Final normed hidden states `(R, n, D)` of `inputs_embeds` `(R, n, D)` at `position_ids` `(R, n)`, writing
         `cache` (a transformers `DynamicCache` or `StaticCache`); `attention_mask` `(R, S)` marks the attendable
         cache slots after this write (caption padding 0, everything else 1)."""

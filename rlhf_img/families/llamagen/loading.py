@@ -54,14 +54,25 @@ AutoModelForCausalLM.register(LlamaGenConfig, LlamaGenGPT, exist_ok=True)
 # The reference's GPT_models (autoregressive/models/gpt.py): name -> (n_layer, n_head, dim). Only GPT-XL t2i
 # weights are released.
 GPT_SIZES = {
-    "GPT-B": (12, 12, 768), "GPT-L": (24, 16, 1024), "GPT-XL": (36, 20, 1280), "GPT-XXL": (48, 24, 1536),
-    "GPT-XXXL": (48, 40, 2560), "GPT-1B": (22, 32, 2048), "GPT-3B": (24, 32, 3200), "GPT-7B": (32, 32, 4096),
+    "GPT-B": (12, 12, 768),
+    "GPT-L": (24, 16, 1024),
+    "GPT-XL": (36, 20, 1280),
+    "GPT-XXL": (48, 24, 1536),
+    "GPT-XXXL": (48, 40, 2560),
+    "GPT-1B": (22, 32, 2048),
+    "GPT-3B": (24, 32, 3200),
+    "GPT-7B": (32, 32, 4096),
 }
 RELEASED_GPT_PATTERN = "t2i_*.pt"
 RELEASED_VQ_PATTERN = "vq_*.pt"
 # The files of the hub repo peizesun/llamagen_t2i for the 256 px stage-1 model, as a family_config.
-RELEASED_STAGE1_FILES = {"gpt": "t2i_XL_stage1_256.pt", "vq": "vq_ds16_t2i.pt", "size": "GPT-XL", "image_size": 256,
-                         "text_encoder": "google/flan-t5-xl"}
+RELEASED_STAGE1_FILES = {
+    "gpt": "t2i_XL_stage1_256.pt",
+    "vq": "vq_ds16_t2i.pt",
+    "size": "GPT-XL",
+    "image_size": 256,
+    "text_encoder": "google/flan-t5-xl",
+}
 _KV_CACHE_KEY = re.compile(r"^layers\.\d+\.attention\.kv_cache\.[kv]_cache$")
 _COMPILED_PREFIX = "_orig_mod."
 
@@ -86,10 +97,12 @@ def clean_gpt_state(state: dict[str, torch.Tensor], source: str) -> dict[str, to
     every key carries (torch.compile); a prefix on only some keys is an error."""
     prefixed = [k for k in state if k.startswith(_COMPILED_PREFIX)]
     if prefixed and len(prefixed) != len(state):
-        raise CheckpointError(f"{source}: {len(prefixed)} of {len(state)} keys carry torch.compile's "
-                              f"'{_COMPILED_PREFIX}' prefix (e.g. {prefixed[0]!r}); expected all or none")
+        raise CheckpointError(
+            f"{source}: {len(prefixed)} of {len(state)} keys carry torch.compile's "
+            f"'{_COMPILED_PREFIX}' prefix (e.g. {prefixed[0]!r}); expected all or none"
+        )
     if prefixed:
-        state = {k[len(_COMPILED_PREFIX):]: v for k, v in state.items()}
+        state = {k[len(_COMPILED_PREFIX) :]: v for k, v in state.items()}
     return {k: v for k, v in state.items() if not _KV_CACHE_KEY.match(k)}
 
 
@@ -98,7 +111,9 @@ def infer_gpt_config(state: dict[str, torch.Tensor], num_heads: int | None, sour
     whose width and depth match, else `num_heads`."""
     try:
         vocab_size, dim = state["tok_embeddings.weight"].shape
-        n_layer = len({k.split(".")[1] for k in state if k.startswith("layers.") and k.endswith(".attention.wqkv.weight")})
+        n_layer = len(
+            {k.split(".")[1] for k in state if k.startswith("layers.") and k.endswith(".attention.wqkv.weight")}
+        )
         intermediate = state["layers.0.feed_forward.w1.weight"].shape[0]
         uncond_tokens, caption_dim = state["cls_embedding.uncond_embedding"].shape
     except KeyError as error:
@@ -106,12 +121,21 @@ def infer_gpt_config(state: dict[str, torch.Tensor], num_heads: int | None, sour
     if num_heads is None:
         named = [heads for layers, heads, width in GPT_SIZES.values() if (layers, width) == (n_layer, dim)]
         if not named:
-            raise CheckpointError(f"{source}: width {dim} and depth {n_layer} match no named size {list(GPT_SIZES)}; "
-                                  "set family_config num_heads")
+            raise CheckpointError(
+                f"{source}: width {dim} and depth {n_layer} match no named size {list(GPT_SIZES)}; "
+                "set family_config num_heads"
+            )
         num_heads = named[0]
-    return LlamaGenConfig(dim=dim, n_layer=n_layer, n_head=num_heads, intermediate_size=intermediate,
-                          vocab_size=vocab_size, caption_dim=caption_dim, cls_token_num=uncond_tokens,
-                          uncond_token_num=uncond_tokens)
+    return LlamaGenConfig(
+        dim=dim,
+        n_layer=n_layer,
+        n_head=num_heads,
+        intermediate_size=intermediate,
+        vocab_size=vocab_size,
+        caption_dim=caption_dim,
+        cls_token_num=uncond_tokens,
+        uncond_token_num=uncond_tokens,
+    )
 
 
 def load_gpt_state(model: LlamaGenGPT, state: dict[str, torch.Tensor], source: str) -> None:
@@ -138,8 +162,13 @@ def _load_released_gpt(path: str, config: LlamaGenFamilyConfig, dtype: torch.dty
 
 def _load_gpt(checkpoint: str, config: LlamaGenFamilyConfig, dtype: torch.dtype, revision: str | None) -> LlamaGenGPT:
     base_config = replace(config, base_checkpoint=None)
-    merged = load_with_adapter(checkpoint, revision, config.base_checkpoint,
-                               lambda base: _load_gpt(base, base_config, dtype, None), CONFIG_NAME)
+    merged = load_with_adapter(
+        checkpoint,
+        revision,
+        config.base_checkpoint,
+        lambda base: _load_gpt(base, base_config, dtype, None),
+        CONFIG_NAME,
+    )
     if merged is not None:  # a LoRA run: base from `base_checkpoint`, adapter merged in
         return merged
     if config.gpt == "model.safetensors" and resolve_subpath(checkpoint, "config.json", revision, required=False):
@@ -170,7 +199,9 @@ def released_files(checkpoint: str) -> dict:
     for key, pattern in (("gpt", RELEASED_GPT_PATTERN), ("vq", RELEASED_VQ_PATTERN)):
         names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(checkpoint, pattern)))
         if len(names) > 1:
-            raise CheckpointError(f"{checkpoint}: several {pattern} files {names}; name one in family_config ({key}: ...)")
+            raise CheckpointError(
+                f"{checkpoint}: several {pattern} files {names}; name one in family_config ({key}: ...)"
+            )
         if names:
             found[key] = names[0]
     return found
@@ -203,8 +234,9 @@ def load(
     elif family_config:
         data = {}
     else:
-        raise CheckpointError(f"{checkpoint}: no {CONFIG_NAME}; give family_config with the released files, "
-                              f"e.g. {RELEASED_STAGE1_FILES}")
+        raise CheckpointError(
+            f"{checkpoint}: no {CONFIG_NAME}; give family_config with the released files, e.g. {RELEASED_STAGE1_FILES}"
+        )
     data.update(family_config or {})
     config = LlamaGenFamilyConfig.from_dict(data, source=config_file or "family_config")
     if visual_tokenizer:
@@ -217,7 +249,8 @@ def load(
     with whole_on_every_rank():  # frozen: never partitioned by ZeRO-3
         vq = _load_vq(config.vq, checkpoint, revision).eval().requires_grad_(False)
     tokenizer, text_encoder, config.text_encoder = load_text_encoder(
-        config.text_encoder, config.text_encoder_dtype, checkpoint, revision)
+        config.text_encoder, config.text_encoder_dtype, checkpoint, revision
+    )
     policy = LlamaGenPolicy(model, tokenizer, text_encoder, vq, config)
     model.config.block_size = policy.num_actions  # the grid it runs at, recorded in a saved config.json
     return policy

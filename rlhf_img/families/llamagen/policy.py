@@ -36,21 +36,35 @@ class LlamaGenPolicy(NextTokenPolicy):
     tokenises; `text_features` moves the valid features to the end (left padding) as its sampler does.
     """
 
-    def __init__(self, model: LlamaGenGPT, tokenizer, text_encoder: nn.Module, vq: JanusVQVAE, config: LlamaGenFamilyConfig) -> None:
-        self.model, self.processing_class, self.text_encoder, self.vq, self.config = model, tokenizer, text_encoder, vq, config
+    def __init__(
+        self, model: LlamaGenGPT, tokenizer, text_encoder: nn.Module, vq: JanusVQVAE, config: LlamaGenFamilyConfig
+    ) -> None:
+        self.model, self.processing_class, self.text_encoder, self.vq, self.config = (
+            model,
+            tokenizer,
+            text_encoder,
+            vq,
+            config,
+        )
         gpt = unwrap_causal_lm(model).config
         stride = vq_stride(vq)
         if config.image_size is None or config.image_size % stride:
-            raise CheckpointError(f"llamagen: image_size {config.image_size} is not a multiple of the VQ stride {stride}")
+            raise CheckpointError(
+                f"llamagen: image_size {config.image_size} is not a multiple of the VQ stride {stride}"
+            )
         self.grid_size = config.image_size // stride
         set_grid(vq, self.grid_size)
         self.num_actions = self.grid_size**2
         self.adapter = LlamaGenAdapter(grid_size=self.grid_size, text_encoder=text_encoder)
         self.caption_length = gpt.cls_token_num
         if gpt.vocab_size != vq.config.num_embeddings:
-            raise CheckpointError(f"llamagen: the GPT predicts {gpt.vocab_size} codes, the VQ has {vq.config.num_embeddings}")
+            raise CheckpointError(
+                f"llamagen: the GPT predicts {gpt.vocab_size} codes, the VQ has {vq.config.num_embeddings}"
+            )
         if gpt.uncond_token_num != gpt.cls_token_num:
-            raise CheckpointError(f"llamagen: null caption of {gpt.uncond_token_num} tokens != cls_token_num {gpt.cls_token_num}")
+            raise CheckpointError(
+                f"llamagen: null caption of {gpt.uncond_token_num} tokens != cls_token_num {gpt.cls_token_num}"
+            )
         width = getattr(text_encoder.config, "d_model", None)
         if width is not None and width != gpt.caption_dim:
             raise CheckpointError(f"llamagen: T5 width {width} != GPT caption_dim {gpt.caption_dim}")
@@ -62,8 +76,12 @@ class LlamaGenPolicy(NextTokenPolicy):
     def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> PromptBatch:
         texts = [p.lower().strip() if self.config.lowercase_prompts else p for p in prompts]
         encoded = self.processing_class(
-            texts, padding="max_length", truncation=True, max_length=self.caption_length,
-            padding_side="right", return_tensors="pt",
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.caption_length,
+            padding_side="right",
+            return_tensors="pt",
         )
         return PromptBatch(encoded.input_ids.to(device), encoded.attention_mask.to(device))
 

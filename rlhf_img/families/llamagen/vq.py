@@ -78,8 +78,13 @@ def infer_vq_config(state: dict[str, torch.Tensor], grid_size: int) -> JanusVQVA
     except KeyError as error:
         raise CheckpointError(f"not a LlamaGen VQ state dict (no {error.args[0]!r})") from None
     return JanusVQVAEConfig(
-        embed_dim=embed_dim, num_embeddings=num_embeddings, latent_channels=latent_channels, base_channels=base,
-        channel_multiplier=multipliers, num_res_blocks=res_blocks, num_patches=grid_size,
+        embed_dim=embed_dim,
+        num_embeddings=num_embeddings,
+        latent_channels=latent_channels,
+        base_channels=base,
+        channel_multiplier=multipliers,
+        num_res_blocks=res_blocks,
+        num_patches=grid_size,
     )
 
 

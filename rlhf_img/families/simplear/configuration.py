@@ -126,10 +126,15 @@ class SimpleARConfig(FamilyConfig):
 
     def validate(self, source: str) -> None:
         if int(self.resolution) % COSMOS_DOWNSAMPLE:
-            raise CheckpointError(f"{source}: resolution must be a multiple of {COSMOS_DOWNSAMPLE}, got {self.resolution}")
+            raise CheckpointError(
+                f"{source}: resolution must be a multiple of {COSMOS_DOWNSAMPLE}, got {self.resolution}"
+            )
 
     def causal_vq_overrides(self) -> dict:
         """The `causal_vq` keys this config sets (their values replace what SimpleAR's layout implies)."""
         family_keys = {"resolution", "prompt_prefix", "visual_tokenizer"}
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in family_keys and getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in family_keys and getattr(self, f.name) is not None
+        }

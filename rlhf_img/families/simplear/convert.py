@@ -10,7 +10,8 @@ from .cosmos import convert_jit_to_safetensors
 
 
 @register_converter(
-    "cosmos", family="simplear",
+    "cosmos",
+    family="simplear",
     help="a folder or hub repo with NVIDIA's Cosmos tokenizer TorchScript files (encoder.jit + decoder.jit, e.g. "
     "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16) -> OUT with config.json, encoder.safetensors, decoder.safetensors "
     "(checked by a strict load into our modules; written in the published dtype; --config: a Cosmos config.json "

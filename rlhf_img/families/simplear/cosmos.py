@@ -42,7 +42,6 @@ ENCODER_WEIGHTS, DECODER_WEIGHTS = "encoder.safetensors", "decoder.safetensors"
 ENCODER_JIT, DECODER_JIT = "encoder.jit", "decoder.jit"  # the file names of the published hub repo
 
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Finite scalar quantisation
 
@@ -156,22 +155,35 @@ def reference_only_keys(config: CosmosConfig) -> dict[str, set[str]]:
     num_levels = len(config.channels_mult)
     unused: dict[str, set[str]] = {"encoder": set(), "decoder": set()}
     axes = {  # (part, level) -> (spatial, temporal, prefix, name of the space conv, name of the time conv)
-        ("encoder", level): (level < config.num_spatial_downs, level < config.num_temporal_downs,
-                             f"encoder.down.{level}.downsample", "conv1", "conv2")
+        ("encoder", level): (
+            level < config.num_spatial_downs,
+            level < config.num_temporal_downs,
+            f"encoder.down.{level}.downsample",
+            "conv1",
+            "conv2",
+        )
         for level in range(num_levels - 1)
     }
-    axes.update({
-        ("decoder", level): (*FactorizedDecoder3d._up_axes(config, num_levels - 1 - level),
-                             f"decoder.up.{level}.upsample", "conv2", "conv1")
-        for level in range(1, num_levels)
-    })
+    axes.update(
+        {
+            ("decoder", level): (
+                *FactorizedDecoder3d._up_axes(config, num_levels - 1 - level),
+                f"decoder.up.{level}.upsample",
+                "conv2",
+                "conv1",
+            )
+            for level in range(1, num_levels)
+        }
+    )
     for (part, _), (spatial, temporal, prefix, space_conv, time_conv) in axes.items():
         convs = [space_conv] * (not spatial) + [time_conv] * (not temporal) + ["conv3"] * (not (spatial or temporal))
         unused[part].update(f"{prefix}.{conv}.conv3d.{tensor}" for conv in convs for tensor in ("weight", "bias"))
     return unused
 
 
-def _load_strict(module: nn.Module, part: str, state: dict[str, torch.Tensor], source: str, config: CosmosConfig) -> None:
+def _load_strict(
+    module: nn.Module, part: str, state: dict[str, torch.Tensor], source: str, config: CosmosConfig
+) -> None:
     """Strict load of one half (`part`: encoder or decoder), after dropping the keys of the reference's unused
     convs (`reference_only_keys`); any other extra key, a missing key or a wrong shape is an error."""
     dropped = reference_only_keys(config)[part]

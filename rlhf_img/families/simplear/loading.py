@@ -40,8 +40,12 @@ DEFAULT_VISUAL_TOKENIZER = "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16"
 INFERENCE_PREFIX = "A highly realistic image of "
 
 
-def simplear_config(text_vocab_size: int, resolution: int = 1024, prompt_prefix: str = GRPO_PREFIX,
-                    visual_tokenizer: str = DEFAULT_VISUAL_TOKENIZER) -> CausalVQConfig:
+def simplear_config(
+    text_vocab_size: int,
+    resolution: int = 1024,
+    prompt_prefix: str = GRPO_PREFIX,
+    visual_tokenizer: str = DEFAULT_VISUAL_TOKENIZER,
+) -> CausalVQConfig:
     """SimpleAR's layout as a `causal_vq` config: codes after the text vocabulary, grid from the resolution (a
     multiple of 16, which `SimpleARConfig.validate` checked)."""
     side = resolution // COSMOS_DOWNSAMPLE
@@ -106,8 +110,12 @@ def load(
     missing = [token for token in SPECIAL_TOKENS if token not in tokenizer.get_vocab()]
     if missing:
         raise CheckpointError(f"simplear: {checkpoint} tokenizer lacks SimpleAR's special tokens {missing}")
-    config = simplear_config(len(tokenizer), int(family.resolution), family.prompt_prefix,
-                             family.visual_tokenizer or DEFAULT_VISUAL_TOKENIZER)
+    config = simplear_config(
+        len(tokenizer),
+        int(family.resolution),
+        family.prompt_prefix,
+        family.visual_tokenizer or DEFAULT_VISUAL_TOKENIZER,
+    )
     overrides = family.causal_vq_overrides()
     if overrides:
         config = CausalVQConfig.from_dict({**config.to_dict(), **overrides}, source="family_config")

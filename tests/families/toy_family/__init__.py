@@ -51,8 +51,9 @@ class PalettePolicy(NextTokenPolicy):
         self.adapter = CausalLMAdapter(config.code_offset, config.code_count, pad, tuple(ids), tuple(mask))
 
     def encode_prompts(self, prompts: list[str], device: torch.device | str = "cpu") -> PromptBatch:
-        encoded = self.processing_class(prompts, padding=True, padding_side="left", return_tensors="pt",
-                                        add_special_tokens=False)
+        encoded = self.processing_class(
+            prompts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False
+        )
         return PromptBatch(encoded.input_ids.to(device), encoded.attention_mask.to(device))
 
     @property
@@ -92,21 +93,33 @@ def stand_in(folder: str) -> StandIn:
     torch.manual_seed(0)
     tokenizer = byte_level_tokenizer()
     config = PaletteConfig(code_offset=len(tokenizer))
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer) + config.code_count, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, initializer_range=0.1,
-    ))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer) + config.code_count,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=False,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id,
+            initializer_range=0.1,
+        )
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     PalettePolicy(model, tokenizer, torch.rand(config.code_count, 3), config).save_pretrained(folder)
     return StandIn(folder, {"dtype": "float32"})
 
 
-@register_family("palette", detect=detect, looks_for="palette.json", help="a test family: Llama + colour palette",
-                 stand_in=stand_in)
-def load(checkpoint: str, *, dtype="float32", family_config=None, revision=None, trust_remote_code=False,
-         **unused) -> PalettePolicy:
+@register_family(
+    "palette", detect=detect, looks_for="palette.json", help="a test family: Llama + colour palette", stand_in=stand_in
+)
+def load(
+    checkpoint: str, *, dtype="float32", family_config=None, revision=None, trust_remote_code=False, **unused
+) -> PalettePolicy:
     """The LM (a saved LoRA adapter is merged into its base) and tokenizer through causal_vq's loaders."""
     config = PaletteConfig.load(checkpoint, overrides=family_config, revision=revision)
     palette_path = os.path.join(checkpoint, PALETTE_FILE)
