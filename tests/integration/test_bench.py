@@ -88,7 +88,7 @@ def test_rollout_benchmark_rejects_an_unknown_sampler(monkeypatch, capsys):
 
 
 @pytest.mark.slow  # runs bench/rollouts.py in a subprocess on two families
-def test_rollout_benchmark_times_every_sampler_on_janus_and_llamagen_shaped_models(tmp_path):
+def test_rollout_benchmark_times_every_sampler_on_janus_llamagen_and_emu3_shaped_models(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [
@@ -121,11 +121,11 @@ def test_rollout_benchmark_times_every_sampler_on_janus_and_llamagen_shaped_mode
     )
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())["families"]
-    assert set(figures) == {"janus", "llamagen"}
+    assert set(figures) == {"janus", "llamagen", "emu3"}
     for table in figures.values():
         assert table["image_tokens"] == 16 and set(table["samplers"]) == {"plain", "shared", "static"}
         for row in table["samplers"].values():  # one seed, the same tokens whatever the loop
             assert row["same_tokens_as_plain"] and row["identical_images"] == row["images"] == 4 and row["seconds"] > 0
             assert row["max_logp_difference_before_divergence"] < 1e-4
             assert abs(row["speedup_vs_plain"] - table["samplers"]["plain"]["seconds"] / row["seconds"]) < 1e-9
-    assert "janus     static" in result.stdout and "llamagen  shared" in result.stdout
+    assert "janus     static" in result.stdout and "llamagen  shared" in result.stdout and "emu3" in result.stdout
