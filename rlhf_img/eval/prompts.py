@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 from ..worlds import shapes
 from .geneval_folder import read_metadata
+from .prompt_rows import read_prompt_rows
 
 PROMPT_SETS = {
     "shapes-held-out": lambda: shapes.split_prompts()[1],
@@ -37,24 +35,3 @@ def load_prompt_set(source: str, metric: str = "geneval") -> list[dict]:
     if source in PROMPT_SETS:
         return PROMPT_SETS[source]()
     return read_metadata(source)
-
-
-def read_prompt_rows(path: str) -> list[dict]:
-    """JSON objects, one a line, each with a `prompt` string; ValueError naming `path:line` otherwise."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"prompt file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise ValueError(f"{path}:{number}: each line must be an object with a 'prompt' string")
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no prompts")
-    return rows

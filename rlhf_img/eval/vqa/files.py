@@ -14,32 +14,13 @@ import json
 import os
 import sys
 
+from ..prompt_rows import read_prompt_rows
 from .atoms import COUNT_MODES, atoms_for_row, prompt_file_row
 
 
 def read_prompt_file(path: str, counts: str = "geneval2") -> list[dict]:
     """Rows of a JSONL prompt file in any of the three formats, each checked to yield atoms (errors name the line)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"vqa prompt file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise ValueError(f"{path}:{number}: each line must be an object with a 'prompt' string")
-            try:
-                atoms_for_row(row, counts)
-            except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}:{number}: {error}") from None
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no prompts")
-    return rows
+    return read_prompt_rows(path, check=lambda row: atoms_for_row(row, counts), what="vqa prompt file")
 
 
 def write_prompt_file(rows: list[dict], path: str, counts: str = "geneval2") -> None:
