@@ -94,6 +94,36 @@ def load_with_adapter(
     return merge_saved_adapter(checkpoint, revision, load_base(base_checkpoint))
 
 
+def load_transformers_model_and_processor(
+    checkpoint: str,
+    revision: str | None,
+    dtype: str | torch.dtype,
+    config_class: type,
+    model_class: type,
+    check_layout: Callable[[str, str | None], None],
+) -> tuple[nn.Module, object]:
+    """(model, processor) of a family transformers implements itself (Janus, Emu3): `checkpoint` in transformers'
+    layout (`check_layout` refuses others), or a LoRA run's folder whose adapter is merged into the base its
+    `adapter_config.json` names. The processor comes from the folder when it holds one, else from the base.
+    Sub-model classes are defined first (`define_submodel_classes`: DeepSpeed's zero.Init)."""
+    from transformers import AutoProcessor
+
+    adapter_config = saved_adapter(checkpoint, revision)
+    if adapter_config is None:
+        check_layout(checkpoint, revision)
+        define_submodel_classes(config_class.from_pretrained(checkpoint, revision=revision))
+        model = model_class.from_pretrained(checkpoint, dtype=dtype, revision=revision)
+        processor_source, processor_revision = checkpoint, revision
+    else:  # a LoRA run's output: merge the adapter into its base
+        base = read_json_file(adapter_config)["base_model_name_or_path"]
+        check_layout(base, None)
+        define_submodel_classes(config_class.from_pretrained(base))
+        model = merge_saved_adapter(checkpoint, revision, model_class.from_pretrained(base, dtype=dtype))
+        has_processor = resolve_subpath(checkpoint, "processor_config.json", revision=revision, required=False)
+        processor_source, processor_revision = (checkpoint, revision) if has_processor else (base, None)
+    return model, AutoProcessor.from_pretrained(processor_source, revision=processor_revision)
+
+
 def _has_tokenizer(checkpoint: str, revision: str | None) -> bool:
     if is_local(checkpoint):
         return bool(glob.glob(os.path.join(checkpoint, "tokenizer*"))) or os.path.exists(

@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import AutoProcessor, Emu3Config, Emu3ForConditionalGeneration
+from transformers import Emu3Config, Emu3ForConditionalGeneration
 
 from ...checkpoints import CheckpointError, is_local, read_json_file, resolve_subpath
-from ..shared_loading import define_submodel_classes, merge_saved_adapter
+from ..shared_loading import load_transformers_model_and_processor
 from .configuration import Emu3FamilyConfig
 from .policy import Emu3Policy
 
@@ -48,19 +48,7 @@ def load(
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     config = Emu3FamilyConfig.load(checkpoint, family_config, revision, required=False)
 
-    adapter_config = resolve_subpath(checkpoint, "adapter_config.json", revision=revision, required=False)
-    if adapter_config is None:
-        check_transformers_layout(checkpoint, revision)
-        define_submodel_classes(Emu3Config.from_pretrained(checkpoint, revision=revision))
-        model = Emu3ForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype, revision=revision)
-        processor_source, processor_revision = checkpoint, revision
-    else:  # a LoRA run's output: merge the adapter into its base
-        base = read_json_file(adapter_config)["base_model_name_or_path"]
-        check_transformers_layout(base, None)
-        define_submodel_classes(Emu3Config.from_pretrained(base))
-        model = Emu3ForConditionalGeneration.from_pretrained(base, dtype=dtype)
-        model = merge_saved_adapter(checkpoint, revision, model)
-        has_processor = resolve_subpath(checkpoint, "processor_config.json", revision=revision, required=False)
-        processor_source, processor_revision = (checkpoint, revision) if has_processor else (base, None)
-    processor = AutoProcessor.from_pretrained(processor_source, revision=processor_revision)
+    model, processor = load_transformers_model_and_processor(
+        checkpoint, revision, dtype, Emu3Config, Emu3ForConditionalGeneration, check_transformers_layout
+    )
     return Emu3Policy(model, processor, config)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import AutoProcessor, JanusConfig, JanusForConditionalGeneration
+from transformers import JanusConfig, JanusForConditionalGeneration
 
 from ...checkpoints import CheckpointError, is_local, read_json_file, resolve_subpath
-from ..shared_loading import define_submodel_classes, merge_saved_adapter
+from ..shared_loading import load_transformers_model_and_processor
 from .configuration import JanusFamilyConfig
 from .policy import JanusPolicy
 
@@ -47,19 +47,7 @@ def load(
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     config = JanusFamilyConfig.load(checkpoint, family_config, revision, required=False)
 
-    adapter_config = resolve_subpath(checkpoint, "adapter_config.json", revision=revision, required=False)
-    if adapter_config is None:
-        _check_transformers_layout(checkpoint, revision)
-        define_submodel_classes(JanusConfig.from_pretrained(checkpoint, revision=revision))
-        model = JanusForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype, revision=revision)
-        processor_source, processor_revision = checkpoint, revision
-    else:  # a LoRA run's output: merge the adapter into its base
-        base = read_json_file(adapter_config)["base_model_name_or_path"]
-        _check_transformers_layout(base, None)
-        define_submodel_classes(JanusConfig.from_pretrained(base))
-        model = JanusForConditionalGeneration.from_pretrained(base, dtype=dtype)
-        model = merge_saved_adapter(checkpoint, revision, model)
-        has_processor = resolve_subpath(checkpoint, "processor_config.json", revision=revision, required=False)
-        processor_source, processor_revision = (checkpoint, revision) if has_processor else (base, None)
-    processor = AutoProcessor.from_pretrained(processor_source, revision=processor_revision)
+    model, processor = load_transformers_model_and_processor(
+        checkpoint, revision, dtype, JanusConfig, JanusForConditionalGeneration, _check_transformers_layout
+    )
     return JanusPolicy(model, processor, config)
