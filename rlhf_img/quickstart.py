@@ -13,6 +13,7 @@ import json
 import os
 import time
 
+from .best_weights import BEST_STEP_FILE
 from .eval import evaluate_policy, format_table
 from .families import load_policy
 from .images import captioned_grid
@@ -120,6 +121,20 @@ def eval_progress(eval_dir: str, path: str) -> int:
     return len(grids)
 
 
+def _kept_step(output_dir: str, last_step: int, keep_best: bool) -> dict:
+    """Which step's weights the run saved: keep_best's choice (its `best_step.json`) or the last step."""
+    path = os.path.join(output_dir, BEST_STEP_FILE)
+    if not keep_best or not os.path.exists(path):
+        return {"step": last_step, "why": "the last step"}
+    with open(path) as f:
+        best = json.load(f)
+    return {
+        "step": best["best_step"],
+        "why": f"keep_best: best {best['metric']} of {len(best['evals'])} in-loop evals, "
+        f"{best['best_value']:.3f}; last step {best['last_step']}: {best['last_value']:.3f}",
+    }
+
+
 def sample_grid(images, rows, images_per_prompt: int, path: str, limit: int = 16) -> None:
     picks = list(range(0, len(images), images_per_prompt))[:limit]
     captioned_grid(images[picks], [rows[i // images_per_prompt]["prompt"] for i in picks], columns=4).save(path)
@@ -160,7 +175,11 @@ def run_quickstart(
             "fixed seeds): overall " + " -> ".join(f"{e['eval_geneval/overall']:.3f} (step {e['step']})" for e in evals)
         )
 
+    kept = _kept_step(args.output_dir, trainer.state.global_step, args.keep_best)
+    print(f"  saved weights: step {kept['step']} ({kept['why']})")
+
     summary = {
+        "saved_step": kept,
         "before": before,
         "after": after,
         "grpo_seconds": round(grpo_seconds, 1),
