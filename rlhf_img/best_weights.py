@@ -3,7 +3,8 @@
 transformers' own `load_best_model_at_end` needs `Trainer.evaluate` (an eval dataset and loss) and a full
 checkpoint saved at every eval step; the in-loop eval (`in_loop_eval.py`) is a callback on fixed prompts and
 seeds. So the smallest correct thing instead: after each in-loop eval, when `best_metric` beats the best so far
-(strictly: ties keep the earlier step), keep a CPU copy of the trainable weights (the LoRA adapter, or the
+(strictly: ties keep the earlier step; or, with `best_metric_tolerance` t > 0, when it reads within t of the best
+reading so far, so a later step wins over an earlier one that was better only by the eval's noise), keep a CPU copy of the trainable weights (the LoRA adapter, or the
 whole model under full fine-tuning); when training ends, copy them back into the model, so what
 `save_model` writes next is that step's weights. The step is printed, written to `output_dir/best_step.json`
 and set as `trainer_state.json`'s `best_global_step` / `best_metric`.
@@ -51,14 +52,19 @@ class BestWeights:
         metric: the logged key to compare (`eval_geneval/overall`, `eval_reward`, ...).
         mode: 'max' (the highest value wins) or 'min' (the lowest wins).
         output_dir: where `best_step.json` goes (next to the weights `save_model` writes).
+        tolerance: a later eval takes over when it reads better than the best reading so far minus this (max
+            mode; plus it in min mode). 0: strictly better only. Set it to about the eval's standard error
+            so that noise alone cannot send the run back to an earlier, less trained step.
     """
 
-    def __init__(self, metric: str, mode: str, output_dir: str) -> None:
+    def __init__(self, metric: str, mode: str, output_dir: str, tolerance: float = 0.0) -> None:
         self.metric = metric
         self.mode = mode
         self.output_dir = output_dir
-        self.step: int | None = None
+        self.tolerance = tolerance
+        self.step: int | None = None  # the kept step and its reading
         self.value: float | None = None
+        self.peak: tuple[int, float] | None = None  # the best reading so far (step, value)
         self.weights: dict[str, torch.Tensor] | None = None
         self.history: list[tuple[int, float | None]] = []  # (step, value) of every eval compared
 
@@ -71,8 +77,18 @@ class BestWeights:
         self.history.append((step, value if math.isfinite(value) else None))
         if not math.isfinite(value):
             return
-        if self.value is not None and not (value > self.value if self.mode == "max" else value < self.value):
-            return  # not strictly better: ties keep the earlier step
+        if self.peak is not None:
+            peak = self.peak[1]
+            if self.mode == "max":
+                takes_over, new_peak = value > peak - self.tolerance, value > peak
+            else:
+                takes_over, new_peak = value < peak + self.tolerance, value < peak
+            if new_peak:
+                self.peak = (step, value)
+            if not takes_over:
+                return  # ties (and, with a tolerance, anything further off) keep the earlier step
+        else:
+            self.peak = (step, value)
         self.step, self.value = step, value
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         with torch.no_grad():
@@ -104,6 +120,9 @@ class BestWeights:
             "mode": self.mode,
             "best_step": self.step,
             "best_value": self.value,
+            "tolerance": self.tolerance,
+            "peak_step": self.peak[0],
+            "peak_value": self.peak[1],
             "last_step": last_step,
             "last_value": last_value,
             "evals": [{"step": step, "value": value} for step, value in self.history],
@@ -112,9 +131,15 @@ class BestWeights:
         with open(os.path.join(self.output_dir, BEST_STEP_FILE), "w") as f:
             json.dump(record, f, indent=2)
         last = "None" if last_value is None else f"{last_value:.4g}"
+        how = (
+            f"best of {len(self.history)} in-loop evals"
+            if self.peak[0] == self.step
+            else f"the latest of {len(self.history)} in-loop evals within {self.tolerance:g} of the best, "
+            f"{self.peak[1]:.4g} at step {self.peak[0]}"
+        )
         print(
-            f"rlhf-img: keep_best: the weights of step {self.step} ({self.metric} {self.value:.4g}, best of "
-            f"{len(self.history)} in-loop evals; last step {last_step}: {last}) are the ones saved "
+            f"rlhf-img: keep_best: the weights of step {self.step} ({self.metric} {self.value:.4g}, {how}; "
+            f"last step {last_step}: {last}) are the ones saved "
             f"({BEST_STEP_FILE})",
             flush=True,
         )

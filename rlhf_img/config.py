@@ -7,6 +7,7 @@ image generation), `ImageModelConfig` (TRL's `ModelConfig` plus the family) and 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,6 +220,15 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
             "choices": ["max", "min"],
         },
     )
+    best_metric_tolerance: float = field(
+        default=0.0,
+        metadata={
+            "help": "keep_best: a later in-loop eval takes over when it reads within this of the best reading so "
+            "far (0: only when strictly better). Set it to about the eval's standard error (bench/eval_noise.py): "
+            "then a step that was better only by noise does not win over later, more trained ones, and the kept "
+            "step is the last whose reading is no more than this below the peak."
+        },
+    )
     # TRL defaults changed for image generation:
     disable_dropout: bool = field(
         default=True,
@@ -256,6 +266,9 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
             raise ValueError(f"max_resample_rounds must be an int >= 1, got {self.max_resample_rounds!r}")
         if self.keep_best and self.eval_every == 0:
             raise ValueError("keep_best needs the in-loop eval: set eval_every > 0 and eval_prompts")
+        tolerance = self.best_metric_tolerance
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
+            raise ValueError(f"best_metric_tolerance must be a number >= 0, got {self.best_metric_tolerance!r}")
         if self.best_metric_mode not in ("max", "min"):
             raise ValueError(f"best_metric_mode must be 'max' or 'min', got {self.best_metric_mode!r}")
         if self.best_metric is not None:

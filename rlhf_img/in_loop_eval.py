@@ -127,7 +127,7 @@ class InLoopEvaluation(TrainerCallback):
         self.best = None  # keep_best: the best step's weights (best_weights.py)
         if args.keep_best:
             metric = resolve_best_metric(args.best_metric, self.logged_keys())
-            self.best = BestWeights(metric, args.best_metric_mode, args.output_dir)
+            self.best = BestWeights(metric, args.best_metric_mode, args.output_dir, args.best_metric_tolerance)
 
     def logged_keys(self) -> list[str]:
         """The keys each eval logs (`metrics`)."""

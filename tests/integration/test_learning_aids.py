@@ -295,6 +295,7 @@ def test_recipes_reach_the_new_keys_and_transformers_lr_schedules(tmp_path):
         max_resample_rounds=2,
         keep_best=True,
         best_metric="eval/geneval/overall",
+        best_metric_tolerance=0.045,
         eval_every=25,
         eval_prompts="shapes-held-out",
         lr_scheduler_type="cosine_with_min_lr",
@@ -305,8 +306,11 @@ def test_recipes_reach_the_new_keys_and_transformers_lr_schedules(tmp_path):
     )
     args = parse_recipe(recipe, [])[0]
     assert (args.dynamic_sampling, args.max_resample_rounds, args.keep_best) == (True, 2, True)
-    assert args.best_metric == "eval_geneval/overall"
+    assert (args.best_metric, args.best_metric_tolerance) == ("eval_geneval/overall", 0.045)
+    assert parse_recipe(recipe, ["--best_metric_tolerance", "0.09"])[0].best_metric_tolerance == 0.09
     assert (args.lr_scheduler_type, args.lr_scheduler_kwargs) == ("cosine_with_min_lr", {"min_lr_rate": 0.1})
     assert args.get_warmup_steps(100) == 10  # transformers 5: a warmup_steps below 1 is a ratio (no warmup_ratio)
     with pytest.raises(UsageError, match="max_resample_rounds must be an int >= 1"):
         parse_recipe(recipe, ["--max_resample_rounds", "0"])
+    with pytest.raises(UsageError, match="best_metric_tolerance must be a number >= 0"):
+        parse_recipe(recipe, ["--best_metric_tolerance", "-1"])
