@@ -128,10 +128,17 @@ def _kept_step(output_dir: str, last_step: int, keep_best: bool) -> dict:
         return {"step": last_step, "why": "the last step"}
     with open(path) as f:
         best = json.load(f)
+    evals = len(best["evals"])
+    if best.get("peak_step", best["best_step"]) == best["best_step"]:
+        how = f"best {best['metric']} of {evals} in-loop evals, {best['best_value']:.3f}"
+    else:
+        how = (
+            f"{best['metric']} {best['best_value']:.3f}, the latest of {evals} in-loop evals within "
+            f"{best['tolerance']:g} of the best, {best['peak_value']:.3f} at step {best['peak_step']}"
+        )
     return {
         "step": best["best_step"],
-        "why": f"keep_best: best {best['metric']} of {len(best['evals'])} in-loop evals, "
-        f"{best['best_value']:.3f}; last step {best['last_step']}: {best['last_value']:.3f}",
+        "why": f"keep_best: {how}; last step {best['last_step']}: {best['last_value']:.3f}",
     }
 
 
