@@ -265,7 +265,9 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
         if isinstance(self.max_resample_rounds, bool) or self.max_resample_rounds < 1:
             raise ValueError(f"max_resample_rounds must be an int >= 1, got {self.max_resample_rounds!r}")
         if self.keep_best and self.eval_every == 0:
-            raise ValueError("keep_best needs the in-loop eval: set eval_every > 0 and eval_prompts")
+            raise ValueError(
+                "keep_best needs the in-loop eval: set eval_every > 0 and eval_prompts (or keep_best: false)"
+            )
         tolerance = self.best_metric_tolerance
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
             raise ValueError(f"best_metric_tolerance must be a number >= 0, got {self.best_metric_tolerance!r}")

@@ -406,6 +406,8 @@ def test_shipped_recipes_run_two_steps_and_the_output_trains_with_rlhf_img_train
                 "4",
                 "--eval_every",
                 "0",
+                "--keep_best",
+                "false",
                 "--max_prompts",
                 "8",
             ]
