@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..geneval_rules import summarize
 from ..images import to_pil
+from .prompt_rows import read_prompt_rows
 
 if TYPE_CHECKING:
     from .protocol import ImageJudge
@@ -28,22 +29,13 @@ if TYPE_CHECKING:
 
 def read_metadata(path: str) -> list[dict]:
     """GenEval's `evaluation_metadata.jsonl`: one object per line with `tag`, `include`, (`exclude`), `prompt`."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"GenEval metadata not found: {path}")
-    rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-            missing = {"tag", "include", "prompt"} - set(row)
-            if missing:
-                raise ValueError(f"{path}:{number}: missing GenEval key(s) {sorted(missing)}")
-            rows.append(row)
-    return rows
+
+    def check(row: dict) -> None:
+        missing = {"tag", "include", "prompt"} - set(row)
+        if missing:
+            raise ValueError(f"missing GenEval key(s) {sorted(missing)}")
+
+    return read_prompt_rows(path, check, what="GenEval metadata")
 
 
 def save_image_folder(
