@@ -45,6 +45,28 @@ def resolve_best_metric(metric: str | None, available: list[str]) -> str:
     return metric
 
 
+def describe_kept(record: dict) -> str:
+    """Why the kept step was kept, in one clause, from a `best_step.json` record: the trainer's log line and the
+    quickstart's summary both say it this way."""
+
+    def reading(value: float | None) -> str:
+        return "None" if value is None else f"{value:.4g}"
+
+    evals = len(record["evals"])
+    peak_step = record.get("peak_step", record["best_step"])  # files written before the tolerance existed
+    if peak_step == record["best_step"]:
+        how = f"best of {evals} in-loop evals"
+    else:
+        how = (
+            f"the latest of {evals} in-loop evals within {record['tolerance']:g} of the best, "
+            f"{reading(record['peak_value'])} at step {peak_step}"
+        )
+    return (
+        f"{record['metric']} {reading(record['best_value'])}, {how}; "
+        f"last step {record['last_step']}: {reading(record['last_value'])}"
+    )
+
+
 class BestWeights:
     """A CPU copy of the trainable weights at the best in-loop eval step so far.
 
@@ -130,16 +152,8 @@ class BestWeights:
         os.makedirs(self.output_dir, exist_ok=True)
         with open(os.path.join(self.output_dir, BEST_STEP_FILE), "w") as f:
             json.dump(record, f, indent=2)
-        last = "None" if last_value is None else f"{last_value:.4g}"
-        how = (
-            f"best of {len(self.history)} in-loop evals"
-            if self.peak[0] == self.step
-            else f"the latest of {len(self.history)} in-loop evals within {self.tolerance:g} of the best, "
-            f"{self.peak[1]:.4g} at step {self.peak[0]}"
-        )
         print(
-            f"rlhf-img: keep_best: the weights of step {self.step} ({self.metric} {self.value:.4g}, {how}; "
-            f"last step {last_step}: {last}) are the ones saved "
+            f"rlhf-img: keep_best: the weights of step {self.step} ({describe_kept(record)}) are the ones saved "
             f"({BEST_STEP_FILE})",
             flush=True,
         )

@@ -13,7 +13,7 @@ import json
 import os
 import time
 
-from .best_weights import BEST_STEP_FILE
+from .best_weights import BEST_STEP_FILE, describe_kept
 from .eval import evaluate_policy, format_table
 from .families import load_policy
 from .images import captioned_grid
@@ -128,18 +128,7 @@ def _kept_step(output_dir: str, last_step: int, keep_best: bool) -> dict:
         return {"step": last_step, "why": "the last step"}
     with open(path) as f:
         best = json.load(f)
-    evals = len(best["evals"])
-    if best.get("peak_step", best["best_step"]) == best["best_step"]:
-        how = f"best {best['metric']} of {evals} in-loop evals, {best['best_value']:.3f}"
-    else:
-        how = (
-            f"{best['metric']} {best['best_value']:.3f}, the latest of {evals} in-loop evals within "
-            f"{best['tolerance']:g} of the best, {best['peak_value']:.3f} at step {best['peak_step']}"
-        )
-    return {
-        "step": best["best_step"],
-        "why": f"keep_best: {how}; last step {best['last_step']}: {best['last_value']:.3f}",
-    }
+    return {"step": best["best_step"], "why": f"keep_best: {describe_kept(best)}"}
 
 
 def sample_grid(images, rows, images_per_prompt: int, path: str, limit: int = 16) -> None:

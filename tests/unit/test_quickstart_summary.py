@@ -22,7 +22,7 @@ def test_keep_best_names_the_kept_step_and_the_last_one(tmp_path):
     _write_best(tmp_path, 25, 50)
     kept = _kept_step(str(tmp_path), 50, keep_best=True)
     assert kept["step"] == 25
-    assert "best eval_geneval/overall of 3 in-loop evals, 0.550" in kept["why"] and "last step 50: 0.500" in kept["why"]
+    assert kept["why"] == "keep_best: eval_geneval/overall 0.55, best of 3 in-loop evals; last step 50: 0.5"
 
 
 def test_a_kept_step_below_the_peak_says_it_was_within_the_tolerance(tmp_path):
