@@ -227,11 +227,19 @@ def cmd_eval(argv: Sequence[str]) -> int:
 def cmd_quickstart(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="rlhf-img quickstart",
-        description="Evaluate checkpoints/shapes-tiny on held-out prompts, GRPO-train it, evaluate again.",
+        description="Evaluate checkpoints/shapes-tiny on held-out prompts, GRPO-train it, evaluate again. "
+        "Other `--key value` pairs are recipe overrides (as for `rlhf-img train`).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--checkpoint", default="checkpoints/shapes-tiny")
-    parser.add_argument("--recipe", default="recipes/shapes-grpo.yaml")
-    parser.add_argument("--output_dir", default="runs/quickstart")
+    parser.add_argument(
+        "--checkpoint", default="checkpoints/shapes-tiny", help="the shapes-world model to evaluate and train"
+    )
+    parser.add_argument("--recipe", default="recipes/shapes-grpo.yaml", help="the GRPO recipe")
+    parser.add_argument(
+        "--output_dir",
+        default="runs/quickstart",
+        help="where summary.json, the plots and sample grids go (the trained weights: OUTPUT_DIR/grpo)",
+    )
     parser.add_argument(
         "--images_per_prompt",
         type=int,
@@ -240,7 +248,7 @@ def cmd_quickstart(argv: Sequence[str]) -> int:
         "per-tag accuracies from swinging on a few samples)",
     )
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (same seed -> same images)")
-    parser.add_argument("--train_seed", type=int, default=None, help="GRPO seed (default: the recipe's `seed`)")
+    parser.add_argument("--train_seed", type=int, default=None, help="GRPO seed; unset: the recipe's `seed`")
     options, overrides = parser.parse_known_args(argv)
     from .quickstart import run_quickstart
 
