@@ -194,6 +194,17 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
             "resamples only the groups still without spread."
         },
     )
+    object_credit: float = field(
+        default=0.0,
+        metadata={
+            "help": "Per-token advantages for GenEval-style prompts (0: off, up to 1): the tokens drawn inside the "
+            "boxes a clause of the prompt was judged on ('a red circle', 'a blue square') learn from a mix of "
+            "the image's advantage (weight 1 - object_credit) and that clause's own credit normalised over its "
+            "group (weight object_credit); other tokens keep the image's advantage. Needs a reward with "
+            "`object_credits` (geneval, shapes_geneval) and a family with `pool_to_actions` (causal_vq, simplear). Logs "
+            "object_credit/box_share (rlhf_img/object_credit.py)."
+        },
+    )
     keep_best: bool = field(
         default=False,
         metadata={
@@ -264,6 +275,9 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
             raise ValueError("eval_images_per_prompt and eval_max_prompts must be >= 1")
         if isinstance(self.max_resample_rounds, bool) or self.max_resample_rounds < 1:
             raise ValueError(f"max_resample_rounds must be an int >= 1, got {self.max_resample_rounds!r}")
+        credit = self.object_credit
+        if isinstance(credit, bool) or not isinstance(credit, (int, float)) or not 0 <= credit <= 1:
+            raise ValueError(f"object_credit must be a number in [0, 1] (0: off), got {self.object_credit!r}")
         if self.keep_best and self.eval_every == 0:
             raise ValueError(
                 "keep_best needs the in-loop eval: set eval_every > 0 and eval_prompts (or keep_best: false)"

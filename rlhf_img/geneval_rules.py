@@ -39,10 +39,20 @@ class Detection:
 
 
 @dataclass
+class ObjectCredit:
+    """One `include` clause's dense credit in [0, 1] and the boxes of the detections it was judged on (none when
+    nothing of its class was found): where in the image that clause's success or failure was drawn."""
+
+    credit: float
+    boxes: list[tuple[float, float, float, float]]
+
+
+@dataclass
 class Judgement:
     correct: bool
     score: float  # 1.0/0.0 in strict mode, partial credit in [0, 1] in dense mode
     reasons: list[str] = field(default_factory=list)
+    objects: list[ObjectCredit] = field(default_factory=list)  # one per include clause, in order
 
 
 def select_detections(
@@ -118,7 +128,7 @@ def evaluate(
     """
     if mode not in ("strict", "dense"):
         raise ValueError(f"mode must be 'strict' or 'dense', got {mode!r}")
-    correct, reasons, credits = True, [], []
+    correct, reasons, credits, objects = True, [], [], []
     matched_groups: list[list[Detection] | None] = []
     for clause in metadata.get("include", []):
         name, count = clause["class"], clause["count"]
@@ -149,6 +159,7 @@ def evaluate(
                     matched = False
                     reasons.append(f"expected {name} {relation} target")
         credits.append(sum(parts) / len(parts))
+        objects.append(ObjectCredit(credits[-1], [d.box for d in found]))
         correct &= matched
         matched_groups.append(found if matched else None)
     for clause in metadata.get("exclude", []):
@@ -161,9 +172,9 @@ def evaluate(
         else:
             credits.append(1.0)
     if mode == "strict":
-        return Judgement(correct, float(correct), reasons)
+        return Judgement(correct, float(correct), reasons, objects)
     dense = 1.0 if correct else min(sum(credits) / max(len(credits), 1), 1.0 - 1e-6)
-    return Judgement(correct, dense, reasons)
+    return Judgement(correct, dense, reasons, objects)
 
 
 def summarize(results: list[tuple[str, bool]]) -> dict[str, float]:

@@ -99,7 +99,9 @@ class Policy(Protocol):
 
     Optional hook: `check_trainable(model)`, if a family defines it, is called once by the trainer with the
     module it will train (after peft wrapping) and raises `ValueError` to refuse it (janus: LoRA adapters
-    outside its language model).
+    outside its language model). `pool_to_actions(maps)`, if defined, turns pixel maps `(B, H, W)` at
+    `image_size` into per-action values `(B, T)` (each action's mean over the pixels it covers); `object_credit`
+    needs it (causal_vq).
     """
 
     model: nn.Module  # the trainable part; peft wraps it, TRL optimises it

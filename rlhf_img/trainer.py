@@ -15,7 +15,7 @@ import time
 from typing import Any, Sequence
 
 import torch
-from accelerate.utils import gather
+from accelerate.utils import gather, gather_object
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 from trl.models.utils import disable_gradient_checkpointing
@@ -32,6 +32,7 @@ from .images import captioned_grid
 from .in_loop_eval import InLoopEvaluation
 from .model_card import write_model_card
 from .monitors import rollout_monitors
+from .object_credit import ObjectCreditError, clause_advantages, object_token_advantages
 from .policy import Policy, PromptBatch, Rollout
 from .resume import resolve_resume, save_marked_checkpoint
 from .rewards.reward_set import RewardEntry, RewardSet
@@ -73,6 +74,17 @@ class ImageGRPOTrainer(GRPOTrainer):
                 raise ValueError(
                     f"args.reward_weights {list(args.reward_weights)} disagree with the rewards' own "
                     f"weights {[r.weight for r in rewards]}; leave reward_weights unset"
+                )
+        if args.object_credit > 0:  # per-token advantages from clause boxes (object_credit.py)
+            if rewards.object_credit_source() is None:
+                raise ObjectCreditError(
+                    "object_credit needs a reward that says where each clause was judged (geneval, "
+                    f"shapes_geneval); this recipe's rewards are {', '.join(rewards.names)}"
+                )
+            if not callable(getattr(policy, "pool_to_actions", None)):
+                raise ObjectCreditError(
+                    f"object_credit needs a family whose actions map to image regions (pool_to_actions); "
+                    f"{type(policy).__name__} has none"
                 )
         self.policy = policy
         self.image_rewards: RewardSet = rewards  # names, weights, normalize flags, scoring, image embeddings
@@ -195,6 +207,11 @@ class ImageGRPOTrainer(GRPOTrainer):
             self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)
         )
         local_advantages = result.advantages[process_slice]
+        train_advantages = local_advantages
+        if mode == "train" and self.args.object_credit > 0:
+            train_advantages = self._object_advantages(
+                prompts, images, columns, local_advantages, num_generations, process_slice
+            )
 
         metrics = self._metrics[mode]
         for index, reward in enumerate(self.image_rewards):
@@ -220,7 +237,7 @@ class ImageGRPOTrainer(GRPOTrainer):
             "prompt_mask": batch.attention_mask,
             "completion_ids": actions,
             "completion_mask": completion_mask,
-            "advantages": local_advantages,
+            "advantages": train_advantages,
             "num_items_in_batch": num_items_in_batch,
             "sampling_per_token_logps": rollout.logprobs,
         }
@@ -229,6 +246,23 @@ class ImageGRPOTrainer(GRPOTrainer):
         if ref_per_token_logps is not None:
             output["ref_per_token_logps"] = ref_per_token_logps
         return output
+
+    def _object_advantages(self, prompts, images, columns, advantages, num_generations, process_slice):
+        """`(B, T)` advantages: each clause's group-normalised credit inside its boxes (object_credit.py)."""
+        source = self.image_rewards.object_credit_source()
+        objects = source.fn.object_credits(prompts, images, **columns)
+        credits = gather_object([[item.credit for item in items] for items in objects])  # groups may span ranks
+        per_clause = clause_advantages(credits, num_generations)[process_slice]
+        token_advantages, box_share = object_token_advantages(
+            advantages,
+            objects,
+            per_clause,
+            self.policy.image_size,
+            self.policy.pool_to_actions,
+            self.args.object_credit,
+        )
+        self._metrics["train"]["object_credit/box_share"].append(box_share)
+        return token_advantages
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         logs.update(self.guards.check_log(logs, self.state.global_step))  # grad_norm == 0 streak (guards.py)

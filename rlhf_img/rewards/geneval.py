@@ -13,6 +13,7 @@ The rules live in `rlhf_img/geneval_rules.py` (shared by every detector, the sha
 
 from __future__ import annotations
 
+import weakref
 from typing import Protocol, Sequence
 
 import torch
@@ -24,6 +25,7 @@ from ..geneval_rules import (
     THRESHOLD,
     Detection,
     Judgement,
+    ObjectCredit,
     evaluate,
     select_detections,
 )
@@ -319,6 +321,10 @@ class GenEvalReward:
             raise RewardConfigError(f"geneval: mode must be 'dense' or 'strict', got {mode!r}")
         self.mode = mode
         self.scorer = build_scorer(**scorer_kwargs)
+        # the last batch's judgements (clause credits are the same in both modes), keyed on the images tensor itself (a weak reference, so a later
+        # tensor at the same address never matches): `object_credits` after `__call__` on the same rollout
+        # batch reuses them instead of running the detector twice
+        self._last: tuple[weakref.ref, list[str], list[Judgement]] | None = None
 
     def __call__(
         self,
@@ -329,7 +335,26 @@ class GenEvalReward:
         exclude: list[list[dict] | None] | None = None,
         **columns,
     ) -> list[float]:
+        return [judgement.score for judgement in self._judge(prompts, images, tag, include, exclude)]
+
+    def object_credits(
+        self,
+        prompts: list[str],
+        images: torch.Tensor,
+        tag: list[str],
+        include: list[list[dict]],
+        exclude: list[list[dict] | None] | None = None,
+        **columns,
+    ) -> list[list[ObjectCredit]]:
+        """Per image, each include clause's dense credit and the boxes it was judged on (`object_credit` in a
+        recipe turns these into per-token advantages: docs/concepts/learning.md)."""
+        return [judgement.objects for judgement in self._judge(prompts, images, tag, include, exclude)]
+
+    def _judge(self, prompts, images, tag, include, exclude) -> list[Judgement]:
+        if self._last is not None and self._last[0]() is images and self._last[1] == prompts:
+            return self._last[2]
         exclude = exclude or [None] * len(prompts)
         metadata = [clean_metadata(t, inc, exc) for t, inc, exc in zip(tag, include, exclude)]
-        judgements, _ = self.scorer.judge(images, metadata, self.mode)
-        return [judgement.score for judgement in judgements]
+        judgements = self.scorer.judge(images, metadata, self.mode)[0]
+        self._last = (weakref.ref(images), list(prompts), judgements)
+        return judgements

@@ -102,6 +102,14 @@ class RewardSet(Sequence[RewardFunction]):
                 return embed
         return None
 
+    def object_credit_source(self) -> RewardFunction | None:
+        """The first reward that can say where in an image each of its clauses was judged (`object_credits`, see
+        rlhf_img/object_credit.py), else None."""
+        for reward in self._rewards:
+            if callable(getattr(reward.fn, "object_credits", None)):
+                return reward
+        return None
+
     def score(self, prompts: list[str], images: torch.Tensor, columns: dict[str, list[Any]]) -> torch.Tensor:
         """Rewards `(B, R)` float32 on the CPU, NaN where a reward gave no score (`score_rewards`)."""
         return score_rewards(self._rewards, prompts, images, columns)

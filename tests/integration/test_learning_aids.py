@@ -3,10 +3,11 @@ when it cannot), keep_best saves the best in-loop eval step's weights (and names
 schedules reach the run from a recipe."""
 
 import json
+import os
 
 import pytest
 import torch
-from conftest import grpo_args, write_recipe
+from conftest import REPO, grpo_args, write_recipe
 from datasets import Dataset
 from peft import LoraConfig
 from safetensors.torch import load_file
@@ -314,3 +315,78 @@ def test_recipes_reach_the_new_keys_and_transformers_lr_schedules(tmp_path):
         parse_recipe(recipe, ["--max_resample_rounds", "0"])
     with pytest.raises(UsageError, match="best_metric_tolerance must be a number >= 0"):
         parse_recipe(recipe, ["--best_metric_tolerance", "-1"])
+
+
+def _shapes_rollout(tmp_path, rows, object_credit):
+    from rlhf_img.rewards.shapes_geneval import ShapesGenEval
+
+    args = grpo_args(
+        tmp_path, per_device_train_batch_size=len(rows) * 8, num_generations=8, object_credit=object_credit
+    )
+    trainer = ImageGRPOTrainer(
+        load_policy(os.path.join(REPO, "checkpoints", "shapes-tiny")), args, Dataset.from_list(rows), [ShapesGenEval()]
+    )
+    trainer.model.train()
+    output = trainer._generate_and_score_completions([row for row in rows for _ in range(8)])
+    return trainer, output, {key: values[-1] for key, values in trainer._metrics["train"].items()}
+
+
+@pytest.mark.timeout(120)
+def test_object_credit_gives_each_clause_its_own_advantage_inside_its_boxes(tmp_path):
+    from rlhf_img.object_credit import clause_advantages
+    from rlhf_img.worlds import shapes
+
+    rows = [row for row in shapes.split_prompts()[0] if row["tag"] == "color_attr"][:2]
+    _, plain, plain_metrics = _shapes_rollout(tmp_path / "off", rows, 0.0)
+    trainer, output, metrics = _shapes_rollout(tmp_path / "on", rows, 1.0)
+    assert plain["advantages"].shape == (16,) and "object_credit/box_share" not in plain_metrics
+    assert torch.equal(output["completion_ids"], plain["completion_ids"])  # the same rollouts, scored per token
+    advantages = output["advantages"]
+    assert advantages.shape == output["completion_ids"].shape == (16, 64)
+    assert 0.05 < metrics["object_credit/box_share"] < 0.5
+
+    # recompute from the reward's own clause judgements: inside a single clause's boxes (beta 1) a token's
+    # advantage is that clause's group-normalised credit, outside every box the image's advantage
+    images = trainer.policy.decode(output["completion_ids"])
+    columns = {key: [row[key] for row in rows for _ in range(8)] for key in rows[0] if key != "prompt"}
+    objects = trainer.image_rewards[0].fn.object_credits(
+        [r["prompt"] for r in rows for _ in range(8)], images, **columns
+    )
+    per_clause = clause_advantages([[o.credit for o in items] for items in objects], 8)
+    checked_inside = checked_outside = 0
+    for i, items in enumerate(objects):
+        for y in range(8):
+            for x in range(8):  # the token's pixels: [4x, 4x + 4) x [4y, 4y + 4)
+                touched = {
+                    k
+                    for k, item in enumerate(items)
+                    for x1, y1, x2, y2 in item.boxes
+                    if x1 < 4 * x + 4 and x2 > 4 * x and y1 < 4 * y + 4 and y2 > 4 * y
+                }
+                within = {
+                    k
+                    for k, item in enumerate(items)
+                    for x1, y1, x2, y2 in item.boxes
+                    if x1 <= 4 * x and x2 >= 4 * x + 4 and y1 <= 4 * y and y2 >= 4 * y + 4
+                }
+                if not touched:
+                    assert advantages[i, 8 * y + x].item() == pytest.approx(plain["advantages"][i].item(), abs=1e-5)
+                    checked_outside += 1
+                elif len(touched) == 1 and touched == within:
+                    assert advantages[i, 8 * y + x].item() == pytest.approx(per_clause[i][touched.pop()], abs=1e-4)
+                    checked_inside += 1
+    assert checked_inside > 10 and checked_outside > 500
+
+
+def test_object_credit_is_refused_without_a_reward_that_locates_clauses(tmp_path, tiny_checkpoint):
+    from rlhf_img.object_credit import ObjectCreditError
+
+    with pytest.raises(ObjectCreditError, match="object_credit needs a reward that says where each clause"):
+        ImageGRPOTrainer(
+            load_policy(tiny_checkpoint, "causal_vq"),
+            grpo_args(tmp_path, object_credit=0.5),
+            Dataset.from_dict({"prompt": ["a"]}),
+            reward_funcs=[flat_or_bright],
+        )
+    with pytest.raises(ValueError, match=r"object_credit must be a number in \[0, 1\]"):
+        grpo_args(tmp_path, object_credit=1.5)

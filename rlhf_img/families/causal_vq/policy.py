@@ -108,6 +108,16 @@ class CausalVQPolicy(NextTokenPolicy):
         device = next(self.visual_tokenizer.parameters()).device
         return self.visual_tokenizer.encode(images.to(device)).flatten(1).long()
 
+    def pool_to_actions(self, maps: torch.Tensor) -> torch.Tensor:
+        """Pixel maps `(B, H, W)` at `image_size` -> `(B, T)`: each action's mean over the pixels its code covers
+        (the code grid in raster order, as `encode_images` flattens it). For per-token advantages from image
+        regions (`object_credit`)."""
+        h, w = self.config.grid
+        height, width = self.image_size
+        if tuple(maps.shape[1:]) != (height, width):
+            raise ValueError(f"pool_to_actions: maps of {tuple(maps.shape[1:])} pixels, images are {(height, width)}")
+        return torch.nn.functional.avg_pool2d(maps[:, None].float(), (height // h, width // w)).flatten(1)
+
     def to(self, device: torch.device | str) -> "CausalVQPolicy":
         self.visual_tokenizer.to(device)
         return self
