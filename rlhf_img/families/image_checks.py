@@ -14,3 +14,14 @@ def check_image_size(images: torch.Tensor, expected: tuple[int, int], family: st
             f"{family}: encode_images takes pixels (B, 3, {expected[0]}, {expected[1]}) in [0, 1] "
             f"(the policy's image_size); got shape {tuple(images.shape)}"
         )
+
+
+def pool_to_raster(maps: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int], family: str) -> torch.Tensor:
+    """Pixel maps `(B, H, W)` at `image_size` -> `(B, h * w)`: each code's mean over the patch of pixels it decodes
+    to, codes in raster order of an `(h, w)` grid. The `pool_to_actions` of every family whose actions are one code
+    per patch (causal_vq, simplear, llamagen, janus)."""
+    height, width = image_size
+    rows, columns = grid
+    if maps.dim() != 3 or tuple(maps.shape[1:]) != (height, width):
+        raise ValueError(f"{family}: pool_to_actions takes maps (B, {height}, {width}); got {tuple(maps.shape)}")
+    return torch.nn.functional.avg_pool2d(maps[:, None].float(), (height // rows, width // columns)).flatten(1)

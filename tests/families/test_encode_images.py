@@ -285,3 +285,54 @@ def test_vq_16_codes_are_transformers_codes_on_a_unit_codebook_and_not_on_a_raw_
     with torch.no_grad():
         assert torch.equal(codes, unit_codebook(vq).encode(images * 2 - 1).image_tokens.view(3, -1))
         assert not torch.equal(codes, vq.encode(images * 2 - 1).image_tokens.view(3, -1))
+
+
+def test_pool_to_actions_gives_each_action_the_mean_of_its_patch_in_raster_order(policy):
+    """`pool_to_actions` (object_credit needs it): `(B, H, W)` -> `(B, num_actions)`, a patch's pixels landing on
+    the action at its raster position (row-major, as `encode_images` orders codes)."""
+    pool = getattr(policy, "pool_to_actions", None)
+    if pool is None:
+        pytest.skip(f"{type(policy).__name__} has no pool_to_actions (object_credit refuses the family)")
+    height, width = policy.image_size
+    side = int(round(policy.num_actions**0.5))
+    assert side * side == policy.num_actions  # every family with the hook has a square grid
+    patch = height // side
+    for row, column in ((0, 0), (side - 1, 0), (1, side - 1)):
+        maps = torch.zeros(1, height, width)
+        maps[0, row * patch : (row + 1) * patch, column * patch : (column + 1) * patch] = 2.0
+        pooled = pool(maps)
+        expected = torch.zeros(1, policy.num_actions)
+        expected[0, row * side + column] = 2.0
+        torch.testing.assert_close(pooled, expected)
+    with pytest.raises(ValueError, match="pool_to_actions takes maps"):
+        pool(torch.zeros(1, height + 1, width))
+
+
+def test_pool_to_actions_follows_the_trained_decoders_layout():
+    """On the trained shapes VQ: changing action k alone changes the decoded pixels most inside the patch
+    `pool_to_actions` assigns to k (random-weight stand-ins spread a code's change over the whole tiny image)."""
+    policy = load_policy(SHAPES_TINY)
+    actions = policy.sample(
+        policy.model,
+        policy.encode_prompts(["a photo of a red circle"] * 2),
+        Sampling(),
+        generator=torch.Generator().manual_seed(0),
+    ).actions
+    base = policy.decode(actions[:1]).float()
+    codes = sorted(set(actions.flatten().tolist()))
+    side, patch = policy.config.grid[1], policy.image_size[1] // policy.config.grid[1]
+    ys, xs = torch.meshgrid(torch.arange(side * patch) + 0.5, torch.arange(side * patch) + 0.5, indexing="ij")
+    for k in range(0, policy.num_actions, 7):  # an anti-diagonal too, so a transposed layout would fail
+        changed = actions[:1].repeat(len(codes), 1)
+        changed[:, k] = torch.tensor(codes)  # every code of the two images in turn at position k
+        differences = (policy.decode(changed).float() - base).abs().sum(1)  # (codes, H, W)
+        strongest = differences.flatten(1).sum(1).argmax()  # the replacement that changes the image most
+        change = differences[strongest]
+        pooled = policy.pool_to_actions(change[None])[0]
+        # the decoder spreads a code over its neighbours' pixels too: k's patch is among the two that change most,
+        # and the centre of its strong part (at least half the largest change) lies within one patch of k's centre
+        assert k in pooled.topk(2).indices.tolist(), (k, pooled.topk(3))
+        strong = change * (change >= change.max() / 2)  # the decoder also shifts far pixels a little
+        centre = torch.tensor([(ys * strong).sum(), (xs * strong).sum()]) / strong.sum()
+        expected = torch.tensor([(k // side + 0.5) * patch, (k % side + 0.5) * patch])
+        assert (centre - expected).norm() < patch, (k, centre, expected)

@@ -20,7 +20,7 @@ from torch import nn
 from ...checkpoints import CheckpointError, parameter_shape
 from ...policy import PromptBatch
 from ...sampling import CausalLMAdapter, NextTokenPolicy
-from ..image_checks import check_image_size
+from ..image_checks import check_image_size, pool_to_raster
 from .configuration import CausalVQConfig
 
 
@@ -109,14 +109,8 @@ class CausalVQPolicy(NextTokenPolicy):
         return self.visual_tokenizer.encode(images.to(device)).flatten(1).long()
 
     def pool_to_actions(self, maps: torch.Tensor) -> torch.Tensor:
-        """Pixel maps `(B, H, W)` at `image_size` -> `(B, T)`: each action's mean over the pixels its code covers
-        (the code grid in raster order, as `encode_images` flattens it). For per-token advantages from image
-        regions (`object_credit`)."""
-        h, w = self.config.grid
-        height, width = self.image_size
-        if tuple(maps.shape[1:]) != (height, width):
-            raise ValueError(f"pool_to_actions: maps of {tuple(maps.shape[1:])} pixels, images are {(height, width)}")
-        return torch.nn.functional.avg_pool2d(maps[:, None].float(), (height // h, width // w)).flatten(1)
+        """Pixel maps `(B, H, W)` -> `(B, T)`: each code's mean over its patch (for `object_credit`)."""
+        return pool_to_raster(maps, tuple(self.config.grid), self.image_size, self.config.family)
 
     def to(self, device: torch.device | str) -> "CausalVQPolicy":
         self.visual_tokenizer.to(device)

@@ -15,7 +15,7 @@ from torch import nn
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch
 from ...sampling import NextTokenPolicy, unwrap_causal_lm
-from ..image_checks import check_image_size
+from ..image_checks import check_image_size, pool_to_raster
 from ..llamagen.vq import quantize_images
 from ..shared_loading import gathered
 from .adapter import JanusAdapter, unconditional_ids
@@ -100,6 +100,10 @@ class JanusPolicy(NextTokenPolicy):
     def unconditional_ids(self, prompt_ids: torch.Tensor) -> torch.Tensor:
         """Janus' unconditional prompt for `prompt_ids` `(B, L)` (BOS and `<begin_of_image>` kept, the rest pad)."""
         return unconditional_ids(prompt_ids, self.bos_id, self.boi_id, self.pad_id)
+
+    def pool_to_actions(self, maps: torch.Tensor) -> torch.Tensor:
+        """Pixel maps `(B, H, W)` -> `(B, T)`: each code's mean over its patch (for `object_credit`)."""
+        return pool_to_raster(maps, (self.grid, self.grid), self.image_size, "janus")
 
     @torch.no_grad()
     def decode(self, actions: torch.Tensor) -> torch.Tensor:

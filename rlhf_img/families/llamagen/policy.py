@@ -16,7 +16,7 @@ from transformers import JanusVQVAE
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch
 from ...sampling import NextTokenPolicy, unwrap_causal_lm
-from ..image_checks import check_image_size
+from ..image_checks import check_image_size, pool_to_raster
 from ..shared_loading import config_for_saved_model
 from .adapter import LlamaGenAdapter, caption_features
 from .configuration import LlamaGenFamilyConfig
@@ -88,6 +88,10 @@ class LlamaGenPolicy(NextTokenPolicy):
     def text_features(self, prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen T5 features `(B, P, Ccap)` float32, left-padded and zero on padding, and their bool mask `(B, P)`."""
         return caption_features(self.text_encoder, prompts)
+
+    def pool_to_actions(self, maps: torch.Tensor) -> torch.Tensor:
+        """Pixel maps `(B, H, W)` -> `(B, T)`: each code's mean over its patch (for `object_credit`)."""
+        return pool_to_raster(maps, (self.grid_size, self.grid_size), self.image_size, "llamagen")
 
     @torch.no_grad()
     def decode(self, actions: torch.Tensor) -> torch.Tensor:
