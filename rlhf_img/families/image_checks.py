@@ -19,7 +19,7 @@ def check_image_size(images: torch.Tensor, expected: tuple[int, int], family: st
 def pool_to_raster(maps: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int], family: str) -> torch.Tensor:
     """Pixel maps `(B, H, W)` at `image_size` -> `(B, h * w)`: each code's mean over the patch of pixels it decodes
     to, codes in raster order of an `(h, w)` grid. The `pool_to_actions` of every family whose actions are one code
-    per patch (causal_vq, simplear, llamagen, janus)."""
+    per patch (causal_vq, simplear, llamagen, janus, emu3)."""
     height, width = image_size
     rows, columns = grid
     if maps.dim() != 3 or tuple(maps.shape[1:]) != (height, width):

@@ -294,15 +294,15 @@ def test_pool_to_actions_gives_each_action_the_mean_of_its_patch_in_raster_order
     if pool is None:
         pytest.skip(f"{type(policy).__name__} has no pool_to_actions (object_credit refuses the family)")
     height, width = policy.image_size
-    side = int(round(policy.num_actions**0.5))
-    assert side * side == policy.num_actions  # every family with the hook has a square grid
-    patch = height // side
-    for row, column in ((0, 0), (side - 1, 0), (1, side - 1)):
+    patch = int(round((height * width / policy.num_actions) ** 0.5))  # square patches, a grid of rows x columns
+    rows, columns = height // patch, width // patch
+    assert rows * columns == policy.num_actions
+    for row, column in ((0, 0), (rows - 1, 0), (1, columns - 1)):
         maps = torch.zeros(1, height, width)
         maps[0, row * patch : (row + 1) * patch, column * patch : (column + 1) * patch] = 2.0
         pooled = pool(maps)
         expected = torch.zeros(1, policy.num_actions)
-        expected[0, row * side + column] = 2.0
+        expected[0, row * columns + column] = 2.0
         torch.testing.assert_close(pooled, expected)
     with pytest.raises(ValueError, match="pool_to_actions takes maps"):
         pool(torch.zeros(1, height + 1, width))

@@ -19,7 +19,7 @@ from torch import nn
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch
 from ...sampling import NextTokenPolicy, unwrap_causal_lm
-from ..image_checks import check_image_size
+from ..image_checks import check_image_size, pool_to_raster
 from ..shared_loading import gathered
 from .adapter import Emu3Adapter
 from .configuration import Emu3FamilyConfig, generation_grid
@@ -150,6 +150,11 @@ class Emu3Policy(NextTokenPolicy):
 
     def _vq(self) -> nn.Module:
         return unwrap_causal_lm(self.model).model.vqmodel
+
+    def pool_to_actions(self, maps: torch.Tensor) -> torch.Tensor:
+        """Pixel maps `(B, H, W)` -> `(B, h * w)`: each code's mean over its patch (the end-of-line tokens are not
+        actions), for `object_credit`."""
+        return pool_to_raster(maps, self.grid, self.image_size, "emu3")
 
     @torch.no_grad()
     def decode(self, actions: torch.Tensor) -> torch.Tensor:
