@@ -155,8 +155,9 @@ def run_quickstart(
     start = time.time()
     trainer.train()
     grpo_seconds = time.time() - start
-    trainer.save_model(args.output_dir)
     trainer.save_state()
+    trainer.save_model(args.output_dir)
+    trainer.create_model_card()  # README.md: rlhf-img's card (recipe, rewards, in-loop evals), not peft's template
 
     after_policy = load_policy(args.output_dir)
     after, records, after_images = evaluate_policy(
