@@ -8,6 +8,7 @@ import sys
 import time
 
 from .best_weights import KeepBestError
+from .object_credit import ObjectCreditError
 from .rewards import RewardError
 from .trainer import ImageGRPOTrainer
 
@@ -104,7 +105,7 @@ def train(args, model_args, rewards, dataset, policy, peft_config) -> int:
     could be trained (a run that trains 0 steps never ends as a success)."""
     try:
         trainer = ImageGRPOTrainer(policy, args, dataset, reward_funcs=rewards, peft_config=peft_config)
-    except KeepBestError as error:  # e.g. a best_metric the in-loop eval does not log: one line, nothing written
+    except (KeepBestError, ObjectCreditError) as error:  # e.g. a best_metric the eval does not log: one line
         print(f"rlhf-img: error: {error}", file=sys.stderr)
         return 2
     problem = unjoined_processes(trainer) or too_few_prompts(trainer)

@@ -390,3 +390,26 @@ def test_object_credit_is_refused_without_a_reward_that_locates_clauses(tmp_path
         )
     with pytest.raises(ValueError, match=r"object_credit must be a number in \[0, 1\]"):
         grpo_args(tmp_path, object_credit=1.5)
+
+
+def test_a_recipe_with_object_credit_but_no_locating_reward_stops_in_one_line(tmp_path, capsys):
+    from rlhf_img.cli import main
+
+    code = main(
+        [
+            "train",
+            os.path.join(REPO, "recipes", "shapes-grpo.yaml"),
+            "--rewards",
+            '[{"name": "jpeg_compressibility"}]',
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--eval_every",
+            "0",
+            "--keep_best",
+            "false",
+        ]
+    )
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhf-img")]  # not the bars
+    assert code == 2 and len(said) == 1
+    assert said[0].startswith("rlhf-img: error: object_credit needs a reward that says where each clause was judged")
+    assert not (tmp_path / "out").exists()  # nothing written
