@@ -17,6 +17,7 @@ spread in its group gives 0, as a zero-spread group does at image level. β = 0 
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -66,8 +67,8 @@ def pixel_advantages(
     for item, value in zip(objects, clause_values):
         mask = torch.zeros(height, width, dtype=torch.bool)
         for x1, y1, x2, y2 in item.boxes:
-            left, top = max(int(x1), 0), max(int(y1), 0)
-            right, bottom = min(int(-(-x2 // 1)), width), min(int(-(-y2 // 1)), height)
+            left, top = max(math.floor(x1), 0), max(math.floor(y1), 0)
+            right, bottom = min(math.ceil(x2), width), min(math.ceil(y2), height)
             mask[top:bottom, left:right] = True
         covered += mask
         summed += mask * value

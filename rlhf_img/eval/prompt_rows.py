@@ -1,5 +1,6 @@
-"""Reading JSONL prompt files: one JSON object a line, each with a `prompt` string. Shared by GenEval's metadata file
-(`eval/geneval_folder.py`), the `ocr` prompt rows (`eval/prompts.py`) and the VQA prompt files (`eval/vqa/files.py`); imports nothing else of `eval`, so all of them can use it."""
+"""Reading JSONL prompt files: one JSON object a line, each with a `prompt` string. Shared by GenEval's metadata
+file (`eval/geneval_folder.py`), the `ocr` prompt rows (`eval/prompts.py`) and the VQA prompt files
+(`eval/vqa/files.py`); imports nothing else of `eval`, so all of them can use it."""
 
 from __future__ import annotations
 

@@ -321,9 +321,9 @@ class GenEvalReward:
             raise RewardConfigError(f"geneval: mode must be 'dense' or 'strict', got {mode!r}")
         self.mode = mode
         self.scorer = build_scorer(**scorer_kwargs)
-        # the last batch's judgements (clause credits are the same in both modes), keyed on the images tensor itself (a weak reference, so a later
-        # tensor at the same address never matches): `object_credits` after `__call__` on the same rollout
-        # batch reuses them instead of running the detector twice
+        # the last batch's judgements (clause credits are the same in both modes), keyed on the images tensor
+        # itself (a weak reference, so a later tensor at the same address never matches): `object_credits` after
+        # `__call__` on the same rollout batch reuses them instead of running the detector twice
         self._last: tuple[weakref.ref, list[str], list[Judgement]] | None = None
 
     def __call__(
@@ -337,20 +337,13 @@ class GenEvalReward:
     ) -> list[float]:
         return [judgement.score for judgement in self._judge(prompts, images, tag, include, exclude)]
 
-    def object_credits(
-        self,
-        prompts: list[str],
-        images: torch.Tensor,
-        tag: list[str],
-        include: list[list[dict]],
-        exclude: list[list[dict] | None] | None = None,
-        **columns,
-    ) -> list[list[ObjectCredit]]:
+    def object_credits(self, prompts: list[str], images: torch.Tensor, **columns) -> list[list[ObjectCredit]]:
         """Per image, each include clause's dense credit and the boxes it was judged on (`object_credit` in a
-        recipe turns these into per-token advantages: docs/concepts/learning.md)."""
-        return [judgement.objects for judgement in self._judge(prompts, images, tag, include, exclude)]
+        recipe turns these into per-token advantages: docs/concepts/learning.md). Takes the columns `__call__`
+        takes."""
+        return [judgement.objects for judgement in self._judge(prompts, images, **columns)]
 
-    def _judge(self, prompts, images, tag, include, exclude) -> list[Judgement]:
+    def _judge(self, prompts, images, tag, include, exclude=None, **unused_columns) -> list[Judgement]:
         if self._last is not None and self._last[0]() is images and self._last[1] == prompts:
             return self._last[2]
         exclude = exclude or [None] * len(prompts)
