@@ -43,7 +43,8 @@ def plot_reward_curve(log_history: list[dict], path: str) -> None:
 
 def plot_dashboard(log_history: list[dict], path: str) -> None:
     """The run's dashboard offline (the recipe reports to no service): rewards on the training batches and on
-    the in-loop eval's fixed prompts, the eval's GenEval accuracy, and the collapse monitors."""
+    the in-loop eval's fixed prompts, the eval's GenEval accuracy, the collapse monitors and, when the recipe has a
+    KL term (`beta` > 0), TRL's logged KL to the reference."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,6 +76,7 @@ def plot_dashboard(log_history: list[dict], path: str) -> None:
             [
                 ("frac_reward_zero_std", "share of zero-spread groups"),
                 ("sampling/sampling_logp_difference/mean", "log-prob drift (mean)"),
+                ("kl", "KL to the reference (nats/token; beta > 0)"),
             ],
         ),
     ]
