@@ -201,8 +201,8 @@ class ImageGRPOConfig(SamplingOptions, trl.GRPOConfig):
             "boxes a clause of the prompt was judged on ('a red circle', 'a blue square') learn from a mix of "
             "the image's advantage (weight 1 - object_credit) and that clause's own credit normalised over its "
             "group (weight object_credit); other tokens keep the image's advantage. Needs a reward with "
-            "`object_credits` (geneval, shapes_geneval) and a family with `pool_to_actions` (causal_vq, simplear, "
-            "llamagen, janus, emu3). Logs object_credit/box_share (rlhf_img/object_credit.py)."
+            "`object_credits` (geneval, shapes_geneval) and a family with `pool_to_actions` (every built-in one; "
+            "infinity pools each scale's cells). Logs object_credit/box_share (rlhf_img/object_credit.py)."
         },
     )
     keep_best: bool = field(

@@ -293,6 +293,8 @@ def test_pool_to_actions_gives_each_action_the_mean_of_its_patch_in_raster_order
     pool = getattr(policy, "pool_to_actions", None)
     if pool is None:
         pytest.skip(f"{type(policy).__name__} has no pool_to_actions (object_credit refuses the family)")
+    if hasattr(policy, "codes"):
+        pytest.skip("infinity's actions are bits over scales: test_infinity_pool_to_actions_pools_each_scale_s_cells")
     height, width = policy.image_size
     patch = int(round((height * width / policy.num_actions) ** 0.5))  # square patches, a grid of rows x columns
     rows, columns = height // patch, width // patch
@@ -306,6 +308,38 @@ def test_pool_to_actions_gives_each_action_the_mean_of_its_patch_in_raster_order
         torch.testing.assert_close(pooled, expected)
     with pytest.raises(ValueError, match="pool_to_actions takes maps"):
         pool(torch.zeros(1, height + 1, width))
+
+
+def test_infinity_pool_to_actions_pools_each_scale_s_cells(tmp_path):
+    """Infinity's actions are bits, scale by scale, tokens row-major, a token's bits contiguous: each token's bits
+    take the mean of the map over its cell in that scale's token grid, in the layout `ScaleCodes.split` reads."""
+    from rlhf_img.families import FAMILIES
+
+    tiny = FAMILIES["infinity"].stand_in(str(tmp_path / "stand-in"))
+    policy = load_policy(tiny.checkpoint, "infinity", **tiny.load_kwargs)
+    height, width = policy.image_size
+    grids, bits = policy.codes.grids, policy.codes.bits_per_token
+    assert len(grids) > 2 and all(height % h == 0 and width % w == 0 for h, w in grids)  # exact cells below
+    maps = torch.rand(2, height, width, dtype=torch.float64).float()
+    pooled = policy.pool_to_actions(maps)
+    assert pooled.shape == (2, policy.num_actions)
+    for (h, w), per_scale in zip(grids, policy.codes.split(pooled)):
+        assert per_scale.shape == (2, h, w, bits)
+        assert torch.equal(per_scale, per_scale[..., :1].expand_as(per_scale))  # one value per token
+        cells = maps.double().reshape(2, h, height // h, w, width // w).mean(dim=(2, 4))  # float64 reference
+        torch.testing.assert_close(per_scale[..., 0].double(), cells, rtol=1e-6, atol=1e-6)
+    # a box on one cell of the finest grid: that token's bits only, at the finest scale; its share at coarser ones
+    h, w = grids[-1]
+    box = torch.zeros(1, height, width)
+    box[0, (h - 1) * height // h :, : width // w] = 1.0  # the bottom-left cell
+    finest = policy.codes.split(policy.pool_to_actions(box))[-1][0, ..., 0]
+    expected = torch.zeros(h, w)
+    expected[h - 1, 0] = 1.0
+    torch.testing.assert_close(finest, expected)
+    coarsest = policy.codes.split(policy.pool_to_actions(box))[0][0, 0, 0, 0]
+    torch.testing.assert_close(coarsest, torch.tensor(1.0 / (h * w)))
+    with pytest.raises(ValueError, match="pool_to_actions takes maps"):
+        policy.pool_to_actions(torch.zeros(1, height + 1, width))
 
 
 def test_pool_to_actions_follows_the_trained_decoders_layout():

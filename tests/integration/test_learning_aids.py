@@ -413,3 +413,47 @@ def test_a_recipe_with_object_credit_but_no_locating_reward_stops_in_one_line(tm
     assert code == 2 and len(said) == 1
     assert said[0].startswith("rlhf-img: error: object_credit needs a reward that says where each clause was judged")
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+class LeftHalfCredit:
+    """A reward that locates one clause: the image's brightness is its score, and the clause is judged on the left
+    half of the image with the left half's brightness as its credit (so clause and image advantages differ)."""
+
+    __name__ = "left_half_credit"
+
+    def __call__(self, prompts, images, **columns):
+        return images.mean(dim=(1, 2, 3)).tolist()
+
+    def object_credits(self, prompts, images, **columns):
+        from rlhf_img.geneval_rules import ObjectCredit
+
+        width, height = images.shape[-1], images.shape[-2]
+        left = images[..., : width // 2].mean(dim=(1, 2, 3)).tolist()
+        return [[ObjectCredit(credit, [(0.0, 0.0, width / 2, float(height))])] for credit in left]
+
+
+@pytest.mark.timeout(120)
+def test_object_credit_reaches_infinitys_bits_scale_by_scale(tmp_path):
+    """Infinity (bits over scales) takes object_credit: the bits of the finest scale's tokens inside the clause's
+    box learn from the mix, those outside from the image's advantage; a coarse token straddling the box edge
+    gets its cell's share of each."""
+    from rlhf_img.families import FAMILIES
+
+    tiny = FAMILIES["infinity"].stand_in(str(tmp_path / "stand-in"))
+    policy = load_policy(tiny.checkpoint, "infinity", **tiny.load_kwargs)
+    args = grpo_args(tmp_path, per_device_train_batch_size=2 * G, num_generations=G, object_credit=0.5)
+    trainer = ImageGRPOTrainer(policy, args, Dataset.from_dict({"prompt": ["a", "b"]}), reward_funcs=[LeftHalfCredit()])
+    trainer.model.train()
+    output = trainer._generate_and_score_completions([{"prompt": p} for p in ("a", "b") for _ in range(G)])
+    advantages = output["advantages"]
+    assert advantages.shape == (2 * G, policy.num_actions)
+    box_share = trainer._metrics["train"]["object_credit/box_share"][-1]
+    assert box_share == pytest.approx(0.5)  # the left half
+    scales = policy.codes.split(advantages)
+    h, w = policy.codes.grids[-1]
+    finest = scales[-1][..., 0]  # (B, h, w): one value per token
+    outside, inside = finest[:, :, w // 2 :], finest[:, :, : w // 2]
+    assert torch.equal(outside, outside[:, :1, :1].expand_as(outside))  # the image's advantage, everywhere right
+    assert (inside - outside[:, :, :1]).abs().max() > 1e-3  # the clause's own advantage mixed in on the left
+    coarsest = scales[0][:, 0, 0, 0]  # one cell over the whole image: half inside the box
+    torch.testing.assert_close(coarsest, (inside.mean(dim=(1, 2)) + outside.mean(dim=(1, 2))) / 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...checkpoints import CheckpointError
@@ -99,6 +100,22 @@ class InfinityPolicy:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         text, mask = self.text_features(prompts)
         return score_bits(model, text, mask, actions, self.codes, sampling, self.aspect_ratio)
+
+    def pool_to_actions(self, maps: torch.Tensor) -> torch.Tensor:
+        """Pixel maps `(B, H, W)` at `image_size` -> `(B, T)` in the actions' order (for `object_credit`): at each
+        scale, each token's mean over the image region of its cell in that scale's token grid (adaptive average
+        pooling: where a grid does not divide the image, neighbouring cells share the boundary pixels, as the
+        trilinear resize between scales blends them), repeated over the token's `bits_per_token` bits. Coarse
+        scales give a clause's box to the few large cells it overlaps, in proportion; fine scales follow the box."""
+        height, width = self.image_size
+        if maps.dim() != 3 or tuple(maps.shape[1:]) != (height, width):
+            raise ValueError(f"infinity: pool_to_actions takes maps (B, {height}, {width}); got {tuple(maps.shape)}")
+        pixels = maps[:, None].float()
+        per_scale = [
+            F.adaptive_avg_pool2d(pixels, grid).flatten(1).repeat_interleave(self.codes.bits_per_token, dim=1)
+            for grid in self.codes.grids
+        ]
+        return torch.cat(per_scale, dim=1)
 
     @torch.no_grad()
     def decode(self, actions: torch.Tensor) -> torch.Tensor:
