@@ -18,10 +18,11 @@ def check_image_size(images: torch.Tensor, expected: tuple[int, int], family: st
 
 def pool_to_raster(maps: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int], family: str) -> torch.Tensor:
     """Pixel maps `(B, H, W)` at `image_size` -> `(B, h * w)`: each code's mean over the patch of pixels it decodes
-    to, codes in raster order of an `(h, w)` grid. The `pool_to_actions` of every family whose actions are one code
-    per patch (causal_vq, simplear, llamagen, janus, emu3)."""
+    to, codes in raster order of an `(h, w)` grid (adaptive average pooling: exact patches where the grid divides
+    the image; where it does not, as at Infinity's coarse scales, neighbouring cells share their boundary pixels).
+    The `pool_to_actions` of every family whose actions are one code per patch (causal_vq, simplear, llamagen,
+    janus, emu3), and of infinity once per scale."""
     height, width = image_size
-    rows, columns = grid
     if maps.dim() != 3 or tuple(maps.shape[1:]) != (height, width):
         raise ValueError(f"{family}: pool_to_actions takes maps (B, {height}, {width}); got {tuple(maps.shape)}")
-    return torch.nn.functional.avg_pool2d(maps[:, None].float(), (height // rows, width // columns)).flatten(1)
+    return torch.nn.functional.adaptive_avg_pool2d(maps[:, None].float(), tuple(grid)).flatten(1)

@@ -332,11 +332,11 @@ def test_infinity_pool_to_actions_pools_each_scale_s_cells(tmp_path):
     h, w = grids[-1]
     box = torch.zeros(1, height, width)
     box[0, (h - 1) * height // h :, : width // w] = 1.0  # the bottom-left cell
-    finest = policy.codes.split(policy.pool_to_actions(box))[-1][0, ..., 0]
+    box_scales = policy.codes.split(policy.pool_to_actions(box))
     expected = torch.zeros(h, w)
     expected[h - 1, 0] = 1.0
-    torch.testing.assert_close(finest, expected)
-    coarsest = policy.codes.split(policy.pool_to_actions(box))[0][0, 0, 0, 0]
+    torch.testing.assert_close(box_scales[-1][0, ..., 0], expected)
+    coarsest = box_scales[0][0, 0, 0, 0]
     torch.testing.assert_close(coarsest, torch.tensor(1.0 / (h * w)))
     with pytest.raises(ValueError, match="pool_to_actions takes maps"):
         policy.pool_to_actions(torch.zeros(1, height + 1, width))

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...checkpoints import CheckpointError
 from ...policy import PromptBatch, Rollout, Sampling
 from ...sampling import SampleGenerators, unwrap_causal_lm
+from ..image_checks import pool_to_raster
 from ..shared_loading import config_for_saved_model
 from .bsq_vae import BSQVAE
 from .codes import ScaleCodes
@@ -103,16 +103,12 @@ class InfinityPolicy:
 
     def pool_to_actions(self, maps: torch.Tensor) -> torch.Tensor:
         """Pixel maps `(B, H, W)` at `image_size` -> `(B, T)` in the actions' order (for `object_credit`): at each
-        scale, each token's mean over the image region of its cell in that scale's token grid (adaptive average
-        pooling: where a grid does not divide the image, neighbouring cells share the boundary pixels, as the
-        trilinear resize between scales blends them), repeated over the token's `bits_per_token` bits. Coarse
-        scales give a clause's box to the few large cells it overlaps, in proportion; fine scales follow the box."""
-        height, width = self.image_size
-        if maps.dim() != 3 or tuple(maps.shape[1:]) != (height, width):
-            raise ValueError(f"infinity: pool_to_actions takes maps (B, {height}, {width}); got {tuple(maps.shape)}")
-        pixels = maps[:, None].float()
+        scale, each token's mean over its cell of that scale's token grid (`pool_to_raster`), repeated over the
+        token's `bits_per_token` bits. Coarse scales give a clause's box to the few large cells it overlaps, in
+        proportion; fine scales follow the box."""
+        bits = self.codes.bits_per_token
         per_scale = [
-            F.adaptive_avg_pool2d(pixels, grid).flatten(1).repeat_interleave(self.codes.bits_per_token, dim=1)
+            pool_to_raster(maps, grid, self.image_size, "infinity").repeat_interleave(bits, dim=1)
             for grid in self.codes.grids
         ]
         return torch.cat(per_scale, dim=1)
