@@ -101,7 +101,9 @@ class Policy(Protocol):
     module it will train (after peft wrapping) and raises `ValueError` to refuse it (janus: LoRA adapters
     outside its language model). `pool_to_actions(maps)`, if defined, turns pixel maps `(B, H, W)` at
     `image_size` into per-action values `(B, T)` (each action's mean over the pixels it covers); `object_credit`
-    needs it (every built-in family; infinity pools each scale's token grid).
+    needs it (every built-in family; infinity pools each scale's token grid). `loading_context()`, if defined,
+    returns a context manager the trainer holds while TRL builds the trainer, which loads a full fine-tuning run's
+    KL reference with transformers itself (emu3: transformers' VQ initialisation under ZeRO-3).
     """
 
     model: nn.Module  # the trainable part; peft wraps it, TRL optimises it

@@ -92,17 +92,19 @@ class ImageGRPOTrainer(GRPOTrainer):
         self._last_policy_logps: torch.Tensor | None = None
         self._last_logged_image_step = -1
         self._eval_generations = 0  # numbers eval rollout batches for their random streams
-        super().__init__(
-            model=policy.model,
-            reward_funcs=list(rewards),
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=policy.processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            peft_config=peft_config,
-        )
+        loading_context = getattr(policy, "loading_context", contextlib.nullcontext)  # optional hook (policy.py)
+        with loading_context():  # TRL loads a full fine-tuning run's KL reference itself, in here
+            super().__init__(
+                model=policy.model,
+                reward_funcs=list(rewards),
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=policy.processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                peft_config=peft_config,
+            )
         # TRL read `args.reward_weights` (None: ones); the weights are the reward set's, set on the trainer only
         self.reward_weights = rewards.weights  # (R,) float32, what TRL's own code reads
         check_trainable = getattr(policy, "check_trainable", None)  # optional family hook (policy.py)

@@ -7,6 +7,7 @@ recompute would see the released weights), and the 16-bit save gathers the model
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from conftest import REPO
 
-pytestmark = pytest.mark.slow  # each case launches DeepSpeed processes (about 15 s each)
+pytestmark = pytest.mark.slow  # each launch starts DeepSpeed processes (about 10 s on 2 cores before training)
 
 deepspeed = pytest.importorskip("deepspeed", reason="the `deepspeed` extra (make test installs it)")
 
@@ -111,28 +112,48 @@ def test_zero2_and_zero3_train_the_same_adapter(zero2_and_zero3_lora_runs):
         assert float((zero2[key] - zero3[key]).abs().max()) <= 1e-3 * scale, key
 
 
-def test_zero3_full_fine_tuning_with_kl_logs_the_same_on_one_and_two_processes(tmp_path):
+# Full fine-tuning with a KL reference under ZeRO-3, 6 steps saved every 2; a constant learning rate keeps the
+# resume comparison about the resume alone.
+ZERO3_FULL = [
+    "--logging_steps",
+    "1",
+    "--use_peft",
+    "false",
+    "--beta",
+    "0.04",
+    "--learning_rate",
+    "1e-4",
+    "--lr_scheduler_type",
+    "constant",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "2",
+    "--max_steps",
+    "6",
+]
+
+
+@pytest.fixture(scope="module")
+def zero3_full_runs(tmp_path_factory) -> dict:
+    """ZERO3_FULL on 1 process x batch 64 and on 2 processes x batch 32: {processes: output folder}."""
+    runs = {}
+    for processes, batch in ((1, "64"), (2, "32")):
+        out = tmp_path_factory.mktemp(f"zero3-full-{processes}")
+        result = launch("zero3.yaml", processes, out, *ZERO3_FULL, "--per_device_train_batch_size", batch)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[processes] = out
+    return runs
+
+
+def test_zero3_full_fine_tuning_with_kl_logs_the_same_on_one_and_two_processes(zero3_full_runs):
     """1 process x batch 64 and 2 processes x batch 32: the same rollouts (per-sample random streams), rewards,
     KL to the reference and loss; the gathered 16-bit save reloads to the same images."""
-    common = [
-        "--max_steps",
-        "3",
-        "--logging_steps",
-        "1",
-        "--use_peft",
-        "false",
-        "--beta",
-        "0.04",
-        "--learning_rate",
-        "1e-4",
-    ]
-    one, two = tmp_path / "one", tmp_path / "two"
-    for processes, batch, out in ((1, "64", one), (2, "32", two)):
-        result = launch("zero3.yaml", processes, out, *common, "--per_device_train_batch_size", batch)
-        assert result.returncode == 0, result.stderr[-3000:]
+    one, two = zero3_full_runs[1], zero3_full_runs[2]
+    assert len(history(one)) == 6
     for a, b in zip(history(one), history(two), strict=True):
         assert a["reward"] == b["reward"] and a["reward_std"] == b["reward_std"]  # measured: identical
-        for key in ("loss", "kl", "grad_norm"):  # measured: at most 7.5e-9 (loss 4e-7), 1.5e-8 (grad_norm 0.96)
+        for key in ("loss", "kl", "grad_norm"):  # measured: at most 8.5e-9 (loss 1.4e-4), 8.2e-8 (grad_norm 1.02)
             scale = max(abs(a[key]), abs(b[key]), 1e-6)
             assert abs(a[key] - b[key]) <= 1e-3 * scale + 1e-7, (key, a[key], b[key])
     assert any(entry["kl"] > 0 for entry in history(two))  # the reference model ran
@@ -200,37 +221,15 @@ def killed_in_zero3_save(output_dir, stop_in_save: int, *overrides: str) -> None
     launcher.stderr.close()
 
 
-def test_zero3_killed_in_a_save_resumes_from_deepspeeds_last_complete_checkpoint_identically(tmp_path):
-    """Full fine-tuning with a KL reference under ZeRO-3, 6 steps saved every 2. The same run SIGKILLed inside
-    the save of checkpoint-4 (DeepSpeed's sharded states written, the RNG state and completion marker not), then
-    resumed with `--resume_from_checkpoint true`: it skips the half-written checkpoint-4, restarts from
-    checkpoint-2 (DeepSpeed's own layout: `global_step2/` plus the marker) and logs steps 3-6 as the unbroken run.
-    A constant learning rate keeps the comparison about the resume alone."""
+def test_zero3_killed_in_a_save_resumes_from_deepspeeds_last_complete_checkpoint_identically(zero3_full_runs, tmp_path):
+    """The 2-process ZERO3_FULL run SIGKILLed inside the save of checkpoint-4 (DeepSpeed's sharded states written,
+    the RNG state and completion marker not), then resumed with `--resume_from_checkpoint true`: it skips the
+    half-written checkpoint-4, restarts from checkpoint-2 (DeepSpeed's own layout: `global_step2/` plus the marker)
+    and logs steps 3-6 as the unbroken run (the fixture's) did."""
     from rlhf_img.resume import MARKER, checkpoints
 
-    common = [
-        "--logging_steps",
-        "1",
-        "--use_peft",
-        "false",
-        "--beta",
-        "0.04",
-        "--learning_rate",
-        "1e-4",
-        "--lr_scheduler_type",
-        "constant",
-        "--per_device_train_batch_size",
-        "32",
-        "--save_strategy",
-        "steps",
-        "--save_steps",
-        "2",
-        "--max_steps",
-        "6",
-    ]
-    unbroken, killed = tmp_path / "unbroken", tmp_path / "killed"
-    result = launch("zero3.yaml", 2, unbroken, *common)
-    assert result.returncode == 0, result.stderr[-3000:]
+    common = [*ZERO3_FULL, "--per_device_train_batch_size", "32"]
+    killed = tmp_path / "killed"
     killed_in_zero3_save(killed, 4, *common)
     found = {os.path.basename(path): complete for _, path, complete in checkpoints(str(killed))}
     assert found == {"checkpoint-2": True, "checkpoint-4": False}
@@ -238,7 +237,7 @@ def test_zero3_killed_in_a_save_resumes_from_deepspeeds_last_complete_checkpoint
     result = launch("zero3.yaml", 2, killed, *common, "--resume_from_checkpoint", "true")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "checkpoint-4: incomplete" in result.stderr
-    expected, got = history(unbroken), history(killed)
+    expected, got = history(zero3_full_runs[2]), history(killed)
     assert [entry["step"] for entry in got] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(expected, got, strict=True):  # measured: identical to the last bit on this CPU
         for key in ("reward", "reward_std", "loss", "kl", "grad_norm"):
@@ -248,13 +247,15 @@ def test_zero3_killed_in_a_save_resumes_from_deepspeeds_last_complete_checkpoint
 
 FAMILY_LORA_RECIPES = {
     "causal_vq": "tiny-random-jpeg.yaml",
+    "emu3": "emu3-gen-grpo-geneval-lora.yaml",
     "simplear": "simplear-0.5b-grpo-clip-lora.yaml",
     "janus": "janus-pro-1b-grpo-geneval-lora.yaml",
     "llamagen": "llamagen-xl-grpo-lora.yaml",
     "infinity": "infinity-2b-grpo-clip.yaml",
 }
-FAMILY_FULL_RECIPES = {
+FAMILY_FULL_RECIPES = {  # Emu3 ships no full recipe: its LoRA recipe with `--use_peft false`
     "causal_vq": "tiny-random-jpeg.yaml",
+    "emu3": "emu3-gen-grpo-geneval-lora.yaml",
     "simplear": "simplear-0.5b-grpo-clip.yaml",
     "janus": "janus-pro-7b-grpo-geneval.yaml",
     "llamagen": "llamagen-xl-grpo.yaml",
@@ -263,10 +264,10 @@ FAMILY_FULL_RECIPES = {
 FINAL_EVAL = ["--eval_every", "2", "--eval_max_prompts", "2", "--eval_images_per_prompt", "2", "--eval_seed", "3"]
 
 
-def family_run(family: str, recipe: str, config: str, root, *extra: str, convert: bool = False):
-    """The family's shipped `recipe` on its stand-in (converted to this project's layout first where `convert` and
-    the family has a converter), 2 processes, 2 steps, under `recipes/accelerate/<config>`, with the in-loop eval
-    sampling the final weights; returns (output folder, the overrides it ran with)."""
+def prepare_family_run(family: str, recipe: str, root, *extra: str, convert: bool = False):
+    """The overrides that run the family's shipped `recipe` on its stand-in (converted to this project's layout
+    first where `convert` and the family has a converter) for 2 steps, with the in-loop eval sampling the final
+    weights; returns (recipe path, overrides, output folder)."""
     from tiny_models import tiny_clip_recipe_overrides
 
     from rlhf_img.cli import main
@@ -299,11 +300,55 @@ def family_run(family: str, recipe: str, config: str, root, *extra: str, convert
     ]
     if tiny.load_kwargs.get("visual_tokenizer"):
         overrides += ["--visual_tokenizer", tiny.load_kwargs["visual_tokenizer"]]
-    recipe = os.path.join(REPO, "recipes", recipe)
-    result = launch(config, 2, out, *overrides, recipe=recipe)  # overrides name the same output_dir
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "rlhf-img: trained 2 steps" in result.stdout
-    return out, recipe, overrides
+    return os.path.join(REPO, "recipes", recipe), overrides, out  # the overrides name the output folder
+
+
+FULL_FINE_TUNING = ["--use_peft", "false", "--beta", "0.04", "--learning_rate", "1e-4", "--warmup_steps", "0"]
+# The order of the runs inside a launch. A launch's runs share its processes, so a module first imported inside
+# DeepSpeed's `zero.Init` is imported there only once: Janus goes first, its full fine-tuning (a frozen reference
+# built after the policy) before any LoRA run, as that is where a class first defined inside `zero.Init` once broke
+# (shared_loading.define_submodel_classes says how).
+FAMILY_ORDER = ["janus", *sorted(set(FAMILY_FULL_RECIPES) - {"janus"})]
+FAMILY_RUNS = [("full", family, config) for config in ("zero2.yaml", "zero3.yaml") for family in FAMILY_ORDER] + [
+    ("lora", family, "zero3.yaml") for family in FAMILY_ORDER
+]
+
+
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory) -> dict:
+    """Every run of FAMILY_RUNS, 2 processes, 2 steps: one `accelerate launch` per ZeRO config running its runs in
+    turn (deepspeed_runs.py). Returns {(kind, family, config): (exit code or None, the run's stdout, the launch's
+    stderr, recipe, overrides, output folder)}."""
+    prepared = {}
+    for kind, family, config in FAMILY_RUNS:
+        root = tmp_path_factory.mktemp(f"{kind}-{family}-{config.removesuffix('.yaml')}")
+        if kind == "lora":
+            prepared[kind, family, config] = prepare_family_run(family, FAMILY_LORA_RECIPES[family], root)
+        else:  # beta > 0: KL > 0 at step 2 needs an update at step 1
+            recipe = FAMILY_FULL_RECIPES[family]
+            prepared[kind, family, config] = prepare_family_run(family, recipe, root, *FULL_FINE_TUNING, convert=True)
+    runs = {}
+    for config in ("zero2.yaml", "zero3.yaml"):
+        keys = [key for key in prepared if key[2] == config]
+        plan = tmp_path_factory.mktemp("plans") / f"{config}.json"
+        plan.write_text(json.dumps([[recipe, *overrides] for recipe, overrides, _ in map(prepared.get, keys)]))
+        script = os.path.join(REPO, "tests", "distributed", "deepspeed_runs.py")
+        command = accelerate_command(config, 2, script, str(plan))
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ds_env(), cwd=REPO)
+        parts = re.split(r"^=== run (\d+) exit (\S+)\n", result.stdout, flags=re.MULTILINE)
+        codes = {int(index): (code, stdout) for stdout, index, code in zip(parts[::3], parts[1::3], parts[2::3])}
+        for index, key in enumerate(keys):
+            code, stdout = codes.get(index, (None, ""))
+            runs[key] = (None if code is None else int(code), stdout, result.stderr, *prepared[key])
+    return runs
+
+
+def finished_family_run(family_runs: dict, key: tuple) -> tuple:
+    """The run's (recipe, overrides, output folder), once it is known to have exited 0 after training 2 steps."""
+    code, stdout, stderr, recipe, overrides, out = family_runs[key]
+    assert code == 0, f"{key}: exit {code}\n{stderr[-3000:]}"
+    assert "rlhf-img: trained 2 steps" in stdout
+    return recipe, overrides, out
 
 
 def assert_reloads_with_the_same_images(family: str, out: str, recipe: str, overrides: list[str]) -> None:
@@ -342,36 +387,24 @@ def assert_reloads_with_the_same_images(family: str, out: str, recipe: str, over
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_LORA_RECIPES))
-def test_every_family_trains_its_lora_recipe_under_zero3_and_reloads_with_the_same_images(family, tmp_path):
+def test_every_family_trains_its_lora_recipe_under_zero3_and_reloads_with_the_same_images(family, family_runs):
     """The family's shipped LoRA recipe (its own LoRA targets) on its stand-in, ZeRO-3 (every parameter partitioned
     at load, the frozen text encoder and VQ / VAE kept whole), 2 processes, 2 steps; the output (an adapter over
     the stand-in) reloads as the family, merged, and samples the images the run's final weights sampled."""
-    out, recipe, overrides = family_run(family, FAMILY_LORA_RECIPES[family], "zero3.yaml", tmp_path)
+    recipe, overrides, out = finished_family_run(family_runs, ("lora", family, "zero3.yaml"))
     assert_reloads_with_the_same_images(family, out, recipe, overrides)
 
 
 @pytest.mark.parametrize("config", ["zero2.yaml", "zero3.yaml"])
 @pytest.mark.parametrize("family", sorted(FAMILY_FULL_RECIPES))
-def test_every_family_fine_tunes_fully_with_a_kl_reference_and_reloads_with_the_same_images(family, config, tmp_path):
+def test_every_family_fine_tunes_fully_with_a_kl_reference_and_reloads_with_the_same_images(
+    family, config, family_runs
+):
     """The family's shipped full-fine-tuning recipe with beta > 0 (TRL builds the frozen reference: sharded too
     under ZeRO-3, whole under ZeRO-2) on its stand-in, converted to this project's layout where the family has a
     converter, 2 processes, 2 steps; the saved model (gathered from its partitions under ZeRO-3,
     `zero3_save_16bit_model`) reloads as the family and samples the images the run's final weights sampled."""
-    out, recipe, overrides = family_run(
-        family,
-        FAMILY_FULL_RECIPES[family],
-        config,
-        tmp_path,
-        "--use_peft",
-        "false",
-        "--beta",
-        "0.04",
-        "--learning_rate",
-        "1e-4",
-        "--warmup_steps",
-        "0",
-        convert=True,
-    )  # KL > 0 at step 2 needs an update at step 1
+    recipe, overrides, out = finished_family_run(family_runs, ("full", family, config))
     assert all("kl" in entry for entry in history(out)) and any(entry["kl"] > 0 for entry in history(out))
     assert os.path.exists(os.path.join(out, "model.safetensors"))
     assert_reloads_with_the_same_images(family, out, recipe, overrides)

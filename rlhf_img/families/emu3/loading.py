@@ -13,6 +13,7 @@ from ...checkpoints import CheckpointError, is_local, read_json_file, resolve_su
 from ..shared_loading import load_transformers_model_and_processor
 from .configuration import Emu3FamilyConfig
 from .policy import Emu3Policy
+from .vq_init import loaded_vq_modules_left_alone
 
 ORIGINAL_LAYOUT = "Emu3"  # BAAI/Emu3-Gen: BAAI's remote-code `Emu3ForCausalLM` (its config's model_type)
 
@@ -48,7 +49,8 @@ def load(
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     config = Emu3FamilyConfig.load(checkpoint, family_config, revision, required=False)
 
-    model, processor = load_transformers_model_and_processor(
-        checkpoint, revision, dtype, Emu3Config, Emu3ForConditionalGeneration, check_transformers_layout
-    )
+    with loaded_vq_modules_left_alone():
+        model, processor = load_transformers_model_and_processor(
+            checkpoint, revision, dtype, Emu3Config, Emu3ForConditionalGeneration, check_transformers_layout
+        )
     return Emu3Policy(model, processor, config)

@@ -23,6 +23,7 @@ from ..image_checks import check_image_size, pool_to_raster
 from ..shared_loading import gathered
 from .adapter import Emu3Adapter
 from .configuration import Emu3FamilyConfig, generation_grid
+from .vq_init import loaded_vq_modules_left_alone
 
 
 def lora_outside_text_model(model: nn.Module) -> list[str]:
@@ -59,6 +60,8 @@ def visual_token_block(model: nn.Module) -> tuple[int, int]:
 class Emu3Policy(NextTokenPolicy):
     """The `emu3` implementation of the policy interface (`rlhf_img/policy.py`): prompts, frozen parts and
     decoding are its own; sampling and scoring are the engine's, through `Emu3Adapter`."""
+
+    loading_context = staticmethod(loaded_vq_modules_left_alone)  # TRL's KL reference loads through it too
 
     def __init__(self, model: nn.Module, processor, config: Emu3FamilyConfig) -> None:
         self.processing_class, self.config = processor, config
