@@ -8,6 +8,7 @@ region of the image each clause was judged on (`object_credits(prompts, images, 
 group-normalised advantage, and the pixels inside that clause's boxes learn from a mix:
 
     A[i, k] = (c[i, k] - mean of c[., k] over the group) / (std of c[., k] over the group + 1e-4)
+              (the std as `scale_rewards` says: the group's, the batch's over every clause, or none)
     pixel inside the boxes of clauses K:  (1 - β) * A[i] + β * mean over k in K of A[i, k]
     any other pixel (background, extra objects, where a missing object should be):  A[i]
 
@@ -29,11 +30,20 @@ class ObjectCreditError(ValueError):
     """object_credit cannot work with this recipe's family or rewards (one line: what and why)."""
 
 
-def clause_advantages(credits: Sequence[Sequence[float]], num_generations: int) -> list[list[float]]:
-    """Per image, each clause's credit normalised within its group of `num_generations` consecutive images.
+def clause_advantages(
+    credits: Sequence[Sequence[float]], num_generations: int, scale_rewards: str = "group"
+) -> list[list[float]]:
+    """Per image, each clause's credit centred within its group of `num_generations` consecutive images and scaled
+    as the image advantages are (`scale_rewards`): divided by the clause's std in the group (`group`), by the std
+    of every clause credit in the batch (`batch`), or not at all (`none`), each + 1e-4.
 
     Images of one group share a prompt, so they have the same clauses; a clause missing from some images of the
-    group (a reward that judged fewer) is normalised over the images that have it."""
+    group (a reward that judged fewer) is centred over the images that have it. A clause with no spread in its
+    group gives 0."""
+    if scale_rewards not in ("group", "batch", "none"):
+        raise ValueError(f"scale_rewards must be one of ['group', 'batch', 'none'], got {scale_rewards!r}")
+    pooled = torch.tensor([float(value) for row in credits for value in row], dtype=torch.float64)
+    batch_std = pooled.std() if pooled.numel() > 1 else torch.zeros((), dtype=torch.float64)
     out: list[list[float]] = [[] for _ in credits]
     for start in range(0, len(credits), num_generations):
         group = range(start, min(start + num_generations, len(credits)))
@@ -45,7 +55,8 @@ def clause_advantages(credits: Sequence[Sequence[float]], num_generations: int) 
             if torch.isclose(std, torch.zeros_like(std)):
                 normalised = torch.zeros_like(values)
             else:
-                normalised = (values - values.mean()) / (std + 1e-4)
+                scale = {"group": std + 1e-4, "batch": batch_std + 1e-4, "none": 1.0}[scale_rewards]
+                normalised = (values - values.mean()) / scale
             for i, value in zip(rows, normalised.tolist()):
                 out[i].append(value)
     return out

@@ -250,11 +250,14 @@ class ImageGRPOTrainer(GRPOTrainer):
         return output
 
     def _object_advantages(self, prompts, images, columns, advantages, num_generations, process_slice):
-        """`(B, T)` advantages: each clause's group-normalised credit inside its boxes (object_credit.py)."""
+        """`(B, T)` advantages: each clause's group-centred credit, scaled as `scale_rewards` scales the image
+        advantages (per group under normalize_then_sum, which z-scores each reward per group), inside its boxes
+        (object_credit.py)."""
         source = self.image_rewards.object_credit_source()
         objects = source.fn.object_credits(prompts, images, **columns)
         credits = gather_object([[item.credit for item in items] for items in objects])  # groups may span ranks
-        per_clause = clause_advantages(credits, num_generations)[process_slice]
+        scale = self.scale_rewards if self.multi_objective_aggregation == "sum_then_normalize" else "group"
+        per_clause = clause_advantages(credits, num_generations, scale)[process_slice]  # scaled as the images
         token_advantages, box_share = object_token_advantages(
             advantages,
             objects,

@@ -317,11 +317,11 @@ def test_recipes_reach_the_new_keys_and_transformers_lr_schedules(tmp_path):
         parse_recipe(recipe, ["--best_metric_tolerance", "-1"])
 
 
-def _shapes_rollout(tmp_path, rows, object_credit):
+def _shapes_rollout(tmp_path, rows, object_credit, **extra):
     from rlhf_img.rewards.shapes_geneval import ShapesGenEval
 
     args = grpo_args(
-        tmp_path, per_device_train_batch_size=len(rows) * 8, num_generations=8, object_credit=object_credit
+        tmp_path, per_device_train_batch_size=len(rows) * 8, num_generations=8, object_credit=object_credit, **extra
     )
     trainer = ImageGRPOTrainer(
         load_policy(os.path.join(REPO, "checkpoints", "shapes-tiny")), args, Dataset.from_list(rows), [ShapesGenEval()]
@@ -332,13 +332,15 @@ def _shapes_rollout(tmp_path, rows, object_credit):
 
 
 @pytest.mark.timeout(120)
-def test_object_credit_gives_each_clause_its_own_advantage_inside_its_boxes(tmp_path):
+@pytest.mark.parametrize("scale_rewards", ["group", "none"])
+def test_object_credit_gives_each_clause_its_own_advantage_inside_its_boxes(tmp_path, scale_rewards):
+    """Under `scale_rewards: none` the clause credits are only centred, as the image advantages are."""
     from rlhf_img.object_credit import clause_advantages
     from rlhf_img.worlds import shapes
 
     rows = [row for row in shapes.split_prompts()[0] if row["tag"] == "color_attr"][:2]
-    _, plain, plain_metrics = _shapes_rollout(tmp_path / "off", rows, 0.0)
-    trainer, output, metrics = _shapes_rollout(tmp_path / "on", rows, 1.0)
+    _, plain, plain_metrics = _shapes_rollout(tmp_path / "off", rows, 0.0, scale_rewards=scale_rewards)
+    trainer, output, metrics = _shapes_rollout(tmp_path / "on", rows, 1.0, scale_rewards=scale_rewards)
     assert plain["advantages"].shape == (16,) and "object_credit/box_share" not in plain_metrics
     assert torch.equal(output["completion_ids"], plain["completion_ids"])  # the same rollouts, scored per token
     advantages = output["advantages"]
@@ -346,13 +348,13 @@ def test_object_credit_gives_each_clause_its_own_advantage_inside_its_boxes(tmp_
     assert 0.05 < metrics["object_credit/box_share"] < 0.5
 
     # recompute from the reward's own clause judgements: inside a single clause's boxes (beta 1) a token's
-    # advantage is that clause's group-normalised credit, outside every box the image's advantage
+    # advantage is that clause's credit centred in its group and scaled as the image's, outside every box the image's
     images = trainer.policy.decode(output["completion_ids"])
     columns = {key: [row[key] for row in rows for _ in range(8)] for key in rows[0] if key != "prompt"}
     objects = trainer.image_rewards[0].fn.object_credits(
         [r["prompt"] for r in rows for _ in range(8)], images, **columns
     )
-    per_clause = clause_advantages([[o.credit for o in items] for items in objects], 8)
+    per_clause = clause_advantages([[o.credit for o in items] for items in objects], 8, scale_rewards)
     checked_inside = checked_outside = 0
     for i, items in enumerate(objects):
         for y in range(8):

@@ -32,6 +32,19 @@ def test_clause_advantages_are_normalised_within_each_group_and_zero_without_spr
     assert out[2] == [0.0, 0.0] and out[3] == [0.0, 0.0]  # same credits in the group: no signal
 
 
+def test_clause_advantages_scale_as_scale_rewards_says():
+    credits = [[1.0, 0.5], [0.5, 1.0], [1.0, 1.0], [1.0, 0.0]]  # two groups of two images
+    pooled = torch.tensor(credits, dtype=torch.float64).flatten().std().item()
+    none, batch = (clause_advantages(credits, 2, scale) for scale in ("none", "batch"))
+    assert none == [pytest.approx([0.25, -0.25]), pytest.approx([-0.25, 0.25]), [0.0, 0.5], [0.0, -0.5]]
+    expected = [[value / (pooled + 1e-4) for value in row] for row in none]
+    assert all(row == pytest.approx(want) for row, want in zip(batch, expected))
+    group = clause_advantages(credits, 2, "group")
+    assert group[3][1] == pytest.approx(-0.5 / (torch.tensor([1.0, 0.0]).std().item() + 1e-4))
+    with pytest.raises(ValueError, match="scale_rewards must be one of"):
+        clause_advantages(credits, 2, "per_clause")
+
+
 def test_pixels_inside_a_clause_box_mix_the_image_and_clause_advantages():
     objects = [ObjectCredit(1.0, [(0.0, 0.0, 8.0, 8.0)]), ObjectCredit(0.5, [(4.0, 4.0, 12.5, 12.0)])]
     result, inside = pixel_advantages(0.2, objects, [1.0, -1.0], (32, 32), beta=0.5)
