@@ -118,3 +118,22 @@ def test_broken_reward_fails_with_its_name(capsys, tmp_path, base, brightness_re
     assert main(["train", recipe]) == 1
     err = capsys.readouterr().err
     assert f"reward '{brightness_reward_file}:broken' raised RuntimeError: detector crashed" in err
+
+
+def test_rlhf_img_traceback_shows_what_is_behind_the_one_line(capsys, tmp_path, base, monkeypatch):
+    """A loader's error reaches the user as one line; with RLHF_IMG_TRACEBACK=1 the tracebacks behind it come
+    first, the original error's included although the CLI re-raised it `from None`."""
+    import shutil
+
+    bad = tmp_path / "bad-checkpoint"
+    shutil.copytree(base["model_name_or_path"], bad)
+    (bad / "config.json").write_text("{not json")  # transformers' own error, deep in from_pretrained
+    keys = {**base, "model_name_or_path": str(bad)}
+    line = run_bad(capsys, tmp_path, keys)  # without it: the one line alone
+    monkeypatch.setenv("RLHF_IMG_TRACEBACK", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", write_recipe(tmp_path / "recipe.yaml", **keys)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.rstrip().splitlines()[-1] == line
+    assert err.count("Traceback (most recent call last)") >= 2 and "UsageError" in err
+    assert "transformers" in err and "from_pretrained" in err  # where the original error was raised
