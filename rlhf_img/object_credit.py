@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .advantages import SCALE_REWARDS
 from .geneval_rules import ObjectCredit
 
 
@@ -40,8 +41,8 @@ def clause_advantages(
     Images of one group share a prompt, so they have the same clauses; a clause missing from some images of the
     group (a reward that judged fewer) is centred over the images that have it. A clause with no spread in its
     group gives 0."""
-    if scale_rewards not in ("group", "batch", "none"):
-        raise ValueError(f"scale_rewards must be one of ['group', 'batch', 'none'], got {scale_rewards!r}")
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
     pooled = torch.tensor([float(value) for row in credits for value in row], dtype=torch.float64)
     batch_std = pooled.std() if pooled.numel() > 1 else torch.zeros((), dtype=torch.float64)
     out: list[list[float]] = [[] for _ in credits]
