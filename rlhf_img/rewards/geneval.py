@@ -128,6 +128,10 @@ DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 
 
 class Detector(Protocol):
+    """Per image `{class: [Detection]}`. A detector may also define `for_prompt(selected, metadata)`, which
+    the scorer applies to each image's selected detections before the rules (the shapes world's class of
+    shape-free counts is one)."""
+
     def detect(self, images: torch.Tensor) -> list[dict[str, list[Detection]]]:
         """`(B, 3, H, W)` in [0, 1] -> per image `{class: [Detection]}` (any order; rules sort by score)."""
         ...
@@ -239,6 +243,12 @@ class ShapesDetector:
 
         return [detect(image) for image in to_uint8(images)]
 
+    def for_prompt(self, selected: dict[str, list[Detection]], metadata: dict) -> dict[str, list[Detection]]:
+        """The selected detections plus, for a shape-free count ("four shapes"), every detection as its class."""
+        from ..worlds.shapes_detector import with_any_shape
+
+        return with_any_shape(selected, metadata)
+
 
 def clean_metadata(tag: str, include: list[dict], exclude: list[dict] | None = None, prompt: str | None = None) -> dict:
     """GenEval metadata from dataset columns: Arrow-typed rows carry absent clause keys as None."""
@@ -274,6 +284,8 @@ class GenEvalScorer:
         judgements, selected_all = [], []
         for image, found, meta in zip(images, detections, metadata):
             selected = select_detections(found, meta["tag"], self.threshold, self.counting_threshold, self.max_objects)
+            if hasattr(self.detector, "for_prompt"):
+                selected = self.detector.for_prompt(selected, meta)
             if self.color_classifier is not None:
 
                 def classify(name, items, image=image):

@@ -55,6 +55,13 @@ class WorldSFTConfig(ActionSFTConfig):
     intermediate_size: int = field(default=384, metadata={"help": "MLP width."})
     num_examples: int = field(default=40000, metadata={"help": "Rendered (caption, image) pairs to train on."})
     caption_dropout: float = field(default=0.1, metadata={"help": "Share of empty captions (for CFG)."})
+    shape_free_counts: bool = field(
+        default=False,
+        metadata={
+            "help": "Add the training-only counting prompts that name no shape ('a photo of four shapes', each "
+            "object's shape random) to the counting tag's rows, so the model can learn a count apart from a shape."
+        },
+    )
     # TrainingArguments defaults suited to a tiny model on a CPU:
     output_dir: str = field(default="runs/shapes-sft", metadata={"help": "Where the causal_vq checkpoint is written."})
     learning_rate: float = field(default=3e-3, metadata={"help": "AdamW peak learning rate."})
@@ -71,9 +78,11 @@ class WorldSFTConfig(ActionSFTConfig):
     use_cpu: bool = field(default=True, metadata={"help": "Train on the CPU."})
 
 
-def world_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over every word of the world's prompts, with the special tokens."""
-    words = sorted({word for row in shapes.all_prompts() for word in row["prompt"].split()})
+def world_tokenizer(shape_free_counts: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over every word of the world's prompts (and of the shape-free counts when the SFT
+    trains on them), with the special tokens."""
+    rows = shapes.all_prompts() + (shapes.shape_free_count_prompts() if shape_free_counts else [])
+    words = sorted({word for row in rows for word in row["prompt"].split()})
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + words)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -92,6 +101,8 @@ def render_pairs(config: WorldSFTConfig, folder: str) -> str:
     os.makedirs(folder, exist_ok=True)
     rng = random.Random(config.seed)
     train_rows, _ = shapes.split_prompts()
+    if config.shape_free_counts:
+        train_rows = train_rows + shapes.shape_free_count_prompts()
     by_tag: dict[str, list[dict]] = {}
     for row in train_rows:
         by_tag.setdefault(row["tag"], []).append(row)
@@ -131,7 +142,7 @@ def write_initial_checkpoint(config: WorldSFTConfig, path: str) -> str:
     checkpoint: what `rlhf-img encode` encodes with and the SFT stage starts from."""
     torch.manual_seed(config.seed)
     vq = VQTokenizer.from_pretrained(config.visual_tokenizer).eval()
-    tokenizer = world_tokenizer()
+    tokenizer = world_tokenizer(config.shape_free_counts)
     model = build_model(config, len(tokenizer) + vq.codebook_size, tokenizer)
     family_config = CausalVQConfig(
         image_code_offset=len(tokenizer),

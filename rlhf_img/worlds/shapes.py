@@ -29,6 +29,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 RELATIONS = ("left of", "right of", "above", "below")
 HELD_OUT_FRACTION = 0.2
+ANY_SHAPE = "shape"  # the class of a shape-free count ("a photo of four shapes"): any shape, each drawn at random
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,23 @@ def all_prompts() -> list[dict]:
             }
         )
     return rows
+
+
+def shape_free_count_prompts() -> list[dict]:
+    """Counting prompts that name no shape ("a photo of four shapes"), each object's shape drawn at random.
+
+    Training-only and kept out of `all_prompts`, so the split and the held-out yardstick stay as they are: they let
+    a model learn "four" as a number, where the split trains it only with triangles.
+    """
+    return [
+        {
+            "tag": "counting",
+            "include": [{"class": ANY_SHAPE, "count": n}],
+            "exclude": [{"class": ANY_SHAPE, "count": n + 1}],
+            "prompt": f"a photo of {word} {ANY_SHAPE}s",
+        }
+        for n, word in NUMBERS.items()
+    ]
 
 
 def _hash(text: str) -> int:
@@ -194,7 +212,8 @@ def sample_scene(metadata: dict, rng: random.Random) -> list[ShapeObject]:
                 if spot is None:
                     ok = False
                     break
-                objects.append(ShapeObject(clause["class"], color, spot[0], spot[1], radius))
+                shape = rng.choice(SHAPES) if clause["class"] == ANY_SHAPE else clause["class"]
+                objects.append(ShapeObject(shape, color, spot[0], spot[1], radius))
             if not ok:
                 break
         if ok:

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..geneval_rules import Detection, Judgement, evaluate, select_detections
-from .shapes import BACKGROUND, COLORS
+from .shapes import ANY_SHAPE, BACKGROUND, COLORS
 
 PALETTE = np.array([BACKGROUND, *COLORS.values()], dtype=np.float32)  # index 0 = background
 PALETTE_NAMES = ["background", *COLORS]
@@ -88,6 +88,15 @@ def detect(image: np.ndarray) -> dict[str, list[Detection]]:
     return {shape: items[::-1] for shape, items in found.items()}
 
 
+def with_any_shape(detections: dict[str, list[Detection]], metadata: dict) -> dict[str, list[Detection]]:
+    """`detections` plus the class of the shape-free counts (`shapes.ANY_SHAPE`: every detection, whatever its
+    shape) when a clause of `metadata` names it; otherwise `detections` as they are."""
+    clauses = metadata.get("include", []) + metadata.get("exclude", [])
+    if not any(clause["class"] == ANY_SHAPE for clause in clauses):
+        return detections
+    return {**detections, ANY_SHAPE: [d for name, items in detections.items() if name != ANY_SHAPE for d in items]}
+
+
 def judge(image: np.ndarray, metadata: dict, mode: str = "strict") -> Judgement:
     """Detect, select with GenEval's thresholds, and evaluate one image against its prompt's metadata."""
-    return evaluate(select_detections(detect(image), metadata["tag"]), metadata, mode)
+    return evaluate(with_any_shape(select_detections(detect(image), metadata["tag"]), metadata), metadata, mode)

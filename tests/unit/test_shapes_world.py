@@ -143,3 +143,52 @@ def test_geneval_ranks_equally_confident_shapes_detections_in_scan_order():
     assert judge(
         image, {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": ranked[0].color}]}
     ).correct
+
+
+def test_shape_free_counts_are_training_only_and_render_mixed_shapes():
+    rows = shapes.shape_free_count_prompts()
+    assert [r["prompt"] for r in rows] == [f"a photo of {w} shapes" for w in ("two", "three", "four")]
+    train, held_out = shapes.split_prompts()
+    assert not {r["prompt"] for r in rows} & {r["prompt"] for r in shapes.all_prompts()}
+    assert {r["prompt"] for r in held_out} == {r["prompt"] for r in shapes.split_prompts()[1]}
+    mixed = 0
+    for row in rows:
+        for seed in range(6):
+            image = shapes.render_prompt(row, seed)
+            found = detect(image)
+            assert sum(len(items) for items in found.values()) == row["include"][0]["count"]
+            assert judge(image, row).correct
+            mixed += len(found) > 1
+    assert mixed >= 12  # each object's shape is drawn at random, not one shape per image
+    three, four = shapes.render_prompt(rows[1], 0), shapes.render_prompt(rows[2], 0)
+    assert not judge(three, rows[2]).correct and not judge(four, rows[1]).correct
+    assert 0 < judge(three, rows[2], "dense").score < 1 and 0 < judge(four, rows[1], "dense").score < 1
+
+
+def test_shapes_geneval_reward_counts_any_shape_for_shape_free_prompts_only():
+    rows = shapes.shape_free_count_prompts()
+    four = [shapes.render_prompt(rows[2], seed) for seed in range(3)]
+    images = torch.from_numpy(np.stack(four)).permute(0, 3, 1, 2).float() / 255
+    (strict,) = build_rewards([{"name": "shapes_geneval", "kwargs": {"mode": "strict"}}])
+
+    def score(row):
+        columns = {"tag": [row["tag"]] * 3, "include": [row["include"]] * 3, "exclude": [row.get("exclude")] * 3}
+        return score_rewards([strict], [row["prompt"]] * 3, images, columns)[:, 0].tolist()
+
+    assert score(rows[2]) == [1.0] * 3 and score(rows[1]) == [0.0] * 3
+    # a prompt naming a shape still counts that shape alone: mixed scenes fail "four triangles"
+    four_triangles = next(r for r in shapes.all_prompts() if r["prompt"] == "a photo of four triangles")
+    assert score(four_triangles) == [float(len(detect(image)) == 1 and "triangle" in detect(image)) for image in four]
+
+
+@pytest.mark.parametrize("shape_free_counts", [False, True])
+def test_world_sft_adds_the_shape_free_counts_only_when_asked(tmp_path, shape_free_counts):
+    from rlhf_img.worlds.sft import WorldSFTConfig, render_pairs, world_tokenizer
+
+    config = WorldSFTConfig(output_dir=str(tmp_path), num_examples=300, shape_free_counts=shape_free_counts)
+    folder = render_pairs(config, str(tmp_path / "pairs"))
+    captions = [open(os.path.join(folder, name)).read() for name in sorted(os.listdir(folder)) if name.endswith(".txt")]
+    held_out = {r["prompt"] for r in shapes.split_prompts()[1]}
+    assert len(captions) == 300 and not set(captions) & held_out
+    assert any(caption.endswith(" shapes") for caption in captions) == shape_free_counts
+    assert ("shapes" in world_tokenizer(shape_free_counts).get_vocab()) == shape_free_counts
