@@ -93,8 +93,9 @@ def world_tokenizer(shape_free_counts: bool = False) -> PreTrainedTokenizerFast:
 
 
 def render_pairs(config: WorldSFTConfig, folder: str) -> str:
-    """`num_examples` tag-balanced (prompt, image) pairs of the train split as `NNNNNN.png` + `NNNNNN.txt` in
-    `folder` (kept when complete: a rerun reuses it); returns the folder."""
+    """`num_examples` tag-balanced (prompt, image) pairs of the train split (with `shape_free_counts`, plus the
+    shape-free counting prompts) as `NNNNNN.png` + `NNNNNN.txt` in `folder` (kept when complete: a rerun reuses
+    it); returns the folder."""
     done = os.path.join(folder, ".complete")
     if os.path.exists(done):
         return folder
